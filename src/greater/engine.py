@@ -1,0 +1,176 @@
+"""The model-facing half of GReaTer: build sequences, generate reasoning, and compute the loss
+terms (and the gradient w.r.t. one prompt position) in one batched teacher-forced pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from greater.generation import Generator, TransformersGenerator
+from greater.layout import ChatLayout, Sequence, build_sequence, encode
+from greater.tasks import Example, Task
+
+Ids = tuple[int, ...]
+
+
+@dataclass
+class Terms:
+    """Per-example loss terms of one prompt, and (when a position was given) what the step needs.
+
+    ce: (B,) answer cross-entropy, mean over answer tokens, logits divided by the temperature.
+    nll: (B,) the prompt's negative log-likelihood, mean over prompt tokens.
+    correct: (B,) whether every answer token is the argmax under teacher forcing.
+    proposal_logprobs: (B, V) log-probabilities of the token at the position, given what precedes it.
+    embed_grad: (D,) dL/de for the embedding e at the position, L = sum_b (ce_b + λ·nll_b).
+    """
+
+    ce: torch.Tensor
+    nll: torch.Tensor
+    correct: torch.Tensor
+    proposal_logprobs: torch.Tensor | None = None
+    embed_grad: torch.Tensor | None = None
+    prompt_len: int = 0
+
+
+class Engine:
+    """A model, its tokenizer and a fixed list of examples of one task, tokenized once."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        task: Task,
+        examples: list[Example],
+        *,
+        joiner: str,
+        batch_size: int = 16,
+        answer_temperature: float = 1.0,
+        generator: Generator | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.task = task
+        self.examples = examples
+        self.layout = ChatLayout.from_tokenizer(tokenizer)
+        self.question_ids: list[Ids] = [tuple(encode(tokenizer, ex.question + joiner)) for ex in examples]
+        self.answer_ids: list[Ids] = [tuple(encode(tokenizer, " " + task.answer_text(ex))) for ex in examples]
+        self.extractor_ids: Ids = tuple(encode(tokenizer, " " + task.extractor))
+        self.batch_size = batch_size
+        self.answer_temperature = answer_temperature
+        self.generator = generator or TransformersGenerator(model, tokenizer, batch_size=batch_size)
+        self.pad_id = getattr(self.generator, "pad_id", 0)
+
+    # -- sequences and generation ---------------------------------------------------------
+
+    def sequences(self, prompt: Ids, reasonings: list[list[int]] | None = None) -> list[Sequence]:
+        """Full teacher-forcing sequences (or bare generation contexts when `reasonings` is None)."""
+        if reasonings is None:
+            return [build_sequence(self.layout, q, prompt) for q in self.question_ids]
+        return [
+            build_sequence(self.layout, q, prompt, r, self.extractor_ids, a)
+            for q, r, a in zip(self.question_ids, reasonings, self.answer_ids, strict=True)
+        ]
+
+    def reason(self, prompts: list[Ids], max_new_tokens: int) -> list[list[list[int]]]:
+        """Greedy reasoning for every (prompt, example), all prompts in one generation call."""
+        contexts = [seq.ids for prompt in prompts for seq in self.sequences(prompt)]
+        flat = self.generator.generate(contexts, max_new_tokens)
+        n = len(self.examples)
+        return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def answer(self, prompt: Ids, reasonings: list[list[int]], max_new_tokens: int) -> list[str]:
+        """What the model writes after reasoning + extractor, as text."""
+        contexts = [
+            build_sequence(self.layout, q, prompt, r, self.extractor_ids).ids
+            for q, r in zip(self.question_ids, reasonings, strict=True)
+        ]
+        outs = self.generator.generate(contexts, max_new_tokens)
+        return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+
+    # -- the teacher-forced pass -----------------------------------------------------------
+
+    def terms(self, seqs: list[Sequence], *, position: int | None = None, nll_weight: float = 0.0) -> Terms:
+        """Loss terms for `seqs`, in chunks of `batch_size`; with `position`, also proposal log-probs
+        and the summed embedding gradient at prompt index `position`."""
+        parts = [
+            self._chunk_terms(seqs[i : i + self.batch_size], position, nll_weight)
+            for i in range(0, len(seqs), self.batch_size)
+        ]
+        merged = Terms(
+            ce=torch.cat([p.ce for p in parts]),
+            nll=torch.cat([p.nll for p in parts]),
+            correct=torch.cat([p.correct for p in parts]),
+            prompt_len=seqs[0].prompt.stop - seqs[0].prompt.start,
+        )
+        if position is not None:
+            merged.proposal_logprobs = torch.cat([p.proposal_logprobs for p in parts])
+            merged.embed_grad = torch.stack([p.embed_grad for p in parts]).sum(0)
+        return merged
+
+    def _chunk_terms(self, seqs: list[Sequence], position: int | None, nll_weight: float) -> Terms:
+        device = self.model.device
+        width = max(len(s.ids) for s in seqs)
+        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):  # right padding: real tokens never attend to padding
+            input_ids[row, : len(s.ids)] = torch.tensor(s.ids)
+            mask[row, : len(s.ids)] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        embed = self.model.get_input_embeddings()
+        embeds = embed(input_ids)
+        leaf = None
+        if position is not None:
+            cols = torch.tensor([s.prompt.start + position for s in seqs], device=device)
+            rows = torch.arange(len(seqs), device=device)
+            leaf = embeds[0, int(cols[0])].detach().clone().requires_grad_(True)
+            at_position = torch.zeros(embeds.shape[:2] + (1,), dtype=torch.bool, device=device)
+            at_position[rows, cols] = True
+            embeds = torch.where(at_position, leaf, embeds)
+        with torch.set_grad_enabled(leaf is not None):
+            hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)[0]
+            answer_pos = [torch.arange(s.answer.start - 1, s.answer.stop - 1) for s in seqs]
+            prompt_pos = [torch.arange(s.prompt.start - 1, s.prompt.stop - 1) for s in seqs]
+            ans_lp, ans_tgt, ans_row = self._gathered_logprobs(hidden, input_ids, answer_pos, self.answer_temperature)
+            pr_lp, pr_tgt, pr_row = self._gathered_logprobs(hidden, input_ids, prompt_pos, 1.0)
+            b = len(seqs)
+            ans_tok_lp = ans_lp.gather(1, ans_tgt[:, None])[:, 0]
+            ce = -_row_mean(ans_tok_lp, ans_row, b)
+            nll = -_row_mean(pr_lp.gather(1, pr_tgt[:, None])[:, 0], pr_row, b)
+            hit = (ans_lp.argmax(-1) == ans_tgt).float()
+            correct = _row_mean(hit, ans_row, b) == 1.0
+            terms = Terms(ce=ce.detach(), nll=nll.detach(), correct=correct)
+            if leaf is not None:
+                (terms.embed_grad,) = torch.autograd.grad((ce + nll_weight * nll).sum(), leaf)
+                offsets = torch.tensor([0] + [len(p) for p in prompt_pos]).cumsum(0)[:-1]
+                terms.proposal_logprobs = pr_lp.detach()[offsets + position]
+        return terms
+
+    def _gathered_logprobs(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, positions: list[torch.Tensor], temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-softmax of the logits at `positions[b]` of each row (only there: the vocabulary is large).
+
+        Returns (P, V) log-probs, (P,) the next token at each position, (P,) the row of each position.
+        """
+        rows = torch.cat([torch.full((len(p),), b) for b, p in enumerate(positions)]).to(hidden.device)
+        cols = torch.cat(positions).to(hidden.device)
+        logits = self.model.get_output_embeddings()(hidden[rows, cols]).float()
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return torch.log_softmax(logits / temperature, dim=-1), input_ids[rows, cols + 1], rows
+
+    def candidate_embeddings(self, token_ids: list[int]) -> torch.Tensor:
+        """(C, D) input embeddings of candidate tokens, as the model sees them."""
+        ids = torch.tensor(token_ids, device=self.model.device)
+        with torch.no_grad():
+            return self.model.get_input_embeddings()(ids).float()
+
+
+def _row_mean(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Mean of `values` (P,) grouped by `rows` (P,) into (n_rows,)."""
+    total = torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+    count = torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, rows, torch.ones_like(values))
+    return total / count.clamp(min=1)

@@ -1,0 +1,382 @@
+"""Tasks: generated pools, answer normalisers, BBH loading, the registry and its errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from greater.errors import GreaterError
+from greater.tasks import Example, Task, get_task, task_names
+from greater.tasks.answers import (
+    extractor_for,
+    normalize_choice,
+    normalize_number,
+    normalize_text,
+    normalize_true_false,
+    normalize_valid_invalid,
+    normalize_yes_no,
+    normalizer_for,
+)
+from greater.tasks.generated import OBJECT_CATEGORIES, POOL_SIZE, evaluate_boolean
+
+BBH_DIR = Path(__file__).parents[2] / "shared" / "data" / "bbh"
+BBH_FILES = sorted(BBH_DIR.glob("*.json")) if BBH_DIR.is_dir() else []
+GEN_NAMES = [name for name in task_names() if name.startswith("gen/")]
+
+
+def wrong_answer(task: Task, gold: str) -> str:
+    """A well-formed answer of the task's type that differs from `gold`."""
+    flips = {
+        "Yes": "No",
+        "No": "Yes",
+        "True": "False",
+        "False": "True",
+        "valid": "invalid",
+        "invalid": "valid",
+    }
+    if gold in flips:
+        return flips[gold]
+    if task.answer_type == "choice":
+        return "A" if gold != "A" else "B"
+    if task.answer_type == "number":
+        return str(int(float(gold)) + 1)
+    return gold + " x"
+
+
+def assert_scores(task: Task, example: Example) -> None:
+    """The gold answer written after the extractor scores correct; a wrong one does not."""
+    gold = task.answer_text(example)
+    assert task.is_correct(f" {gold}\nmore text", example), (task.name, example)
+    assert not task.is_correct(f" {wrong_answer(task, gold)}\nmore text", example), (task.name, example)
+
+
+# --- generated tasks -----------------------------------------------------------------------------
+
+
+def test_gen_tasks_listed() -> None:
+    assert {"gen/boolean_expressions", "gen/arithmetic", "gen/object_counting"} <= set(GEN_NAMES)
+
+
+@pytest.mark.parametrize("name", GEN_NAMES)
+def test_gen_task_pool(name: str) -> None:
+    task = get_task(name)
+    examples = task.load()
+    assert len(examples) == POOL_SIZE
+    assert examples == get_task(name).load()  # deterministic
+    assert len({ex.question for ex in examples}) == POOL_SIZE
+    assert task.name == name and task.description
+    assert task.extractor.strip() and task.extractor.endswith("$")
+    for example in examples:
+        assert example.answer == task.normalize(example.answer)  # stored canonical
+        assert_scores(task, example)
+
+
+def test_gen_pools_are_fixed() -> None:
+    """Same first example on every platform (guards against hash()- or order-dependent generation)."""
+    firsts = {name: get_task(name).load()[0] for name in GEN_NAMES}
+    assert firsts["gen/boolean_expressions"] == Example("not ( True or False ) or True or not not False is", "True")
+    assert firsts["gen/arithmetic"] == Example("((5 + -1) + (5 * -4)) =", "-16")
+
+
+def test_boolean_expressions_gold() -> None:
+    examples = get_task("gen/boolean_expressions").load()
+    for ex in examples:
+        expression = ex.question.removesuffix(" is")
+        assert ex.answer == str(eval(expression))  # our own generated, Python-syntax strings
+    operands = [len(re.findall(r"True|False", ex.question)) for ex in examples]
+    assert min(operands) == 2 and max(operands) == 4
+    assert {ex.answer for ex in examples} == {"True", "False"}
+
+
+@pytest.mark.parametrize(
+    ("expression", "value"),
+    [
+        ("not ( True ) and ( True )", False),
+        ("True or False and False", True),
+        ("not not ( not False )", True),
+        ("( False or True ) and not False", True),
+        ("not True or False", False),
+    ],
+)
+def test_evaluate_boolean(expression: str, value: bool) -> None:
+    assert evaluate_boolean(expression) is value
+
+
+@pytest.mark.parametrize("expression", ["True and", "( True", "True False", "maybe", ""])
+def test_evaluate_boolean_rejects_malformed(expression: str) -> None:
+    with pytest.raises(GreaterError):
+        evaluate_boolean(expression)
+
+
+def test_arithmetic_gold() -> None:
+    for ex in get_task("gen/arithmetic").load():
+        expression = ex.question.removesuffix(" =")
+        assert ex.answer == str(eval(expression))  # our own generated strings
+        assert all(-9 <= int(n) <= 9 for n in re.findall(r"-?\d+", expression))
+        assert 2 <= len(re.findall(r" [-+*] ", expression)) <= 3
+
+
+def test_object_counting_gold() -> None:
+    words = {"a": 1, "an": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+    for ex in get_task("gen/object_counting").load():
+        match = re.fullmatch(r"I have (.+)\. How many (.+) do I have\?", ex.question)
+        assert match, ex.question
+        listing, category = match.groups()
+        names = {name for pair in OBJECT_CATEGORIES[category] for name in pair}
+        total = 0
+        for item in re.split(r", and |, | and ", listing):
+            count, name = item.split(" ", 1)
+            total += words[count] if name in names else 0
+        assert ex.answer == str(total), ex.question
+
+
+def test_number_comparison_gold() -> None:
+    for ex in get_task("gen/number_comparison").load():
+        a, b, relation, c, d = re.fullmatch(
+            r"Is (\d+) times (\d+) (greater|less) than (\d+) times (\d+)\?", ex.question
+        ).groups()  # type: ignore[union-attr]
+        left, right = int(a) * int(b), int(c) * int(d)
+        assert ex.answer == ("Yes" if (left > right if relation == "greater" else left < right) else "No")
+
+
+# --- normalisers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["(B)", "B", "$ B", "B)", "(b)", "B.", "$B$", "(B) some text", " B\n", "b)"])
+def test_choice(raw: str) -> None:
+    assert normalize_choice(raw) == "B"
+
+
+@pytest.mark.parametrize("raw", ["Because", "the answer", "(S)", "BB", "a cat"])
+def test_choice_rejects(raw: str) -> None:
+    assert normalize_choice(raw) not in set("ABCDEFGHIJKLMNOPQR")
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("1,234", "1234"),
+        ("$1234", "1234"),
+        ("1234.0", "1234"),
+        ("-7", "-7"),
+        ("\u22127", "-7"),
+        ("42.", "42"),
+        ("$ 42", "42"),
+        ("2.5", "2.5"),
+        ("2.50", "2.5"),
+        ("-0", "0"),
+        ("12 apples, 3 pears", "12"),
+        ("$ -1,000,000.00", "-1000000"),
+        ("1,23", "1"),
+    ],
+)
+def test_number(raw: str, canonical: str) -> None:
+    assert normalize_number(raw) == canonical
+
+
+def test_number_without_digits_does_not_match() -> None:
+    assert normalize_number(" seven ") == "seven"
+
+
+@pytest.mark.parametrize(
+    ("normalize", "raw", "canonical"),
+    [
+        (normalize_yes_no, "Yes", "Yes"),
+        (normalize_yes_no, "yes.", "Yes"),
+        (normalize_yes_no, "$ Yes", "Yes"),
+        (normalize_yes_no, "NO, because", "No"),
+        (normalize_yes_no, "no yes", "No"),
+        (normalize_true_false, "true", "True"),
+        (normalize_true_false, "$ False.", "False"),
+        (normalize_valid_invalid, "invalid", "invalid"),
+        (normalize_valid_invalid, "Valid", "valid"),
+        (normalize_valid_invalid, "$ Invalid.", "invalid"),
+        (normalize_valid_invalid, "valid, not invalid", "valid"),
+    ],
+)
+def test_word_answers(normalize: Callable[[str], str], raw: str, canonical: str) -> None:
+    assert normalize(raw) == canonical
+
+
+def test_word_answers_need_whole_words() -> None:
+    assert normalize_yes_no("nothing") not in {"Yes", "No"}
+    assert normalize_true_false("untrue") not in {"True", "False"}
+    assert normalize_valid_invalid("invalidate") not in {"valid", "invalid"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("  ] ]  ", "] ]"),
+        ("$ apple  banana.", "apple banana"),
+        ("'apple banana'", "apple banana"),
+        ('") >".', ") >"),
+        ("$Apple$", "Apple"),
+    ],
+)
+def test_text(raw: str, canonical: str) -> None:
+    assert normalize_text(raw) == canonical
+
+
+def test_text_is_case_sensitive() -> None:
+    assert normalize_text("Apple") != normalize_text("apple")
+
+
+def test_extractors() -> None:
+    assert extractor_for("true_false") == "Therefore, the final answer (use exact format: '$ True' or '$ False') is $"
+    assert extractor_for("number") == "Therefore, the final answer (arabic numerals only) is $"
+    assert "'$ A' or '$ B' or '$ C')" in extractor_for("choice", "ABC")
+    assert "'$ A', '$ B', ..., '$ R'" in extractor_for("choice", "ABCDEFGHIJKLMNOPQR")
+    assert "'$ A', '$ B', etc." in extractor_for("choice")
+    for answer_type in ("choice", "number", "yes_no", "true_false", "valid_invalid", "text"):
+        assert extractor_for(answer_type).endswith("is $")
+    with pytest.raises(GreaterError, match="unknown answer type"):
+        normalizer_for("colour")
+
+
+# --- BBH -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not BBH_FILES, reason=f"no BBH data in {BBH_DIR}")
+@pytest.mark.parametrize("file", BBH_FILES, ids=lambda file: file.stem)
+def test_bbh_task(file: Path) -> None:
+    task = get_task(f"bbh/{file.stem}", str(BBH_DIR))
+    raw = json.loads(file.read_text(encoding="utf-8"))["examples"]
+    examples = task.load()
+    assert task.name == f"bbh/{file.stem}" and task.default_train == 50
+    assert len(raw) - 3 <= len(examples) <= len(raw)
+    assert task.extractor.endswith("is $")
+    for example in examples:
+        assert_scores(task, example)
+        if task.answer_type == "choice":
+            assert re.fullmatch(r"[A-R]", example.answer)
+            assert f"({example.answer})" in example.question
+
+
+@pytest.mark.skipif(not BBH_FILES, reason=f"no BBH data in {BBH_DIR}")
+def test_bbh_choice_letters_from_data() -> None:
+    names = {file.stem for file in BBH_FILES}
+    if "tracking_shuffled_objects_three_objects" in names:
+        task = get_task("bbh/tracking_shuffled_objects_three_objects", str(BBH_DIR))
+        assert "'$ A' or '$ B' or '$ C')" in task.extractor
+    if "sports_understanding" in names:
+        task = get_task("bbh/sports_understanding", str(BBH_DIR))
+        assert task.answer_type == "yes_no" and {ex.answer for ex in task.load()} == {"Yes", "No"}
+
+
+def test_bbh_data_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_json(tmp_path / "navigate.json", {"examples": [{"input": "Go?", "target": "yes"}] * 3})
+    monkeypatch.setenv("GREATER_DATA_DIR", str(tmp_path))
+    assert get_task("bbh/navigate").load() == [Example("Go?", "Yes")] * 3
+    assert task_names() == GEN_NAMES + ["bbh/navigate"]
+
+
+def test_bbh_unknown_file_type_inferred(tmp_path: Path) -> None:
+    examples = [{"input": f"Q{i}?\nOptions:\n(A) x\n(B) y", "target": "(A)" if i % 2 else "(B)"} for i in range(4)]
+    write_json(tmp_path / "custom.json", {"examples": examples})
+    task = get_task("bbh/custom", str(tmp_path))
+    assert task.answer_type == "choice" and [ex.answer for ex in task.load()] == ["B", "A", "B", "A"]
+    write_json(
+        tmp_path / "sums.json",
+        {"examples": [{"input": "1+1", "target": 2}, {"input": "2-3", "target": "-1"}]},
+    )
+    assert get_task("bbh/sums", str(tmp_path)).answer_type == "number"
+
+
+def test_task_names_without_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GREATER_DATA_DIR", raising=False)
+    names = task_names()
+    assert len([name for name in names if name.startswith("bbh/")]) == 27
+    assert "bbh/web_of_lies" in names and "gen/arithmetic" in names
+    assert task_names("/nonexistent/greater-data") == names
+
+
+# --- splits --------------------------------------------------------------------------------------
+
+
+def test_split() -> None:
+    task = get_task("gen/arithmetic")
+    train, test = task.split(50, None, seed=0)
+    assert len(train) == 50 and len(test) == POOL_SIZE - 50
+    assert not {ex.question for ex in train} & {ex.question for ex in test}
+    assert (train, test) == task.split(50, None, seed=0)
+    assert train != task.split(50, None, seed=1)[0]
+    train, test = task.split(None, 30, seed=3)
+    assert len(train) == task.default_train and len(test) == 30
+    with pytest.raises(GreaterError, match="--train"):
+        task.split(POOL_SIZE, None, seed=0)
+
+
+@pytest.mark.skipif(not BBH_FILES, reason=f"no BBH data in {BBH_DIR}")
+def test_bbh_split() -> None:
+    task = get_task(f"bbh/{BBH_FILES[0].stem}", str(BBH_DIR))
+    train, test = task.split(None, 100, seed=7)
+    assert len(train) == 50 and len(test) == 100
+    assert not {ex.question for ex in train} & {ex.question for ex in test}
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def write_json(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ["nope", "gen/nope", "bbh/nope", "boolean_expressions", "bbh/", "gen/arith"])
+def test_unknown_task(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GREATER_DATA_DIR", raising=False)
+    with pytest.raises(GreaterError, match="greater tasks") as info:
+        get_task(name)
+    assert repr(name) in str(info.value)
+
+
+def test_unknown_task_suggests_close_names() -> None:
+    with pytest.raises(GreaterError, match="gen/arithmetic"):
+        get_task("gen/arithmatic")
+
+
+def test_bbh_without_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GREATER_DATA_DIR", raising=False)
+    with pytest.raises(GreaterError, match="--data-dir.*GREATER_DATA_DIR"):
+        get_task("bbh/navigate")
+
+
+def test_bbh_missing_data_dir(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    with pytest.raises(GreaterError, match=f"{re.escape(str(missing))} does not exist.*--data-dir"):
+        get_task("bbh/navigate", str(missing))
+
+
+def test_bbh_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(GreaterError, match=f"{re.escape(str(tmp_path / 'navigate.json'))} not found"):
+        get_task("bbh/navigate", str(tmp_path))
+
+
+def test_bbh_malformed_json(tmp_path: Path) -> None:
+    (tmp_path / "navigate.json").write_text('{\n  "examples": [\n    {"input": "x", "target": "yes",}\n  ]\n}\n')
+    with pytest.raises(GreaterError, match=r"navigate\.json: invalid JSON at line 3") as info:
+        get_task("bbh/navigate", str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"examples": [{"input": "a", "target": "yes"}, {"input": "b"}]}, "example 1 .*'target'"),
+        ({"examples": [{"target": "yes"}]}, "example 0 .*'input'"),
+        ({"examples": ["yes"]}, "example 0 .*'input'"),
+        ({"examples": []}, '"examples" is empty'),
+        ({"canary": "x"}, 'no "examples" list'),
+        ([1, 2], 'no "examples" list'),
+        ({"examples": [{"input": "a", "target": "perhaps"}]}, "no example has a usable yes_no target"),
+    ],
+)
+def test_bbh_bad_content(tmp_path: Path, data: object, message: str) -> None:
+    write_json(tmp_path / "navigate.json", data)
+    with pytest.raises(GreaterError, match=f"navigate.json: {message}"):
+        get_task("bbh/navigate", str(tmp_path))
