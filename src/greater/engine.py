@@ -54,7 +54,7 @@ class Engine:
         self.task = task
         self.examples = examples
         self.layout = ChatLayout.from_tokenizer(tokenizer)
-        self.question_ids: list[Ids] = [tuple(encode(tokenizer, ex.question + joiner)) for ex in examples]
+        self.heads = [self.layout.encode_head(tokenizer, ex.question + joiner) for ex in examples]
         self.answer_ids: list[Ids] = [tuple(encode(tokenizer, " " + task.answer_text(ex))) for ex in examples]
         self.extractor_ids: Ids = tuple(encode(tokenizer, " " + task.extractor))
         self.batch_size = batch_size
@@ -67,10 +67,10 @@ class Engine:
     def sequences(self, prompt: Ids, reasonings: list[list[int]] | None = None) -> list[Sequence]:
         """Full teacher-forcing sequences (or bare generation contexts when `reasonings` is None)."""
         if reasonings is None:
-            return [build_sequence(self.layout, q, prompt) for q in self.question_ids]
+            return [build_sequence(self.layout, h, prompt) for h in self.heads]
         return [
-            build_sequence(self.layout, q, prompt, r, self.extractor_ids, a)
-            for q, r, a in zip(self.question_ids, reasonings, self.answer_ids, strict=True)
+            build_sequence(self.layout, h, prompt, r, self.extractor_ids, a)
+            for h, r, a in zip(self.heads, reasonings, self.answer_ids, strict=True)
         ]
 
     def reason(self, prompts: list[Ids], max_new_tokens: int) -> list[list[list[int]]]:
@@ -83,8 +83,8 @@ class Engine:
     def answer(self, prompt: Ids, reasonings: list[list[int]], max_new_tokens: int) -> list[str]:
         """What the model writes after reasoning + extractor, as text."""
         contexts = [
-            build_sequence(self.layout, q, prompt, r, self.extractor_ids).ids
-            for q, r in zip(self.question_ids, reasonings, strict=True)
+            build_sequence(self.layout, h, prompt, r, self.extractor_ids).ids
+            for h, r in zip(self.heads, reasonings, strict=True)
         ]
         outs = self.generator.generate(contexts, max_new_tokens)
         return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]

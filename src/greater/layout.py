@@ -42,6 +42,25 @@ class ChatLayout:
             prefix_text, mid_text = (tokenizer.bos_token or ""), "\nAnswer:"
         return cls(tuple(encode(tokenizer, prefix_text)), tuple(encode(tokenizer, mid_text)), prefix_text, mid_text)
 
+    def encode_head(
+        self, tokenizer: PreTrainedTokenizerBase, user_text: str
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(prefix ids, user-text ids), tokenized together as the template would.
+
+        Alone, a prefix ending in whitespace tokenizes differently than when text follows it
+        (Llama-3's "<|end_header_id|>\n\n" + "not" is [\n, \n, not], not [\n\n, not]); the joint
+        tokenization is cut where the decoded prefix ends, falling back to separate pieces when a
+        token straddles the boundary.
+        """
+        joint = encode(tokenizer, self.prefix_text + user_text)
+        for cut in range(len(joint) + 1):
+            decoded = decode(tokenizer, joint[:cut])
+            if len(decoded) >= len(self.prefix_text):
+                if decoded == self.prefix_text:
+                    return tuple(joint[:cut]), tuple(joint[cut:])
+                break
+        return self.prefix_ids, tuple(encode(tokenizer, user_text))
+
 
 @dataclass(frozen=True)
 class Sequence:
@@ -62,19 +81,25 @@ class Sequence:
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of `text` alone, without special tokens added by the tokenizer."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+    if not text:
+        return []
+    try:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    except (TypeError, ValueError, UnicodeError) as exc:  # e.g. lone surrogates from a mis-encoded argv
+        raise GreaterError(f"the tokenizer cannot encode {text.strip()[:60]!r}: {exc}") from exc
 
 
 def build_sequence(
     layout: ChatLayout,
-    question_ids: list[int] | tuple[int, ...],
+    head: tuple[tuple[int, ...], tuple[int, ...]],
     prompt_ids: list[int] | tuple[int, ...],
     reasoning_ids: list[int] | tuple[int, ...] = (),
     extractor_ids: list[int] | tuple[int, ...] = (),
     answer_ids: list[int] | tuple[int, ...] = (),
 ) -> Sequence:
-    """Concatenate the segments; slices index into the returned ids."""
-    parts = [layout.prefix_ids, question_ids, prompt_ids, layout.mid_ids, reasoning_ids, extractor_ids, answer_ids]
+    """Concatenate the segments; `head` is (prefix ids, question ids) from `ChatLayout.encode_head`.
+    Slices index into the returned ids."""
+    parts = [head[0], head[1], prompt_ids, layout.mid_ids, reasoning_ids, extractor_ids, answer_ids]
     bounds = [0]
     for part in parts:
         bounds.append(bounds[-1] + len(part))
@@ -91,10 +116,9 @@ def build_sequence(
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Token ids of a prompt (it follows the joiner after one space) that survive decode→encode."""
-    text = " " + prompt.strip()
-    ids = encode(tokenizer, text)
     if not prompt.strip():
         raise GreaterError("the prompt is empty")
+    ids = encode(tokenizer, " " + prompt.strip())
     check_roundtrip(tokenizer, ids)
     return ids
 
@@ -114,7 +138,15 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int] | tuple[int, ...])
     return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def check_layout(tokenizer: PreTrainedTokenizerBase, layout: ChatLayout, seq: Sequence) -> bool:
-    """True when the concatenated ids equal tokenizing the whole rendered text at once."""
-    text = layout.prefix_text + decode(tokenizer, seq.ids[len(layout.prefix_ids) :])
-    return encode(tokenizer, text) == list(seq.ids)
+def check_layout(tokenizer: PreTrainedTokenizerBase, seq: Sequence, user_text: str) -> bool:
+    """True when the context equals the chat template's own tokenization of `user_text` and the
+    assistant part (reasoning, extractor, answer) equals tokenizing its text on its own."""
+    if getattr(tokenizer, "chat_template", None):
+        out = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True
+        )
+        context = list(out["input_ids"] if hasattr(out, "keys") else out)
+        if list(seq.ids[: seq.context_len]) != context:
+            return False
+    tail = list(seq.ids[seq.context_len :])
+    return encode(tokenizer, decode(tokenizer, tail)) == tail

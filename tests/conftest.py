@@ -1,0 +1,56 @@
+"""Shared fixtures: the embedded SmolLM2 tokenizer and a tiny random-weight Llama built from a config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BBH_DIR = SHARED_DATA / "bbh"
+
+
+@pytest.fixture(scope="session")
+def embedded_folder() -> Path:
+    """The embedded GGUF converted to a plain HF folder (cached across runs in the user cache)."""
+    from greater.model import _converted_gguf, embedded_gguf_path
+
+    return _converted_gguf(embedded_gguf_path(), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(embedded_folder):
+    return AutoTokenizer.from_pretrained(embedded_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(smol_tokenizer):
+    """A 2-layer Llama with random weights over SmolLM2's vocabulary (fast, deterministic)."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smol_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model, smol_tokenizer) -> Path:
+    """The tiny model saved as a local HF folder, for CLI runs with --model."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model.save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    return folder
