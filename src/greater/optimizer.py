@@ -98,8 +98,40 @@ class Result:
     score: float
     initial_prompt: str
     initial_score: float
-    steps: list[StepRecord]
+    steps: list[StepRecord]  # the steps run by this call (a resumed run starts after its checkpoint)
     stopped: str  # "budget" or "plateau"
+
+
+@dataclass
+class RunState:
+    """Everything needed to continue a run exactly; plain JSON (no pickle) via `to_json`/`from_json`."""
+
+    prompt: list[int]
+    init_len: int
+    position: int = 0
+    step: int = 0
+    best_score: float = math.inf
+    best_prompt: list[int] = field(default_factory=list)
+    initial_score: float = math.nan
+    since_best: int = 0
+    scores: dict[Ids, float] = field(default_factory=dict)  # selection-score cache
+    reasoning: list[list[int]] | None = None  # the current prompt's reasoning, when already generated
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["scores"] = [[list(k), v] for k, v in self.scores.items()]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunState:
+        data = dict(data)
+        data["scores"] = {tuple(k): float(v) for k, v in data["scores"]}
+        return cls(**data)
+
+    def record_score(self, prompt: Ids, score: float) -> None:
+        self.scores[prompt] = score
+        if score < self.best_score:
+            self.best_score, self.best_prompt = score, list(prompt)
 
 
 def optimize(
@@ -109,10 +141,15 @@ def optimize(
     config: GreaterConfig | None = None,
     *,
     train: list[Example] | None = None,
-    on_step: Callable[[StepRecord], None] | None = None,
+    on_step: Callable[[StepRecord, RunState], None] | None = None,
     generator: Generator | None = None,
+    state: RunState | None = None,
 ) -> Result:
-    """Run GReaTer on `train` (default: the task's seeded train split) and return the best prompt."""
+    """Run GReaTer on `train` (default: the task's seeded train split) and return the best prompt.
+
+    `on_step(record, state)` is called after every step (the CLI writes steps.jsonl and a checkpoint
+    there); passing a saved `state` continues that run exactly where it stopped.
+    """
     config = config or GreaterConfig()
     config.validate()
     if train is None:
@@ -129,133 +166,134 @@ def optimize(
         answer_temperature=config.answer_temperature,
         generator=generator,
     )
-    allowed = allowed_token_mask(tokenizer, model.get_input_embeddings().weight.shape[0])
-    prompt: Ids = tuple(encode_prompt(tokenizer, config.init_prompt))
     filler = encode(tokenizer, config.filler)
     if len(filler) != 1:
         raise GreaterError(f"the filler {config.filler!r} must be a single token for this tokenizer")
-    init_len = len(prompt)
-    cache: dict[Ids, float] = {}
-    initial_score = math.nan
-    best: tuple[float, Ids] = (math.inf, prompt)
-    reasoning: list[list[int]] | None = None
-    position = 0
-    since_best = 0
+    if state is None:
+        init = encode_prompt(tokenizer, config.init_prompt)
+        state = RunState(prompt=init, init_len=len(init), best_prompt=list(init))
+    step = _Step(engine, config, allowed_token_mask(tokenizer, model.get_input_embeddings().weight.shape[0]))
     records: list[StepRecord] = []
     stopped = "budget"
+    while state.step < config.steps:
+        if config.patience is not None and state.since_best >= config.patience:
+            stopped = "plateau"
+            break
+        previous_best = state.best_score
+        record = step.run(state)
+        position, prompt = advance(tokenizer, tuple(state.prompt), state.position, filler[0])
+        if list(prompt) != state.prompt:
+            state.reasoning = None  # the prompt grew: its reasoning must be generated
+        state.prompt, state.position = list(prompt), position
+        state.since_best = 0 if state.best_score < previous_best else state.since_best + 1
+        records.append(record)
+        if on_step is not None:
+            on_step(record, state)
+    return Result(
+        prompt=_text(tokenizer, state.best_prompt),
+        prompt_ids=list(state.best_prompt),
+        score=state.best_score,
+        initial_prompt=config.init_prompt,
+        initial_score=state.initial_score,
+        steps=records,
+        stopped=stopped,
+    )
 
-    for step in range(1, config.steps + 1):
+
+class _Step:
+    """One GReaTer step at `state.position`; mutates the state and returns the step's record."""
+
+    def __init__(self, engine: Engine, config: GreaterConfig, allowed: torch.Tensor) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.config = config
+        self.allowed = allowed
+
+    def run(self, state: RunState) -> StepRecord:
+        config, engine = self.config, self.engine
         started = time.perf_counter()
+        state.step += 1
         timing: dict[str, float] = {}
         warnings: list[str] = []
-        rng = random.Random(f"{config.seed}:{step}")
+        prompt, position = tuple(state.prompt), state.position
+        rng = random.Random(f"{config.seed}:{state.step}")
 
         # 1. reasoning for the current prompt (reused from the previous selection when possible)
-        if reasoning is None or not config.reuse_reasoning:
-            (reasoning,) = engine.reason([prompt], config.max_new_tokens)
+        if state.reasoning is None or not config.reuse_reasoning:
+            (state.reasoning,) = engine.reason([prompt], config.max_new_tokens)
         timing["reasoning"] = _lap(started)
 
         # 2 + 3. one teacher-forced forward + backward: loss, proposal log-probs, embedding gradient
         t = time.perf_counter()
-        terms = engine.terms(engine.sequences(prompt, reasoning), position=position, nll_weight=config.nll_weight)
-        current_score = selection_score(terms, config)
-        cache[prompt] = current_score
-        if step == 1:
-            initial_score = current_score
-        if current_score < best[0]:
-            best = (current_score, prompt)
-        exclude = {prompt[position - 1]} if position > 0 else set()
-        candidates = propose_candidates(terms.proposal_logprobs, allowed, exclude, prompt[position], config, rng)
-        grads = candidate_gradient(terms, engine.candidate_embeddings(candidates), candidates, config.nll_weight)
+        terms = engine.terms(engine.sequences(prompt, state.reasoning), position=position, nll_weight=config.nll_weight)
         loss = float((terms.ce + config.nll_weight * terms.nll).mean())
+        if math.isfinite(loss):
+            state.record_score(prompt, selection_score(terms, config))
+        else:
+            warnings.append(f"non-finite loss for the current prompt at step {state.step}")
+        if state.step == 1:
+            state.initial_score = state.scores.get(prompt, math.nan)
+        exclude = {prompt[position - 1]} if position > 0 else set()
+        candidates = propose_candidates(terms.proposal_logprobs, self.allowed, exclude, prompt[position], config, rng)
+        grads = candidate_gradient(terms, engine.candidate_embeddings(candidates), candidates, config.nll_weight)
+        ranked = [(candidates[j], float(grads[j])) for j in torch.argsort(grads).tolist()]
+        if not all(math.isfinite(g) for _, g in ranked):
+            warnings.append("non-finite candidate gradients were dropped")
+            ranked = [(c, g) for c, g in ranked if math.isfinite(g)]
         timing["gradient"] = _lap(t)
 
         # 4. selection: re-score the most promising candidates with their own reasoning
         t = time.perf_counter()
-        order = torch.argsort(grads).tolist()
-        ranked = [(candidates[j], float(grads[j])) for j in order]
-        shortlist = shortlist_candidates(tokenizer, prompt, position, [c for c, _ in ranked], config.num_select)
-        evaluated: list[dict] = []
-        chosen: Ids | None = None
-        if config.accept_period_after_half and position >= init_len / 2:
-            chosen = next((p for p in shortlist if "." in decode(tokenizer, [p[position]])), None)
-            if chosen is not None:
-                evaluated.append(
-                    {
-                        "token": decode(tokenizer, [chosen[position]]),
-                        "prompt": _text(tokenizer, chosen),
-                        "score": cache.get(chosen),
-                        "cached": chosen in cache,
-                        "accepted_period": True,
-                    }
-                )
-                reasoning = reasoning if chosen == prompt else None
-        if chosen is None:
-            fresh = [p for p in shortlist if p not in cache]
-            fresh_reasoning = dict(zip(fresh, engine.reason(fresh, config.max_new_tokens), strict=True))
-            if fresh:
-                for p in fresh:
-                    score = selection_score(engine.terms(engine.sequences(p, fresh_reasoning[p])), config)
-                    if not math.isfinite(score):
-                        warnings.append(f"non-finite score for {_text(tokenizer, p)!r}; candidate skipped")
-                        continue
-                    cache[p] = score
-            for p in shortlist:
-                if p in cache:
-                    evaluated.append(
-                        {
-                            "token": decode(tokenizer, [p[position]]),
-                            "prompt": _text(tokenizer, p),
-                            "score": cache[p],
-                            "cached": p not in fresh,
-                        }
-                    )
-            scored = [p for p in shortlist if p in cache]
-            chosen = min(scored, key=lambda p: cache[p]) if scored else prompt
-            reasoning = reasoning if chosen == prompt else fresh_reasoning.get(chosen)
-            if cache.get(chosen, math.inf) < best[0]:
-                best = (cache[chosen], chosen)
+        shortlist = shortlist_candidates(self.tokenizer, prompt, position, [c for c, _ in ranked], config.num_select)
+        chosen, evaluated = self._select(state, prompt, position, shortlist, warnings)
         timing["selection"] = _lap(t)
-
-        record = StepRecord(
-            step=step,
+        state.prompt = list(chosen)
+        timing["total"] = _lap(started)
+        return StepRecord(
+            step=state.step,
             position=position,
-            prompt=_text(tokenizer, prompt),
+            prompt=_text(self.tokenizer, prompt),
             loss=loss,
-            candidates=[{"token_id": c, "token": decode(tokenizer, [c]), "grad": g} for c, g in ranked],
+            candidates=[{"token_id": c, "token": decode(self.tokenizer, [c]), "grad": g} for c, g in ranked],
             evaluated=evaluated,
-            chosen=_text(tokenizer, chosen),
+            chosen=_text(self.tokenizer, chosen),
             chosen_ids=list(chosen),
-            best_score=best[0],
-            best_prompt=_text(tokenizer, best[1]),
+            best_score=state.best_score,
+            best_prompt=_text(self.tokenizer, state.best_prompt),
             seconds=timing,
             warnings=warnings,
         )
-        improved = not records or best[0] < records[-1].best_score
-        records.append(record)
 
-        # 5. advance the position; grow the prompt at the end of an unfinished sentence
-        prompt = chosen
-        position, prompt = advance(tokenizer, prompt, position, filler[0])
-        if prompt != chosen:
-            reasoning = None
-        record.seconds["total"] = _lap(started)
-        if on_step is not None:
-            on_step(record)
-        since_best = 0 if improved else since_best + 1
-        if config.patience is not None and since_best >= config.patience:
-            stopped = "plateau"
-            break
+    def _select(
+        self, state: RunState, prompt: Ids, position: int, shortlist: list[Ids], warnings: list[str]
+    ) -> tuple[Ids, list[dict]]:
+        """The chosen prompt and what was evaluated; sets `state.reasoning` to the chosen prompt's."""
+        config, engine, tok = self.config, self.engine, self.tokenizer
 
-    return Result(
-        prompt=_text(tokenizer, best[1]),
-        prompt_ids=list(best[1]),
-        score=best[0],
-        initial_prompt=config.init_prompt,
-        initial_score=initial_score,
-        steps=records,
-        stopped=stopped,
-    )
+        def entry(p: Ids, cached: bool, **extra) -> dict:
+            token = decode(tok, [p[position]])
+            return {"token": token, "prompt": _text(tok, p), "score": state.scores.get(p), "cached": cached} | extra
+
+        if config.accept_period_after_half and position >= state.init_len / 2:
+            period = next((p for p in shortlist if "." in decode(tok, [p[position]])), None)
+            if period is not None:
+                if period != prompt:
+                    state.reasoning = None
+                return period, [entry(period, period in state.scores, accepted_period=True)]
+        fresh = [p for p in shortlist if p not in state.scores]
+        fresh_reasoning = dict(zip(fresh, engine.reason(fresh, config.max_new_tokens), strict=True))
+        for p in fresh:
+            score = selection_score(engine.terms(engine.sequences(p, fresh_reasoning[p])), config)
+            if math.isfinite(score):
+                state.record_score(p, score)
+            else:
+                warnings.append(f"non-finite score for {_text(tok, p)!r}; candidate skipped")
+        scored = [p for p in shortlist if p in state.scores]
+        evaluated = [entry(p, p not in fresh) for p in scored]
+        chosen = min(scored, key=lambda p: state.scores[p]) if scored else prompt
+        if chosen != prompt:
+            state.reasoning = fresh_reasoning.get(chosen)
+        return chosen, evaluated
 
 
 def selection_score(terms: Terms, config: GreaterConfig) -> float:

@@ -1,0 +1,130 @@
+"""The real embedded model (SmolLM2-135M, via the default --model): one optimization step and evaluation.
+
+Slow (tens of seconds on CPU): every test is marked `slow`; deselect with `-m "not slow"`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import BBH_DIR
+from greater.cli import main
+from greater.model import EMBEDDED_MODEL, load_model
+
+pytestmark = pytest.mark.slow
+
+MAX_NEW = "24"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One GReaTer step of the embedded model on gen/boolean_expressions."""
+    out = tmp_path_factory.mktemp("embedded") / "run"
+    argv = ["optimize", "--task", "gen/boolean_expressions", "--steps", "1", "--train", "4", "--test", "4"]
+    assert main([*argv, "--max-new-tokens", MAX_NEW, "--out", str(out)]) == 0
+    return out
+
+
+def check_predictions(out_dir: Path, n: int) -> dict:
+    predictions = read_jsonl(out_dir / "predictions.jsonl")
+    assert len(predictions) == n
+    for pred in predictions:
+        assert set(pred) >= {"question", "reasoning", "output", "predicted", "gold", "correct"}
+        assert pred["gold"] in ("True", "False")
+        assert pred["correct"] == (pred["predicted"] == pred["gold"])
+    metrics = read_json(out_dir / "metrics.json")
+    assert metrics["n"] == n
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["accuracy"] == pytest.approx(sum(p["correct"] for p in predictions) / n)
+    return metrics
+
+
+def test_one_step_on_embedded_model(embedded_run: Path) -> None:
+    result = read_json(embedded_run / "result.json")
+    assert result["model"].startswith("embedded:")
+    assert result["task"] == "gen/boolean_expressions"
+    assert result["steps"] == 1 and result["stopped"] == "budget"
+    assert result["split"] == {"seed": 0, "train": 4, "test": 4}
+    assert result["config"]["max_new_tokens"] == int(MAX_NEW)
+    assert math.isfinite(result["score"]) and math.isfinite(result["initial_score"])
+    assert result["score"] <= result["initial_score"]
+    for value in result["test_accuracy"].values():
+        assert 0.0 <= value <= 1.0
+    assert (embedded_run / "prompt.txt").read_text(encoding="utf-8") == result["prompt"] + "\n"
+
+    (record,) = read_jsonl(embedded_run / "steps.jsonl")
+    assert record["step"] == 1 and record["position"] == 0
+    assert record["prompt"] == result["initial_prompt"]
+    assert math.isfinite(record["loss"]) and record["loss"] > 0
+    candidates = record["candidates"]
+    assert len(candidates) >= 2
+    grads = [c["grad"] for c in candidates]
+    assert all(isinstance(g, float) and math.isfinite(g) for g in grads)
+    assert grads == sorted(grads)
+    assert all(isinstance(c["token_id"], int) and c["token"] for c in candidates)
+    # the gradient is L2-normalised over the candidates
+    assert math.sqrt(sum(g * g for g in grads)) == pytest.approx(1.0, abs=1e-4)
+    assert record["evaluated"] and all(math.isfinite(e["score"]) for e in record["evaluated"])
+    assert record["chosen"] in {e["prompt"] for e in record["evaluated"]} | {record["prompt"]}
+    assert record["best_prompt"] == result["prompt"]
+    assert record["seconds"]["total"] > 0
+
+
+def test_evaluate_embedded_run(embedded_run: Path, tmp_path: Path, capsys) -> None:
+    out_dir = tmp_path / "ev"
+    argv = ["evaluate", "--run", str(embedded_run), "--task", "gen/boolean_expressions", "--limit", "4"]
+    capsys.readouterr()
+    assert main([*argv, "--max-new-tokens", MAX_NEW, "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"accuracy: (\d\.\d+) \((\d+)/4\)", out)
+    assert match is not None, out
+    metrics = check_predictions(out_dir, 4)
+    assert float(match.group(1)) == pytest.approx(metrics["accuracy"], abs=1e-4)
+    assert metrics["prompt"] == read_json(embedded_run / "result.json")["prompt"]
+
+
+@pytest.mark.skipif(not (BBH_DIR / "boolean_expressions.json").is_file(), reason="BBH data not available")
+def test_evaluate_bbh_boolean_expressions(tmp_path: Path, capsys) -> None:
+    out_dir = tmp_path / "ev"
+    argv = ["evaluate", "--task", "bbh/boolean_expressions", "--data-dir", str(BBH_DIR), "--limit", "4"]
+    argv += ["--prompt", "Think step by step.", "--max-new-tokens", MAX_NEW, "--out", str(out_dir)]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert re.search(r"accuracy: \d\.\d+ \(\d/4\) on bbh/boolean_expressions test", capsys.readouterr().out)
+    metrics = check_predictions(out_dir, 4)
+    bbh_inputs = {ex["input"] for ex in read_json(BBH_DIR / "boolean_expressions.json")["examples"]}
+    assert all(p["question"] in bbh_inputs for p in read_jsonl(out_dir / "predictions.jsonl"))
+    assert metrics["task"] == "bbh/boolean_expressions"
+
+
+def test_load_embedded_model_generates() -> None:
+    model, tokenizer = load_model()
+    assert model.name_or_path == EMBEDDED_MODEL
+    assert not model.training
+    params = list(model.parameters())
+    assert params and not any(p.requires_grad for p in params)
+
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
+    )
+    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=10, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    assert 1 <= len(new) <= 10
+    reply = tokenizer.decode(new, skip_special_tokens=True)
+    assert reply.strip()
