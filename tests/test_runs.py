@@ -1,0 +1,167 @@
+"""Runs that survive: checkpoints, exact resume after SIGKILL, signals, and refusing bad resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from greater.cli import main
+from greater.optimizer import GreaterConfig, RunState, optimize
+from greater.tasks import get_task
+
+
+def _steps_without_timing(path: Path) -> list[dict]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for line in lines:
+        line.pop("seconds")
+    return lines
+
+
+def test_resume_from_saved_state_equals_uninterrupted_run(tiny_model, smol_tokenizer):
+    task = get_task("gen/boolean_expressions")
+    train = task.load()[:4]
+
+    def config(steps):
+        return GreaterConfig(steps=steps, max_new_tokens=5, top_k=6, batch_size=4, init_prompt="think step by step.")
+
+    full = optimize(tiny_model, smol_tokenizer, task, config(5), train=train)
+    saved = {}
+    optimize(tiny_model, smol_tokenizer, task, config(2), train=train, on_step=lambda r, s: saved.update(s.to_json()))
+    state = RunState.from_json(json.loads(json.dumps(saved)))  # through JSON, as on disk
+    assert state.step == 2
+    rest = optimize(tiny_model, smol_tokenizer, task, config(5), train=train, state=state)
+    assert [r.step for r in rest.steps] == [3, 4, 5]
+    assert [r.chosen_ids for r in full.steps[2:]] == [r.chosen_ids for r in rest.steps]
+    assert [r.candidates for r in full.steps[2:]] == [r.candidates for r in rest.steps]
+    assert (rest.prompt, rest.score) == (full.prompt, full.score)
+
+
+def _optimize_args(model_dir: Path, out: Path, steps: int = 6) -> list[str]:
+    return [
+        "optimize", "--model", str(model_dir), "--task", "gen/boolean_expressions", "--steps", str(steps),
+        "--train", "4", "--test", "2", "--max-new-tokens", "8", "--top-k", "6", "--out", str(out),
+    ]  # fmt: skip
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "greater.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if json.loads((run_dir / "checkpoint.json").read_text())["state"]["step"] >= step:
+                return
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("the run did not reach the step in time")
+
+
+def test_sigkill_then_resume_gives_the_same_run(tiny_model_dir, tmp_path):
+    assert main(_optimize_args(tiny_model_dir, tmp_path / "straight")) == 0
+
+    killed = tmp_path / "killed"
+    proc = _start(_optimize_args(tiny_model_dir, killed))
+    _wait_for_step(killed, proc, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = json.loads((killed / "checkpoint.json").read_text())["state"]["step"]
+    assert 2 <= stopped_at < 6 and not (killed / "result.json").exists()
+
+    assert main(["optimize", "--resume", str(killed)]) == 0
+    straight = json.loads((tmp_path / "straight" / "result.json").read_text())
+    resumed = json.loads((killed / "result.json").read_text())
+    assert resumed["prompt"] == straight["prompt"] and resumed["steps"] == 6
+    assert _steps_without_timing(killed / "steps.jsonl") == _steps_without_timing(tmp_path / "straight" / "steps.jsonl")
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_and_says_how_to_resume(tiny_model_dir, tmp_path, sig, code):
+    run = tmp_path / "run"
+    proc = _start(_optimize_args(tiny_model_dir, run, steps=50))
+    _wait_for_step(run, proc, 1)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code
+    assert f"greater optimize --resume {run}" in err and "Traceback" not in err
+    step = json.loads((run / "checkpoint.json").read_text())["state"]["step"]
+    assert len((run / "steps.jsonl").read_text().splitlines()) >= step >= 1
+
+
+def _make_interrupted_run(tiny_model_dir: Path, run: Path, monkeypatch, steps: int = 4, after: int = 2) -> None:
+    """A run of `steps` steps interrupted (Ctrl-C) right after the checkpoint of step `after`."""
+    import greater.runs as runs
+
+    real = runs.write_checkpoint
+    written = []
+
+    def interrupt_after(run_dir, payload):
+        real(run_dir, payload)
+        written.append(payload)
+        if len(written) == after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "write_checkpoint", interrupt_after)
+    assert main(_optimize_args(tiny_model_dir, run, steps=steps)) == 130
+    monkeypatch.setattr(runs, "write_checkpoint", real)
+
+
+def test_resume_refuses_contradicting_flags_and_bad_checkpoints(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    _make_interrupted_run(tiny_model_dir, run, monkeypatch)
+    capsys.readouterr()
+
+    assert main(["optimize", "--resume", str(run), "--top-k", "9"]) == 2
+    assert "--top-k 9 differs from the run's stored value 6" in capsys.readouterr().err
+
+    assert main(["optimize", "--resume", str(run), "--task", "gen/arithmetic"]) == 2
+    assert "--task 'gen/arithmetic' differs" in capsys.readouterr().err
+
+    checkpoint = run / "checkpoint.json"
+    good = checkpoint.read_text()
+    checkpoint.write_text(good[: len(good) // 2])
+    assert main(["optimize", "--resume", str(run)]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+
+    checkpoint.write_text(good.replace("greater-checkpoint/1", "greater-checkpoint/0"))
+    assert main(["optimize", "--resume", str(run)]) == 2
+    assert "format 'greater-checkpoint/0'" in capsys.readouterr().err
+
+    checkpoint.write_text(good)
+    assert main(["optimize", "--resume", str(run)]) == 0
+    assert main(["optimize", "--resume", str(run)]) == 2
+    assert "finished run" in capsys.readouterr().err
+
+
+def test_full_disk_is_one_clear_error_and_damages_nothing(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    assert main(_optimize_args(tiny_model_dir, tmp_path / "straight", steps=4)) == 0
+    run = tmp_path / "run"
+    _make_interrupted_run(tiny_model_dir, run, monkeypatch)
+    checkpoint = (run / "checkpoint.json").read_text()
+    capsys.readouterr()
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    assert main(["optimize", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
+    assert (run / "checkpoint.json").read_text() == checkpoint  # the last checkpoint is intact
+    monkeypatch.undo()
+    assert main(["optimize", "--resume", str(run)]) == 0
+    assert _steps_without_timing(run / "steps.jsonl") == _steps_without_timing(tmp_path / "straight" / "steps.jsonl")
