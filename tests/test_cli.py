@@ -18,6 +18,7 @@ import pytest
 
 from conftest import BBH_DIR
 from greater.cli import main
+from greater.tasks import get_task
 
 GEN_TASKS = ("gen/boolean_expressions", "gen/arithmetic", "gen/object_counting")
 _PROGRESS = re.compile(r"^\s*(evaluating|optimizing)\b.*\|")
@@ -149,7 +150,7 @@ def test_optimize_writes_run_files(run_dir: Path, tiny_model_dir: Path) -> None:
     assert result["task"] == "gen/boolean_expressions"
     assert result["model"] == str(tiny_model_dir)
     assert result["config"]["steps"] == 2 and result["config"]["max_new_tokens"] == 6
-    assert result["split"] == {"seed": 0, "train": 4, "test": 3}
+    assert (result["split"]["seed"], result["split"]["train"], result["split"]["test"]) == (0, 4, 3)
     assert result["initial_prompt"] == result["config"]["init_prompt"]
     assert math.isfinite(result["score"]) and result["score"] <= result["initial_score"]
     assert set(result["test_accuracy"]) == {"initial", "optimized"}
@@ -249,7 +250,10 @@ def test_evaluate_run_uses_the_runs_prompt(capsys, run_dir: Path, tiny_model_dir
     assert metrics["prompt"] == result["prompt"]
     assert metrics["joiner"] == result["config"]["joiner"]
     assert metrics["n"] == 2
-    assert len((out_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+    predictions = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    # scored on the run's own test split (train 4, seed 0), not on the default split
+    _, test = get_task("gen/boolean_expressions").split(4, None, 0)
+    assert [p["question"] for p in predictions] == [ex.question for ex in test[:2]]
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_one_step_on_embedded_model(embedded_run: Path) -> None:
     assert result["model"].startswith("embedded:")
     assert result["task"] == "gen/boolean_expressions"
     assert result["steps"] == 1 and result["stopped"] == "budget"
-    assert result["split"] == {"seed": 0, "train": 4, "test": 4}
+    assert (result["split"]["seed"], result["split"]["train"], result["split"]["test"]) == (0, 4, 4)
     assert result["config"]["max_new_tokens"] == int(MAX_NEW)
     assert math.isfinite(result["score"]) and math.isfinite(result["initial_score"])
     assert result["score"] <= result["initial_score"]

@@ -3,12 +3,14 @@ terms (and the gradient w.r.t. one prompt position) in one batched teacher-force
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.generation import Generator, TransformersGenerator
+from greater.decoding import DecodeStats, decode_shared
+from greater.generation import Generator, TransformersGenerator, run_chunked
 from greater.layout import ChatLayout, Sequence, build_sequence, encode
 from greater.tasks import Example, Task
 
@@ -45,9 +47,12 @@ class Engine:
         examples: list[Example],
         *,
         joiner: str,
-        batch_size: int = 16,
+        batch_size: int = 32,
+        grad_batch_size: int = 4,
         answer_temperature: float = 1.0,
         generator: Generator | None = None,
+        cached_decoding: bool = True,
+        batched_gradient: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -58,9 +63,20 @@ class Engine:
         self.answer_ids: list[Ids] = [tuple(encode(tokenizer, " " + task.answer_text(ex))) for ex in examples]
         self.extractor_ids: Ids = tuple(encode(tokenizer, " " + task.extractor))
         self.batch_size = batch_size
+        self.grad_batch_size = grad_batch_size  # backward keeps every activation: smaller chunks bound memory
         self.answer_temperature = answer_temperature
-        self.generator = generator or TransformersGenerator(model, tokenizer, batch_size=batch_size)
-        self.pad_id = getattr(self.generator, "pad_id", 0)
+        self.generator = generator or TransformersGenerator(
+            model, tokenizer, batch_size=batch_size, cached=cached_decoding
+        )
+        # selection with one shared-prefix KV cache needs greater's own decoding loop on this model
+        self.shared_cache = (
+            cached_decoding and isinstance(self.generator, TransformersGenerator) and self.generator.cached
+        )
+        self.batched_gradient = batched_gradient
+        # what the teacher-forced passes cost, for the benchmark; seconds per selection sub-phase
+        self.counts: DecodeStats = getattr(self.generator, "stats", None) or DecodeStats()
+        self.clock: dict[str, float] = {"selection_generation": 0.0, "selection_scoring": 0.0}
+        self.pad_id = getattr(self.generator, "pad_id", tokenizer.pad_token_id or 0)
 
     # -- sequences and generation ---------------------------------------------------------
 
@@ -89,15 +105,82 @@ class Engine:
         outs = self.generator.generate(contexts, max_new_tokens)
         return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
 
+    def reason_and_score(self, prompts: list[Ids], max_new_tokens: int) -> list[tuple[list[list[int]], Terms]]:
+        """Reasoning and loss terms (no gradient) for each prompt on every example.
+
+        With the shared cache, the part of the context common to all prompts is prefilled once per
+        example and answers are scored by extending the generation's cache; otherwise reasoning is
+        generated, then every full sequence is run through the model again.
+        """
+        started = time.perf_counter()
+        if not self.shared_cache:
+            reasonings = self.reason(prompts, max_new_tokens)
+            self.clock["selection_generation"] += time.perf_counter() - started
+            started = time.perf_counter()
+            out = [(r, self.terms(self.sequences(p, r))) for p, r in zip(prompts, reasonings, strict=True)]
+            self.clock["selection_scoring"] += time.perf_counter() - started
+            return out
+        common = _common_prefix_len(prompts)
+        generator = self.generator
+        n_answer = [len(a) for a in self.answer_ids]
+        examples = list(range(len(self.examples)))
+
+        def run(chunk: list[int]) -> list[tuple[int, int, object, list[float]]]:
+            heads = [self.heads[b][0] + self.heads[b][1] + prompts[0][:common] for b in chunk]
+            rows = [
+                (h, p[common:] + self.layout.mid_ids, self.extractor_ids + self.answer_ids[b])
+                for p in prompts
+                for h, b in enumerate(chunk)
+            ]
+            decoded, head_scores = decode_shared(
+                self.model,
+                heads,
+                rows,
+                max_new_tokens=max_new_tokens,
+                stop_ids=generator.stop_ids,
+                pad_id=generator.pad_id,
+                n_head_scored=common,
+                follow_temperature=self.answer_temperature,
+                stats=generator.stats,
+            )
+            n = len(chunk)
+            return [
+                (c, chunk[j], decoded[c * n + j], head_scores[j] if common else [])
+                for c in range(len(prompts))
+                for j in range(n)
+            ]
+
+        per_chunk = max(1, self.batch_size // max(1, len(prompts)))
+        flat = run_chunked(examples, per_chunk, run)
+        out = []
+        for c, prompt in enumerate(prompts):
+            cells = sorted((b, row, head) for cc, b, row, head in flat if cc == c)
+            reasoning = [row.reasoning for _, row, _ in cells]
+            ce, nll, correct = [], [], []
+            for b, row, head in cells:
+                answer_lp = row.follow_logprobs[-n_answer[b] :]
+                prompt_lp = head + row.tail_logprobs[: len(prompt) - common]
+                ce.append(-sum(answer_lp) / len(answer_lp))
+                nll.append(-sum(prompt_lp) / len(prompt_lp))
+                correct.append(all(row.follow_hits[-n_answer[b] :]))
+            terms = Terms(ce=torch.tensor(ce), nll=torch.tensor(nll), correct=torch.tensor(correct))
+            out.append((reasoning, terms))
+        self.clock["selection_generation"] += time.perf_counter() - started  # scoring is fused into decoding
+        return out
+
     # -- the teacher-forced pass -----------------------------------------------------------
 
     def terms(self, seqs: list[Sequence], *, position: int | None = None, nll_weight: float = 0.0) -> Terms:
         """Loss terms for `seqs`, in chunks of `batch_size`; with `position`, also proposal log-probs
         and the summed embedding gradient at prompt index `position`."""
-        parts = [
-            self._chunk_terms(seqs[i : i + self.batch_size], position, nll_weight)
-            for i in range(0, len(seqs), self.batch_size)
-        ]
+        if position is not None and not self.batched_gradient:
+            # as the reference does: a proposal forward, then a forward + backward, one example at a time
+            parts = []
+            for seq in seqs:
+                self._chunk_terms([seq], None, nll_weight)
+                parts.append(self._chunk_terms([seq], position, nll_weight))
+        else:
+            parts = run_chunked(seqs, self.batch_size, lambda chunk: [self._chunk_terms(chunk, position, nll_weight)])
         merged = Terms(
             ce=torch.cat([p.ce for p in parts]),
             nll=torch.cat([p.nll for p in parts]),
@@ -140,11 +223,17 @@ class Engine:
             nll = -_row_mean(pr_lp.gather(1, pr_tgt[:, None])[:, 0], pr_row, b)
             hit = (ans_lp.argmax(-1) == ans_tgt).float()
             correct = _row_mean(hit, ans_row, b) == 1.0
-            terms = Terms(ce=ce.detach(), nll=nll.detach(), correct=correct)
+            terms = Terms(ce=ce.detach().cpu(), nll=nll.detach().cpu(), correct=correct.cpu())
             if leaf is not None:
-                (terms.embed_grad,) = torch.autograd.grad((ce + nll_weight * nll).sum(), leaf)
-                offsets = torch.tensor([0] + [len(p) for p in prompt_pos]).cumsum(0)[:-1]
-                terms.proposal_logprobs = pr_lp.detach()[offsets + position]
+                (grad,) = torch.autograd.grad((ce + nll_weight * nll).sum(), leaf)
+                offsets = torch.tensor([0] + [len(p) for p in prompt_pos], device=pr_lp.device).cumsum(0)[:-1]
+                terms.embed_grad = grad.float().cpu()
+                terms.proposal_logprobs = pr_lp.detach()[offsets + position].cpu()
+        if leaf is not None:
+            self.counts.backward_tokens += int(mask.sum())
+        else:
+            self.counts.forward_tokens += int(mask.sum())
+        self.counts.padded_slots += int(mask.numel() - mask.sum())
         return terms
 
     def _gathered_logprobs(
@@ -166,7 +255,7 @@ class Engine:
         """(C, D) input embeddings of candidate tokens, as the model sees them."""
         ids = torch.tensor(token_ids, device=self.model.device)
         with torch.no_grad():
-            return self.model.get_input_embeddings()(ids).float()
+            return self.model.get_input_embeddings()(ids).float().cpu()
 
 
 def _row_mean(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -174,3 +263,12 @@ def _row_mean(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Te
     total = torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
     count = torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, rows, torch.ones_like(values))
     return total / count.clamp(min=1)
+
+
+def _common_prefix_len(prompts: list[Ids]) -> int:
+    """Length of the longest common prefix of the prompts, leaving at least one token of each."""
+    n = min(len(p) for p in prompts) - 1
+    for i in range(n):
+        if len({p[i] for p in prompts}) > 1:
+            return i
+    return max(n, 0)

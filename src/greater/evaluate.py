@@ -32,7 +32,7 @@ def evaluate(
     *,
     joiner: str = ". Use",
     max_new_tokens: int = 256,
-    batch_size: int = 16,
+    batch_size: int = 32,
     generator: Generator | None = None,
     progress: bool = False,
 ) -> Evaluation:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from greater.decoding import DecodeStats, decode_shared
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Generator(Protocol):
@@ -26,58 +32,87 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return ids
 
 
+def run_chunked(items: Sequence[T], size: int, fn: Callable[[list[T]], list[R]]) -> list[R]:
+    """`fn` over consecutive chunks of at most `size` items, concatenated; the chunk size halves on
+    out-of-memory instead of crashing."""
+    out: list[R] = []
+    start = 0
+    while start < len(items):
+        chunk = list(items[start : start + size])
+        try:
+            out.extend(fn(chunk))
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            logging.getLogger(__name__).warning("out of memory; batch size now %d", size)
+            continue
+        start += len(chunk)
+    return out
+
+
 class TransformersGenerator:
-    """Greedy generation with `model.generate`: left padding, rows sorted by length to keep padding small."""
+    """Greedy generation on a transformers model; rows sorted by length to keep padding small.
+
+    `cached=True` (default) uses greater's own KV-cache loop, which drops finished rows from the batch;
+    `cached=False` uses `model.generate`.
+    """
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16, progress=None
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int = 32,
+        cached: bool = True,
+        progress=None,
     ) -> None:
         self.model = model
         self.stop_ids = stop_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.stop_ids, default=0)
         self.batch_size = batch_size
+        self.cached = cached
         self.progress = progress
-        self.tokens_generated = 0
+        self.stats = DecodeStats()
 
     def generate(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
         """Continuations (stop token excluded), in the order of `contexts`."""
         if max_new_tokens <= 0 or not contexts:
             return [[] for _ in contexts]
         order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
-        out: list[list[int]] = [[] for _ in contexts]
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=sorted(self.stop_ids) or None,
-            pad_token_id=self.pad_id,
-        )
-        start = 0
-        batch_size = self.batch_size
-        while start < len(order):
-            rows = order[start : start + batch_size]
-            try:
-                new = self._generate_batch([contexts[i] for i in rows], config)
-            except torch.OutOfMemoryError:
-                if batch_size == 1:
-                    raise
-                batch_size = max(1, batch_size // 2)
-                logging.getLogger(__name__).warning("out of memory; generation batch size now %d", batch_size)
-                continue
-            for i, ids in zip(rows, new, strict=True):
-                out[i] = ids
-            start += len(rows)
-            if self.progress is not None:
-                self.progress.update(len(rows))
-        return out
+        batch = self._decode_batch if self.cached else self._generate_batch
+        outs = run_chunked([contexts[i] for i in order], self.batch_size, lambda c: batch(c, max_new_tokens))
+        result: list[list[int]] = [[] for _ in contexts]
+        for i, ids in zip(order, outs, strict=True):
+            result[i] = ids
+        return result
 
-    def _generate_batch(self, contexts: list[tuple[int, ...]], config: GenerationConfig) -> list[list[int]]:
+    def _decode_batch(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
+        rows, _ = decode_shared(
+            self.model,
+            [c[:-1] for c in contexts],
+            [(i, c[-1:], ()) for i, c in enumerate(contexts)],
+            max_new_tokens=max_new_tokens,
+            stop_ids=self.stop_ids,
+            pad_id=self.pad_id,
+            stats=self.stats,
+        )
+        self._tick(len(contexts))
+        return [r.reasoning for r in rows]
+
+    def _generate_batch(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
         width = max(len(c) for c in contexts)
         input_ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(contexts), width), dtype=torch.long)
         for row, ctx in enumerate(contexts):
             input_ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
             mask[row, width - len(ctx) :] = 1
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=sorted(self.stop_ids) or None,
+            pad_token_id=self.pad_id,
+        )
         device = self.model.device
         with torch.no_grad():
             generated = self.model.generate(
@@ -87,5 +122,13 @@ class TransformersGenerator:
         for row in generated[:, width:].tolist():
             cut = next((j for j, t in enumerate(row) if t in self.stop_ids), len(row))
             result.append(row[:cut])
-            self.tokens_generated += cut
+            self.stats.generated_tokens += cut
+            self.stats.padded_slots += len(row) - cut
+        self.stats.forward_tokens += int(mask.sum()) + len(contexts) * generated.shape[1] - width
+        self.stats.padded_slots += int(mask.numel() - mask.sum())
+        self._tick(len(contexts))
         return result
+
+    def _tick(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.update(n)

@@ -48,9 +48,13 @@ class GreaterConfig:
     accept_period_after_half: bool = True  # past half the initial length, take a "." candidate at once
     filler: str = " and"  # token appended when the position passes the end of an unfinished prompt
     max_new_tokens: int = 256
-    batch_size: int = 16
+    batch_size: int = 32  # rows per generation / scoring batch
+    grad_batch_size: int = 4  # rows per forward + backward chunk (bounds activation memory)
     patience: int | None = None  # stop when the best score has not improved for this many steps
+    # speed-ups; each gives the same result as when off (see tests/test_speedups.py)
     reuse_reasoning: bool = True  # the chosen candidate's reasoning is the next step's reasoning
+    batched_gradient: bool = True  # one batched forward + backward gives loss, proposals and gradient
+    cached_decoding: bool = True  # own KV-cache decoding: shared prefix, finished rows leave, cached scoring
     seed: int = 0
 
     def validate(self) -> None:
@@ -62,6 +66,7 @@ class GreaterConfig:
             "num_select": self.num_select >= 1,
             "max_new_tokens": self.max_new_tokens >= 1,
             "batch_size": self.batch_size >= 1,
+            "grad_batch_size": self.grad_batch_size >= 1,
             "answer_temperature": self.answer_temperature > 0,
             "selection": self.selection in ("loss", "accuracy"),
             "patience": self.patience is None or self.patience >= 1,
@@ -163,8 +168,11 @@ def optimize(
         train,
         joiner=config.joiner,
         batch_size=config.batch_size,
+        grad_batch_size=config.grad_batch_size,
         answer_temperature=config.answer_temperature,
         generator=generator,
+        cached_decoding=config.cached_decoding,
+        batched_gradient=config.batched_gradient,
     )
     filler = encode(tokenizer, config.filler)
     if len(filler) != 1:
@@ -226,6 +234,8 @@ class _Step:
         # 2 + 3. one teacher-forced forward + backward: loss, proposal log-probs, embedding gradient
         t = time.perf_counter()
         terms = engine.terms(engine.sequences(prompt, state.reasoning), position=position, nll_weight=config.nll_weight)
+        timing["gradient"] = _lap(t)
+        t = time.perf_counter()
         loss = float((terms.ce + config.nll_weight * terms.nll).mean())
         if math.isfinite(loss):
             state.record_score(prompt, selection_score(terms, config))
@@ -240,12 +250,15 @@ class _Step:
         if not all(math.isfinite(g) for _, g in ranked):
             warnings.append("non-finite candidate gradients were dropped")
             ranked = [(c, g) for c, g in ranked if math.isfinite(g)]
-        timing["gradient"] = _lap(t)
+        timing["proposal"] = _lap(t)
 
         # 4. selection: re-score the most promising candidates with their own reasoning
         t = time.perf_counter()
+        clock = dict(engine.clock)
         shortlist = shortlist_candidates(self.tokenizer, prompt, position, [c for c, _ in ranked], config.num_select)
         chosen, evaluated = self._select(state, prompt, position, shortlist, warnings)
+        for phase in clock:
+            timing[phase] = round(engine.clock[phase] - clock[phase], 4)
         timing["selection"] = _lap(t)
         state.prompt = list(chosen)
         timing["total"] = _lap(started)
@@ -281,9 +294,10 @@ class _Step:
                     state.reasoning = None
                 return period, [entry(period, period in state.scores, accepted_period=True)]
         fresh = [p for p in shortlist if p not in state.scores]
-        fresh_reasoning = dict(zip(fresh, engine.reason(fresh, config.max_new_tokens), strict=True))
-        for p in fresh:
-            score = selection_score(engine.terms(engine.sequences(p, fresh_reasoning[p])), config)
+        scored_fresh = engine.reason_and_score(fresh, config.max_new_tokens) if fresh else []
+        fresh_reasoning = {p: reasoning for p, (reasoning, _) in zip(fresh, scored_fresh, strict=True)}
+        for p, (_, terms) in zip(fresh, scored_fresh, strict=True):
+            score = selection_score(terms, config)
             if math.isfinite(score):
                 state.record_score(p, score)
             else:
