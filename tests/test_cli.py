@@ -312,11 +312,6 @@ def _case_run_without_result(tmp: Path, model: Path) -> tuple[list[str], str]:
     return argv, "result.json does not exist"
 
 
-_SURROGATE_BUG = (
-    "src bug: cli._cmd_optimize writes run.json (with the init prompt) before the prompt is encoded; "
-    "runs.write_atomic only catches OSError, so the UnicodeEncodeError escapes as a traceback"
-)
-
 BAD_INPUT: list = [
     pytest.param(_case_unknown_task, id="unknown-task"),
     pytest.param(_case_missing_model, id="missing-model-path"),
@@ -324,11 +319,7 @@ BAD_INPUT: list = [
     pytest.param(_case_bbh_empty, id="bbh-empty-examples"),
     pytest.param(_case_bbh_malformed, id="bbh-malformed-json"),
     pytest.param(_case_empty_prompt, id="empty-init-prompt"),
-    pytest.param(
-        _case_unencodable_prompt,
-        id="unencodable-init-prompt",
-        marks=pytest.mark.xfail(raises=UnicodeEncodeError, strict=True, reason=_SURROGATE_BUG),
-    ),
+    pytest.param(_case_unencodable_prompt, id="unencodable-init-prompt"),
     pytest.param(_case_unencodable_eval_prompt, id="unencodable-eval-prompt"),
     pytest.param(_case_run_without_result, id="run-without-result"),
 ]
@@ -348,10 +339,6 @@ def test_bad_input_is_one_clean_error(
     assert expected in lines[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: cli._cmd_optimize creates the run directory and run.json before checking the init prompt",
-)
 def test_bad_init_prompt_leaves_no_run_behind(capsys, tmp_path: Path, tiny_model_dir: Path) -> None:
     code, _, _ = run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "run", "--init-prompt", " "))
     assert code == 2

@@ -91,7 +91,7 @@ def _positive(text: str) -> int:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("ignore", module="(transformers|torch|accelerate|gguf)")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -101,12 +101,16 @@ def _quiet_libraries() -> None:
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from greater.tasks import get_task, task_names
+    from greater.tasks.bbh import resolve_data_dir
 
+    data_dir = resolve_data_dir(args.data_dir)
     for name in task_names(args.data_dir):
-        try:
-            desc = get_task(name, args.data_dir).description if name.startswith("gen/") else "BIG-Bench Hard"
-        except GreaterError:
-            desc = "BIG-Bench Hard (needs --data-dir)"
+        if name.startswith("gen/"):
+            desc = get_task(name).description
+        elif data_dir is not None and (data_dir / f"{name.partition('/')[2]}.json").is_file():
+            desc = f"BIG-Bench Hard, from {data_dir}"
+        else:
+            desc = "BIG-Bench Hard (needs --data-dir or $GREATER_DATA_DIR)"
         print(f"{name:50s} {desc}")
     return 0
 
@@ -180,8 +184,17 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     from tqdm import tqdm
 
     from greater.evaluate import evaluate
+    from greater.layout import encode_prompt
     from greater.optimizer import StepRecord, optimize
-    from greater.runs import append_jsonl, new_run_dir, read_json, truncate_lines, write_atomic, write_checkpoint
+    from greater.runs import (
+        append_jsonl,
+        new_run_dir,
+        read_json,
+        read_lines,
+        truncate_lines,
+        write_atomic,
+        write_checkpoint,
+    )
     from greater.runs import write_json as write_run_json
     from greater.tasks import get_task
 
@@ -190,6 +203,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     train, test = task.split(split["train"], split["test"], split["seed"])
     fingerprint = _fingerprint(train, test)
     model, tokenizer = _load(None if info["model"].startswith("embedded:") else info["model"], args.trust_remote_code)
+    encode_prompt(tokenizer, config.init_prompt)  # a bad prompt fails before anything is written
     if run_dir is None:
         requested = args.out or Path("runs") / f"{args.task.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir, renamed = new_run_dir(requested)
@@ -263,7 +277,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
             "score": result.score,
             "initial_prompt": result.initial_prompt,
             "initial_score": result.initial_score,
-            "steps": sum(1 for _ in (run_dir / "steps.jsonl").open()) if (run_dir / "steps.jsonl").exists() else 0,
+            "steps": len(read_lines(run_dir / "steps.jsonl")),
             "stopped": result.stopped,
             "test_accuracy": {"initial": initial_acc, "optimized": final_acc},
         },

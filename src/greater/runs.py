@@ -36,9 +36,13 @@ def write_atomic(path: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise GreaterError(f"cannot write {path}: {exc.strerror}") from exc
+        if isinstance(exc, OSError):
+            raise GreaterError(f"cannot write {path}: {exc.strerror}") from exc
+        if isinstance(exc, UnicodeError):
+            raise GreaterError(f"cannot write {path}: text that cannot be encoded ({exc.reason})") from exc
+        raise
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -125,10 +129,13 @@ def read_checkpoint(run_dir: Path) -> dict:
     return data
 
 
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text file (with their line ends); none when it does not exist."""
+    return path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+
+
 def truncate_lines(path: Path, keep: int) -> None:
     """Keep the first `keep` lines of a JSONL file (drops a step logged after the last checkpoint)."""
-    if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    if len(lines) != keep:
+    lines = read_lines(path)
+    if path.exists() and len(lines) != keep:
         write_atomic(path, "".join(line for line in lines[:keep] if line.endswith("\n")))
