@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from greater.generation import TransformersGenerator
+from greater.memory import return_freed_memory
 from greater.model import load_model
 from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import get_task
@@ -45,12 +46,25 @@ def main() -> int:
     parser.add_argument("--num-select", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--compare", action="store_true", help="run with every speed-up off, then on")
+    parser.add_argument(
+        "--random-weights",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a folder with only config.json + tokenizer: random weights of that shape (timing where the weights "
+        "cannot travel; reasoning then always runs to the cap)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
+    return_freed_memory()
     torch.manual_seed(0)
-    model, tokenizer = load_model(args.model, device=args.device)
+    if args.random_weights:
+        model, tokenizer = random_model(args.random_weights, args.device, getattr(torch, args.dtype))
+    else:
+        model, tokenizer = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     task = get_task(args.task, str(BBH) if BBH.exists() else None)
     train, _ = task.split(args.train, None, 0)
     print(
@@ -96,6 +110,14 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def random_model(folder: Path, device: str, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=dtype).to(device).eval()
+    model.requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def summarize(label: str, result, generator, wall: float, device: str) -> dict:

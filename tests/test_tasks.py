@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_DATA
 from greater.errors import GreaterError
-from greater.tasks import Example, Task, get_task, task_names
+from greater.tasks import Example, Task, get_task, resolve_task, task_names
 from greater.tasks.answers import (
+    ANSWER_TYPES,
     extractor_for,
+    final_answer,
+    gold_problem,
+    infer_answer_type,
     normalize_choice,
     normalize_number,
     normalize_text,
     normalize_true_false,
+    normalize_true_false_uncertain,
     normalize_valid_invalid,
     normalize_yes_no,
     normalizer_for,
+    option_letters,
 )
 from greater.tasks.generated import OBJECT_CATEGORIES, POOL_SIZE, evaluate_boolean
 
@@ -37,6 +46,7 @@ def wrong_answer(task: Task, gold: str) -> str:
         "False": "True",
         "valid": "invalid",
         "invalid": "valid",
+        "Uncertain": "True",
     }
     if gold in flips:
         return flips[gold]
@@ -380,3 +390,220 @@ def test_bbh_bad_content(tmp_path: Path, data: object, message: str) -> None:
     write_json(tmp_path / "navigate.json", data)
     with pytest.raises(GreaterError, match=f"navigate.json: {message}"):
         get_task("bbh/navigate", str(tmp_path))
+
+
+# --- every built-in task -------------------------------------------------------------------------
+
+SHARED_NAMES = task_names(str(SHARED_DATA)) if SHARED_DATA.is_dir() else []
+GSM8K_DIR, FOLIO_DIR = SHARED_DATA / "gsm8k", SHARED_DATA / "folio"
+
+
+@pytest.mark.skipif(not SHARED_NAMES, reason=f"no data in {SHARED_DATA}")
+@pytest.mark.parametrize("name", SHARED_NAMES)
+def test_every_builtin_task_scores_its_own_gold(name: str) -> None:
+    """Loads from ../shared/data, has a well-formed extractor, and gold answers score 100%, wrong ones 0%."""
+    task = get_task(name, str(SHARED_DATA))
+    assert task.name == name and task.description
+    assert task.answer_type in ANSWER_TYPES
+    assert task.extractor.startswith("Therefore, the final answer (") and task.extractor.endswith(") is $")
+    train, test = task.split(None, None, seed=0)
+    assert len(train) == 50 and test
+    examples = train + test
+    right = [task.is_correct(f" {task.answer_text(ex)}\nmore", ex) for ex in examples]
+    wrong = [task.is_correct(f" {wrong_answer(task, task.answer_text(ex))}\nmore", ex) for ex in examples]
+    assert sum(right) == len(examples) and sum(wrong) == 0
+    assert all(ex.answer == task.normalize(ex.answer) for ex in examples)  # stored canonical
+
+
+def test_builtin_benchmarks_listed_without_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GREATER_DATA_DIR", raising=False)
+    assert {"gsm8k", "folio"} <= set(task_names())
+
+
+@pytest.mark.skipif(not GSM8K_DIR.is_dir(), reason=f"no GSM8K data in {GSM8K_DIR}")
+@pytest.mark.parametrize("data_dir", [SHARED_DATA, GSM8K_DIR], ids=["root", "gsm8k-folder"])
+def test_gsm8k(data_dir: Path) -> None:
+    task = get_task("gsm8k", str(data_dir))
+    assert task.answer_type == "number" and task.load_test is not None
+    files = {
+        split: (GSM8K_DIR / f"{split}.jsonl").read_text(encoding="utf-8").splitlines() for split in ("train", "test")
+    }
+    train_pool, test_pool = task.load(), task.load_test()
+    assert (len(train_pool), len(test_pool)) == (len(files["train"]), len(files["test"]))
+    first = json.loads(files["test"][0])
+    assert test_pool[0] == Example(first["question"], first["answer"].rpartition("####")[2].strip().replace(",", ""))
+    assert all(re.fullmatch(r"-?\d+", ex.answer) for ex in train_pool + test_pool)
+    # the paper's protocol: a seeded train subset of train.jsonl, the test split from test.jsonl
+    train, test = task.split(None, 100, seed=3)
+    assert len(train) == 50 and len(test) == 100
+    assert {ex.question for ex in train} <= {ex.question for ex in train_pool}
+    assert {ex.question for ex in test} <= {ex.question for ex in test_pool}
+    assert (train, test) == task.split(None, 100, seed=3) and train != task.split(None, 100, seed=4)[0]
+    assert len(task.split(None, None, seed=0)[1]) == len(test_pool)
+    with pytest.raises(GreaterError, match="--train must be between 1 and"):
+        task.split(len(train_pool) + 1, None, seed=0)
+
+
+@pytest.mark.skipif(not FOLIO_DIR.is_dir(), reason=f"no FOLIO data in {FOLIO_DIR}")
+def test_folio() -> None:
+    import csv
+
+    task = get_task("folio", str(SHARED_DATA))
+    assert task.answer_type == "true_false_uncertain"
+    assert "'$ True' or '$ False' or '$ Uncertain'" in task.extractor
+    with (FOLIO_DIR / "test.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = {"(A)": "True", "(B)": "False", "(C)": "Uncertain"}
+    assert task.load_test() == [Example(row["goal"], labels[row["final_target"]]) for row in rows]
+    assert {ex.answer for ex in task.load()} == {"True", "False", "Uncertain"}
+
+
+def test_benchmark_missing_files_names_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(GreaterError, match="no train.jsonl in .*--data-dir"):
+        get_task("gsm8k", str(tmp_path))
+    assert "gsm8k" not in task_names(str(tmp_path)) and "folio" not in task_names(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "folio", "bbh/navigate"])
+def test_offline_without_data_names_the_flag(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No local copy and no `datasets` (or no network): one error that says to pass --data-dir."""
+    monkeypatch.delenv("GREATER_DATA_DIR", raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(GreaterError, match="--data-dir") as info:
+        get_task(name)
+    assert "\n" not in str(info.value)
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Couldn't reach the Hugging Face Hub\n(offline)")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    with pytest.raises(GreaterError, match="Hugging Face hub .*--data-dir") as info:
+        get_task(name)
+    assert "\n" not in str(info.value)
+
+
+def test_hub_rows_when_no_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a data folder the splits come from `datasets` (a stand-in here: tests never touch the hub)."""
+    calls = []
+    hub = {
+        ("openai/gsm8k", "main", "train"): [{"question": f"q{i}?", "answer": f"so\n#### {i},000"} for i in range(60)],
+        ("openai/gsm8k", "main", "test"): [{"question": "t?", "answer": "#### -3"}],
+        ("yale-nlp/FOLIO", None, "train"): [{"premises": ["P1.", "P2."], "conclusion": "C.", "label": "Uncertain"}]
+        * 60,
+        ("yale-nlp/FOLIO", None, "validation"): [{"premises": "P.", "conclusion": "C.", "label": "False"}],
+        ("lukaemon/bbh", "navigate", "test"): [{"input": "Go?", "target": "Yes"}] * 3,
+    }
+
+    def load_dataset(name: str, config: str | None, split: str) -> list[dict]:
+        calls.append((name, config, split))
+        return hub[name, config, split]
+
+    monkeypatch.delenv("GREATER_DATA_DIR", raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    gsm8k = get_task("gsm8k")
+    assert gsm8k.load()[2] == Example("q2?", "2000") and gsm8k.load_test() == [Example("t?", "-3")]
+    folio = get_task("folio")
+    assert folio.load()[0].question.startswith("Premise:\nP1.\nP2.\n\nQuestion:")
+    assert "Statement: C." in folio.load()[0].question and folio.load_test()[0].answer == "False"
+    assert get_task("bbh/navigate").load() == [Example("Go?", "Yes")] * 3
+    assert set(calls) == set(hub)
+
+
+def test_custom_options_only_for_custom_tasks() -> None:
+    with pytest.raises(GreaterError, match="--answer-type: only for custom tasks"):
+        resolve_task("gen/arithmetic", None, {"answer_type": "number", "input_field": None})
+    assert resolve_task("gen/arithmetic", None, {"answer_type": None, "skip_bad_rows": False}).name == "gen/arithmetic"
+
+
+# --- answer matching on tricky answers -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer_type", "gold", "said", "match"),
+    [
+        ("choice", "(B)", "B", True),
+        ("choice", "(B)", "$ B", True),
+        ("choice", "(B)", "B)", True),
+        ("choice", "(B)", "(b)", True),
+        ("choice", "B", "(A)", False),
+        ("choice", "(A)", "A", True),
+        ("choice", "A", "Answer", False),
+        ("number", "1234", "1,234", True),
+        ("number", "1234", "$1234", True),
+        ("number", "1234", "1234.0", True),
+        ("number", "1234", "$1,234.00 in total", True),
+        ("number", "-5", "-$5", True),
+        ("number", "-5", "$-5", True),
+        ("number", "-5", "5", False),
+        ("number", "0.5", ".5", True),
+        ("number", "-0.25", "-.25", True),
+        ("number", "12", "twelve", False),
+        ("text", "apple  banana", " apple banana. ", True),
+        ("text", "apple banana", "Apple banana", False),
+        ("yes_no", "Yes", "YES", True),
+        ("yes_no", "No", "no.", True),
+        ("true_false_uncertain", "Uncertain", "uncertain.", True),
+        ("true_false_uncertain", "Uncertain", "$ True", False),
+        ("valid_invalid", "invalid", "Invalid", True),
+    ],
+)
+def test_answers_match_per_type(answer_type: str, gold: str, said: str, match: bool) -> None:
+    normalize = normalizer_for(answer_type)
+    assert (normalize(said) == normalize(gold)) is match
+
+
+def test_normalize_true_false_uncertain() -> None:
+    assert normalize_true_false_uncertain("Uncertain, because") == "Uncertain"
+    assert normalize_true_false_uncertain("maybe") == "maybe"
+
+
+def test_final_answer() -> None:
+    assert final_answer("3 + 4 = 7\n#### 7") == " 7"
+    assert final_answer("#### 1 #### 2") == " 2"
+    assert final_answer("42") == "42"
+
+
+@pytest.mark.parametrize(
+    ("gold", "answer_type", "choices", "problem"),
+    [
+        ("B", "choice", None, None),
+        ("S", "choice", None, "is not one of"),
+        ("D", "choice", ["A", "B", "C"], "is not one of A, B, C"),
+        ("Yes", "yes_no", None, None),
+        ("Maybe", "yes_no", None, "is not one of Yes, No"),
+        ("-3", "number", None, None),
+        ("three", "number", None, "is not a number"),
+        ("pos", "text", ["pos", "neg"], None),
+        ("meh", "text", ["pos", "neg"], "is not one of pos, neg"),
+        ("", "text", None, "is empty"),
+    ],
+)
+def test_gold_problem(gold: str, answer_type: str, choices: list[str] | None, problem: str | None) -> None:
+    found = gold_problem(gold, answer_type, choices)
+    assert found is None if problem is None else problem in (found or "")
+
+
+@pytest.mark.parametrize(
+    ("targets", "answer_type"),
+    [
+        (["(A)", "(C)"], "choice"),
+        (["True", "false"], "true_false"),
+        (["True", "Uncertain"], "true_false_uncertain"),
+        (["yes", "No"], "yes_no"),
+        (["12", "-3"], "number"),
+        (["1,234"], "text"),
+        (["a b c"], "text"),
+    ],
+)
+def test_infer_answer_type(targets: list[str], answer_type: str) -> None:
+    assert infer_answer_type(targets) == answer_type
+
+
+def test_option_letters_and_label_extractors() -> None:
+    assert option_letters("Q?\nOptions:\n(A) x\n (B) y\nnot (C) here") == ["A", "B"]
+    assert "'$ True' or '$ False' or '$ Uncertain'" in extractor_for("true_false_uncertain")
+    assert (
+        extractor_for("valid_invalid")
+        == "Therefore, the final answer (use exact format: '$ valid' or '$ invalid') is $"
+    )
+    assert "'$ pos' or '$ neg'" in extractor_for("text", ["pos", "neg"])

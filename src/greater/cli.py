@@ -13,6 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from greater.errors import GreaterError
+from greater.memory import return_freed_memory
+from greater.tasks.answers import ANSWER_TYPES
+from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -23,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
+    return_freed_memory()
     try:
         return args.func(args)
     except GreaterError as exc:
@@ -37,16 +41,30 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="greater", description="Prompt optimization with gradients over reasoning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--task", default=None, help="task name, e.g. gen/arithmetic or bbh/boolean_expressions")
+    def common(p: argparse.ArgumentParser, many_tasks: bool = False) -> None:
+        if many_tasks:
+            p.add_argument("--task", action="append", default=None, help="a task to score on (repeat for more)")
+        else:
+            p.add_argument("--task", default=None, help="task name, e.g. gen/arithmetic or bbh/boolean_expressions")
         p.add_argument(
             "--model", default=None, help="HF hub id, local folder or .gguf file (default: embedded SmolLM2)"
         )
-        p.add_argument("--data-dir", default=None, help="folder with BBH JSON files (default: $GREATER_DATA_DIR)")
+        p.add_argument(
+            "--data-dir", default=None, help="data root (bbh/, gsm8k/, folio/) or a BBH folder ($GREATER_DATA_DIR)"
+        )
         p.add_argument("--max-new-tokens", type=_positive, default=None, help="cap on reasoning tokens")
         p.add_argument("--batch-size", type=_positive, default=None, help="rows per forward/generation batch")
         p.add_argument("--seed", type=int, default=None, help="seed of the split and the proposal draws (0)")
         p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+        custom = p.add_argument_group("custom tasks (--task data.jsonl|.csv|.json or task.toml)")
+        custom.add_argument("--input-field", default=None, help="question field (default: input, else question)")
+        custom.add_argument("--answer-field", default=None, help="gold answer field (default: target, else answer)")
+        custom.add_argument("--answer-type", choices=ANSWER_TYPES, default=None, help="default: inferred from data")
+        custom.add_argument("--choices", default=None, help="allowed answers, comma-separated (e.g. A,B,C,D)")
+        custom.add_argument("--extractor", default=None, help="extraction sentence (default: from the answer type)")
+        custom.add_argument(
+            "--skip-bad-rows", action="store_true", default=None, help="leave out bad rows instead of refusing"
+        )
 
     opt = sub.add_parser("optimize", help="find a better prompt for a task")
     common(opt)
@@ -61,16 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--resume", type=Path, default=None, help="continue the run in this directory")
     opt.set_defaults(func=_cmd_optimize)
 
-    ev = sub.add_parser("evaluate", help="accuracy of a prompt on a task split")
-    common(ev)
-    src = ev.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="the prompt text")
-    src.add_argument("--run", type=Path, help="a run directory: evaluates its best prompt")
+    ev = sub.add_parser("evaluate", help="accuracy of prompts on tasks, as a table")
+    common(ev, many_tasks=True)
+    ev.add_argument("--prompt", action="append", default=None, help="a prompt to score (repeat for more)")
+    ev.add_argument("--prompt-file", type=Path, default=None, help="a file with one prompt per line")
+    ev.add_argument("--baseline", action="append", choices=sorted(BASELINES), default=None, help="a baseline prompt")
+    ev.add_argument("--run", type=Path, help="a run directory: evaluates its best prompt")
     ev.add_argument("--split", choices=["train", "test"], default="test")
     ev.add_argument("--train", type=_positive, default=None, help="size of the train split (to define the split)")
-    ev.add_argument("--limit", type=_positive, default=None, help="score at most N examples")
+    ev.add_argument("--test", type=_positive, default=None, help="size of the test split")
+    ev.add_argument("--limit", type=_positive, default=None, help="score at most N examples per task")
     ev.add_argument("--joiner", default=None, help="text between question and prompt (default: '. Use')")
-    ev.add_argument("--out", type=Path, default=None, help="write predictions.jsonl and metrics.json here")
+    ev.add_argument("--out", type=Path, default=None, help="write table.md, table.json and predictions here")
     ev.set_defaults(func=_cmd_evaluate)
 
     tasks = sub.add_parser("tasks", help="list known tasks")
@@ -100,25 +120,23 @@ def _quiet_libraries() -> None:
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from greater.tasks import get_task, task_names
-    from greater.tasks.bbh import resolve_data_dir
+    from greater.tasks import task_names
+    from greater.tasks.registry import describe
 
-    data_dir = resolve_data_dir(args.data_dir)
     for name in task_names(args.data_dir):
-        if name.startswith("gen/"):
-            desc = get_task(name).description
-        elif data_dir is not None and (data_dir / f"{name.partition('/')[2]}.json").is_file():
-            desc = f"BIG-Bench Hard, from {data_dir}"
-        else:
-            desc = "BIG-Bench Hard (needs --data-dir or $GREATER_DATA_DIR)"
-        print(f"{name:50s} {desc}")
+        print(f"{name:50s} {describe(name, args.data_dir)}")
     return 0
 
+
+# baseline prompts for `greater evaluate --baseline`: name -> (prompt, joiner); zero-shot CoT reads
+# "<question>. Let's think step by step." (the prompt follows the joiner after one space)
+BASELINES = {"zs-cot": ("Let's think step by step.", ".")}
 
 # command-line flags that set GreaterConfig fields (flag dest -> config field)
 _CONFIG_FLAGS = ("steps", "init_prompt", "top_k", "top_q", "max_new_tokens", "patience", "seed", "batch_size")
 # flags that define the run but are not config fields, as stored in run.json
 _RUN_FLAGS = {"task": ("task",), "model": ("model",), "train": ("split", "train"), "test": ("split", "test")}
+_RUN_FLAGS |= {key: ("task_options", key) for key in TASK_OPTIONS}  # custom-task settings
 
 
 class _Terminated(Exception):
@@ -145,6 +163,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
             "task": args.task,
             "config": asdict(config),
             "data_dir": args.data_dir,
+            "task_options": {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None},
             "split": {"seed": config.seed, "train": args.train, "test": args.test},
         }
         run_dir, state = None, None
@@ -196,9 +215,9 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
         write_checkpoint,
     )
     from greater.runs import write_json as write_run_json
-    from greater.tasks import get_task
+    from greater.tasks import resolve_task
 
-    task = get_task(info["task"], info.get("data_dir"))
+    task = resolve_task(info["task"], info.get("data_dir"), info.get("task_options"))
     split = info["split"]
     train, test = task.split(split["train"], split["test"], split["seed"])
     fingerprint = _fingerprint(train, test)
@@ -296,66 +315,109 @@ def _fingerprint(train, test) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from greater.evaluate import evaluate
+    from greater.evaluate import (
+        DEFAULT_JOINER,
+        Cell,
+        PromptSpec,
+        TaskSplit,
+        evaluate_table,
+        table_data,
+        table_markdown,
+        write_table,
+    )
+    from greater.layout import encode_prompt
     from greater.optimizer import GreaterConfig
     from greater.runs import read_json, write_atomic, write_json
-    from greater.tasks import get_task
+    from greater.tasks import resolve_task
+    from greater.tasks.custom import is_custom_task
 
-    joiner, max_new, prompt = args.joiner, args.max_new_tokens, args.prompt
-    task_name, data_dir, n_train, seed = args.task, args.data_dir, args.train, args.seed
-    if args.run is not None:  # the run's prompt, scored on the run's own split unless told otherwise
-        result = read_json(args.run / "result.json")
-        prompt = result.get("prompt")
-        if not isinstance(prompt, str):
-            raise GreaterError(f"{args.run / 'result.json'} has no 'prompt'")
-        stored, split = result.get("config", {}), result.get("split", {})
-        joiner = joiner if joiner is not None else stored.get("joiner")
-        max_new = max_new or stored.get("max_new_tokens")
-        task_name = task_name or result.get("task")
-        data_dir = data_dir or result.get("data_dir")
-        if task_name == result.get("task"):
-            n_train = n_train or split.get("train")
-            seed = split.get("seed") if seed is None else seed
     defaults = GreaterConfig()
-    joiner = defaults.joiner if joiner is None else joiner
-    max_new = max_new or defaults.max_new_tokens
-    if not task_name:
+    joiner = args.joiner if args.joiner is not None else DEFAULT_JOINER
+    prompts = [PromptSpec(f"P{i}", text, joiner) for i, text in enumerate(_prompt_texts(args), 1)]
+    prompts += [PromptSpec(name, *BASELINES[name]) for name in dict.fromkeys(args.baseline or [])]
+    task_names, data_dir, max_new = list(dict.fromkeys(args.task or [])), args.data_dir, args.max_new_tokens
+    options = {key: getattr(args, key) for key in TASK_OPTIONS if getattr(args, key) is not None}
+    run: dict = {}
+    if args.run is not None:  # the run's prompt, scored on the run's own split unless told otherwise
+        run = read_json(args.run / "result.json")
+        if not isinstance(run.get("prompt"), str):
+            raise GreaterError(f"{args.run / 'result.json'} has no 'prompt'")
+        stored = run.get("config", {})
+        run_joiner = args.joiner if args.joiner is not None else stored.get("joiner", DEFAULT_JOINER)
+        prompts.append(PromptSpec("run", run["prompt"], run_joiner))
+        max_new = max_new or stored.get("max_new_tokens")
+        task_names = task_names or [run.get("task")]
+        data_dir = data_dir or run.get("data_dir")
+    if not prompts:
+        raise GreaterError("nothing to score: give --prompt, --prompt-file, --baseline or --run")
+    if not task_names or not all(task_names):
         raise GreaterError("--task is required")
-    task = get_task(task_name, data_dir)
-    train, test = task.split(n_train, None, seed or 0)
-    examples = (train if args.split == "train" else test)[: args.limit]
+    any_custom = any(is_custom_task(name) for name in task_names)
+    splits = []
+    for name in task_names:
+        own = name == run.get("task")  # the run's task: its split and custom-task settings by default
+        given = options if is_custom_task(name) or not any_custom else {}
+        task = resolve_task(name, data_dir, (run.get("task_options", {}) if own else {}) | given)
+        stored_split = run.get("split", {}) if own else {}
+        seed = args.seed if args.seed is not None else stored_split.get("seed") or 0
+        n_train = args.train or stored_split.get("train")
+        train, test = task.split(n_train, args.test, seed)
+        examples = (train if args.split == "train" else test)[: args.limit]
+        record = {"split": args.split, "seed": seed, "train": n_train, "test": args.test, "limit": args.limit}
+        record |= {"n_train": len(train), "n_test": len(test), "fingerprint": _fingerprint(train, test)}
+        splits.append(TaskSplit(task, examples, record))
     model, tokenizer = _load(args.model, args.trust_remote_code)
-    ev = evaluate(
+    for prompt in prompts:  # a prompt the tokenizer cannot take fails before any scoring
+        encode_prompt(tokenizer, prompt.text)
+    several = len(prompts) > 1
+
+    def report(cell: Cell) -> None:
+        ev, label = cell.evaluation, f" [{cell.prompt.label}]" if several else ""
+        correct = sum(p["correct"] for p in ev.predictions)
+        print(f"accuracy: {ev.accuracy:.4f} ({correct}/{ev.n}) on {cell.task.task.name} {args.split}{label}")
+
+    cells = evaluate_table(
         model,
         tokenizer,
-        task,
-        examples,
-        prompt,
-        joiner=joiner,
-        max_new_tokens=max_new,
+        splits,
+        prompts,
+        max_new_tokens=max_new or defaults.max_new_tokens,
         batch_size=args.batch_size or defaults.batch_size,
         progress=True,
+        on_cell=report,
     )
-    print(
-        f"accuracy: {ev.accuracy:.4f} ({sum(p['correct'] for p in ev.predictions)}/{ev.n}) on {task_name} {args.split}"
-    )
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in ev.predictions)
+    meta = {"model": args.model or "embedded:SmolLM2-135M-Instruct", "split": args.split}
+    meta |= {"max_new_tokens": max_new or defaults.max_new_tokens, "data_dir": data_dir}
+    if args.out is None:
+        print("\n" + table_markdown(table_data(cells, **meta)), end="")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = write_table(args.out, cells, **meta)
+    if len(cells) == 1:  # one task, one prompt: also the plain predictions and metrics files
+        (cell,) = cells
+        lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in cell.evaluation.predictions)
         write_atomic(args.out / "predictions.jsonl", lines)
-        write_json(
-            args.out / "metrics.json",
-            {
-                "task": task_name,
-                "split": args.split,
-                "prompt": prompt,
-                "joiner": joiner,
-                "accuracy": ev.accuracy,
-                "n": ev.n,
-            },
-        )
-        print(f"predictions written to {args.out / 'predictions.jsonl'}")
+        metrics = {"task": cell.task.task.name, "prompt": cell.prompt.text, "joiner": cell.prompt.joiner}
+        metrics |= cell.task.split | {"accuracy": cell.evaluation.accuracy, "n": cell.evaluation.n}
+        write_json(args.out / "metrics.json", metrics)
+    print("\n" + table_markdown(table), end="")
+    print(f"table written to {args.out / 'table.md'} and {args.out / 'table.json'}; predictions in {args.out}")
     return 0
+
+
+def _prompt_texts(args: argparse.Namespace) -> list[str]:
+    """The prompts of --prompt (in order), then those of --prompt-file (one per non-blank line)."""
+    texts = list(args.prompt or [])
+    if args.prompt_file is not None:
+        try:
+            lines = args.prompt_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GreaterError(f"cannot read --prompt-file {args.prompt_file}: {exc}") from None
+        from_file = [line.strip() for line in lines if line.strip()]
+        if not from_file:
+            raise GreaterError(f"--prompt-file {args.prompt_file} has no prompts (one per line)")
+        texts += from_file
+    return texts
 
 
 def _load(model: str | None, trust_remote_code: bool):

@@ -1,9 +1,14 @@
-"""Accuracy of a prompt on examples: reasoning, then the extractor, then answer matching."""
+"""Accuracy of a prompt on examples (reasoning, then the extractor, then answer matching), and the
+harness that scores several prompts on several tasks and writes the comparison table."""
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -11,9 +16,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from greater.engine import Engine
 from greater.generation import Generator
 from greater.layout import decode, encode_prompt
+from greater.runs import write_atomic, write_json
 from greater.tasks import Example, Task
 
 ANSWER_SLACK = 8  # tokens allowed after the extractor beyond the longest gold answer
+DEFAULT_JOINER = ". Use"
 
 
 @dataclass
@@ -30,16 +37,17 @@ def evaluate(
     examples: list[Example],
     prompt: str,
     *,
-    joiner: str = ". Use",
+    joiner: str = DEFAULT_JOINER,
     max_new_tokens: int = 256,
     batch_size: int = 32,
     generator: Generator | None = None,
     progress: bool = False,
+    desc: str = "evaluating",
 ) -> Evaluation:
     """Score `prompt` on `examples` with greedy reasoning capped at `max_new_tokens`."""
     engine = Engine(model, tokenizer, task, examples, joiner=joiner, batch_size=batch_size, generator=generator)
     prompt_ids = tuple(encode_prompt(tokenizer, prompt))
-    with tqdm(total=2 * len(examples), desc="evaluating", unit="gen", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=2 * len(examples), desc=desc, unit="gen", disable=not progress, file=sys.stderr) as bar:
         if hasattr(engine.generator, "progress"):
             engine.generator.progress = bar
         (reasoning,) = engine.reason([prompt_ids], max_new_tokens)
@@ -59,3 +67,129 @@ def evaluate(
     n = len(predictions)
     accuracy = sum(p["correct"] for p in predictions) / n if n else 0.0
     return Evaluation(accuracy=accuracy, n=n, predictions=predictions)
+
+
+# --- the harness: prompts x tasks ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """A prompt to score: its label in the table, its text, and the joiner between question and prompt."""
+
+    label: str
+    text: str
+    joiner: str = DEFAULT_JOINER
+
+
+@dataclass
+class TaskSplit:
+    """The examples of one task to score and the split they were drawn from (recorded with the table)."""
+
+    task: Task
+    examples: list[Example]
+    split: dict  # e.g. split name, seed, n_train, n_test, fingerprint
+
+
+@dataclass
+class Cell:
+    """One prompt scored on one task."""
+
+    task: TaskSplit
+    prompt: PromptSpec
+    evaluation: Evaluation
+
+
+def evaluate_table(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: Sequence[TaskSplit],
+    prompts: Sequence[PromptSpec],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    progress: bool = False,
+    on_cell: Callable[[Cell], None] | None = None,
+) -> list[Cell]:
+    """Score every prompt on every task (task-major order); `on_cell` sees each result as it is done."""
+    cells = []
+    for split in tasks:
+        for prompt in prompts:
+            evaluation = evaluate(
+                model,
+                tokenizer,
+                split.task,
+                split.examples,
+                prompt.text,
+                joiner=prompt.joiner,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                progress=progress,
+                desc=f"evaluating {split.task.name} [{prompt.label}]",
+            )
+            cells.append(Cell(split, prompt, evaluation))
+            if on_cell is not None:
+                on_cell(cells[-1])
+    return cells
+
+
+def table_data(cells: Sequence[Cell], **meta: object) -> dict:
+    """The comparison table as plain JSON data: `meta`, the prompts, the tasks with their splits, the results."""
+    prompts = list(dict.fromkeys(cell.prompt for cell in cells))
+    tasks = list({id(cell.task): cell.task for cell in cells}.values())
+    return meta | {
+        "prompts": [{"label": p.label, "prompt": p.text, "joiner": p.joiner} for p in prompts],
+        "tasks": [{"task": t.task.name, **t.split, "n": len(t.examples)} for t in tasks],
+        "results": [
+            {
+                "task": cell.task.task.name,
+                "prompt": cell.prompt.label,
+                "accuracy": cell.evaluation.accuracy,
+                "correct": sum(p["correct"] for p in cell.evaluation.predictions),
+                "n": cell.evaluation.n,
+                "predictions": predictions_name(cell),
+            }
+            for cell in cells
+        ],
+    }
+
+
+def table_markdown(table: dict) -> str:
+    """The table as Markdown: one row per task (with n), one column per prompt (accuracy in %), a mean row."""
+    labels = [p["label"] for p in table["prompts"]]
+    acc = {(r["task"], r["prompt"]): r["accuracy"] for r in table["results"]}
+    lines = [
+        "| task | n | " + " | ".join(labels) + " |",
+        "|---|---:|" + "---:|" * len(labels),
+    ]
+    for task in table["tasks"]:
+        cells = [f"{100 * acc[task['task'], label]:.1f}" for label in labels]
+        lines.append(f"| {task['task']} | {task['n']} | " + " | ".join(cells) + " |")
+    if len(table["tasks"]) > 1:
+        means = [sum(acc[t["task"], label] for t in table["tasks"]) / len(table["tasks"]) for label in labels]
+        lines.append("| mean | | " + " | ".join(f"{100 * m:.1f}" for m in means) + " |")
+    lines.append("")
+    lines.append("Accuracy in %. Prompts (the prompt follows the question after the joiner and a space):")
+    lines += [f"- {p['label']}: {p['prompt']!r} (joiner {p['joiner']!r})" for p in table["prompts"]]
+    return "\n".join(lines) + "\n"
+
+
+def predictions_name(cell: Cell) -> str:
+    """The path, relative to the output folder, of a cell's predictions file."""
+    return f"predictions/{_slug(cell.task.task.name)}__{_slug(cell.prompt.label)}.jsonl"
+
+
+def write_table(out: Path, cells: Sequence[Cell], **meta: object) -> dict:
+    """Write table.json, table.md and one predictions JSONL per task x prompt into `out`; returns the table."""
+    table = table_data(cells, **meta)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    for cell in cells:
+        lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in cell.evaluation.predictions)
+        write_atomic(out / predictions_name(cell), lines)
+    write_json(out / "table.json", table)
+    write_atomic(out / "table.md", table_markdown(table))
+    return table
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe form of a task name or prompt label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "_"

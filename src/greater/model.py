@@ -98,20 +98,22 @@ def _from_pretrained(
     source: str, *, dtype: torch.dtype, trust_remote_code: bool, gguf_file: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     kwargs = {"trust_remote_code": trust_remote_code}
+    shown = source
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+        shown = str(Path(source) / gguf_file)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GreaterError(
-            f"could not load model {source!r}: {first} — if you are offline, pass a local folder or "
+            f"could not load model {shown!r}: {first} — if you are offline, pass a local folder or "
             ".gguf file with --model"
         ) from exc
-    except ValueError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise GreaterError(f"could not load model {source!r}: {first}") from exc
+    except (ValueError, KeyError, RuntimeError) as exc:  # e.g. an unsupported GGUF architecture
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GreaterError(f"could not load model {shown!r}: {first}") from exc
     return model, tokenizer
 
 

@@ -18,7 +18,10 @@ CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQR"
 _CHOICE = re.compile(
     r"^\$?\s*(?:\(([A-Ra-r])\)|([A-Ra-r])\)|([A-R])(?![\w'’]))"
 )  # "(b)", "b)", or a bare capital letter not starting a word
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
+_NUMBER = re.compile(r"(-?)(?:\$\s*)?((?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)")  # sign, "$", number
+_OPTION = re.compile(r"^\s*\(([A-R])\)", re.MULTILINE)  # an option line of a multiple-choice question
+_CANONICAL_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+FINAL_ANSWER_MARK = "####"
 _QUOTES = "\"'`“”‘’"
 
 
@@ -31,14 +34,22 @@ def normalize_choice(text: str) -> str:
     return next(group for group in match.groups() if group).upper()
 
 
+def option_letters(question: str) -> list[str]:
+    """The letters of the options listed in a question, one per line as "(A) ...", in order."""
+    return _OPTION.findall(question)
+
+
 def normalize_number(text: str) -> str:
-    """The first number in the text, canonical: "1,234"/"$1234"/"1234.0" -> "1234", "−7" -> "-7", "2.50" -> "2.5"."""
+    """The first number in the text, canonical.
+
+    "1,234"/"$1234"/"1234.0" -> "1234", "−7"/"-$7" -> "-7", "2.50" -> "2.5", ".5" -> "0.5".
+    """
     text = text.strip()
     match = _NUMBER.search(text.replace("\u2212", "-"))
     if match is None:
         return text
     try:
-        value = Decimal(match.group().replace(",", ""))
+        value = Decimal(match.group(1) + match.group(2).replace(",", ""))
     except InvalidOperation:  # pragma: no cover - the pattern only matches valid decimals
         return text
     if value == value.to_integral_value():
@@ -48,7 +59,8 @@ def normalize_number(text: str) -> str:
 
 def _first_word(words: Sequence[str]) -> Callable[[str], str]:
     """A normaliser returning the first of `words` found in the text (whole word, any case), as spelled in `words`."""
-    pattern = re.compile(r"\b(" + "|".join(words) + r")\b", re.IGNORECASE)
+    alternatives = sorted(words, key=len, reverse=True)  # "invalid" before "valid" at the same position
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, alternatives)) + r")\b", re.IGNORECASE)
     canonical = {word.lower(): word for word in words}
 
     def normalize(text: str) -> str:
@@ -59,9 +71,17 @@ def _first_word(words: Sequence[str]) -> Callable[[str], str]:
     return normalize
 
 
-normalize_yes_no = _first_word(["Yes", "No"])
-normalize_true_false = _first_word(["True", "False"])
-normalize_valid_invalid = _first_word(["invalid", "valid"])  # "invalid" first: it contains "valid"
+# answer types whose answers are one of a few words, in the order the extractor lists them
+LABELS: dict[str, tuple[str, ...]] = {
+    "yes_no": ("Yes", "No"),
+    "true_false": ("True", "False"),
+    "valid_invalid": ("valid", "invalid"),
+    "true_false_uncertain": ("True", "False", "Uncertain"),
+}
+normalize_yes_no = _first_word(LABELS["yes_no"])
+normalize_true_false = _first_word(LABELS["true_false"])
+normalize_valid_invalid = _first_word(LABELS["valid_invalid"])
+normalize_true_false_uncertain = _first_word(LABELS["true_false_uncertain"])
 
 
 def normalize_text(text: str) -> str:
@@ -80,6 +100,7 @@ NORMALIZERS: dict[str, Callable[[str], str]] = {
     "yes_no": normalize_yes_no,
     "true_false": normalize_true_false,
     "valid_invalid": normalize_valid_invalid,
+    "true_false_uncertain": normalize_true_false_uncertain,
     "text": normalize_text,
 }
 
@@ -87,11 +108,8 @@ ANSWER_TYPES = tuple(NORMALIZERS)
 
 _FORMATS = {
     "number": "arabic numerals only",
-    "yes_no": "use exact format: '$ Yes' or '$ No'",
-    "true_false": "use exact format: '$ True' or '$ False'",
-    "valid_invalid": "use exact format: '$ valid' or '$ invalid'",
     "text": "on one line, nothing else",
-}
+} | {kind: "use exact format: " + " or ".join(f"'$ {word}'" for word in words) for kind, words in LABELS.items()}
 
 
 def normalizer_for(answer_type: str) -> Callable[[str], str]:
@@ -106,9 +124,10 @@ def extractor_for(answer_type: str, choices: Sequence[str] | None = None) -> str
     """Default extractor sentence for an answer type, ending in "is $" (the answer follows after a space).
 
     For "choice", `choices` are the option letters (e.g. "ABC"); without them the format says "etc.".
+    A "text" answer with `choices` lists them the same way.
     """
     normalizer_for(answer_type)  # validates the type
-    if answer_type == "choice":
+    if answer_type == "choice" or (answer_type == "text" and choices):
         letters = [f"'$ {letter}'" for letter in (choices or [])]
         if not letters:
             spec = "'$ A', '$ B', etc."
@@ -120,3 +139,41 @@ def extractor_for(answer_type: str, choices: Sequence[str] | None = None) -> str
     else:
         fmt = _FORMATS[answer_type]
     return f"Therefore, the final answer ({fmt}) is $"
+
+
+def final_answer(text: str) -> str:
+    """The text after the last "####" (GSM8K's final-answer mark), or the whole text when there is none."""
+    return text.rpartition(FINAL_ANSWER_MARK)[2] if FINAL_ANSWER_MARK in text else text
+
+
+def gold_problem(gold: str, answer_type: str, choices: Sequence[str] | None = None) -> str | None:
+    """Why a canonical gold answer is unusable for the answer type (and `choices`, when given), or None if it fits.
+
+    Choice answers must be one letter A-R (one of `choices` when given); word answers one of the type's
+    words; numbers a plain number; text non-empty (and one of `choices` when given).
+    """
+    if not gold:
+        return "is empty"
+    if answer_type == "number":
+        return None if _CANONICAL_NUMBER.fullmatch(gold) else "is not a number"
+    if answer_type == "choice":
+        allowed = list(choices or CHOICE_LETTERS)
+    elif answer_type in LABELS:
+        allowed = list(LABELS[answer_type])
+    else:
+        allowed = [normalize_text(choice) for choice in choices or []]
+    return None if not allowed or gold in allowed else f"is not one of {', '.join(allowed)}"
+
+
+def infer_answer_type(targets: Sequence[str]) -> str:
+    """The most specific answer type every target already has the canonical form of (up to case, "(B)", "$ B"),
+    else text."""
+    for answer_type in ("choice", "true_false", "yes_no", "valid_invalid", "true_false_uncertain", "number"):
+        normalize = NORMALIZERS[answer_type]
+        if all(
+            gold_problem(normalize(t), answer_type) is None
+            and normalize(t).lower() == t.strip().lstrip("$").strip().strip("()").lower()
+            for t in targets
+        ):
+            return answer_type
+    return "text"

@@ -1,6 +1,7 @@
-"""BIG-Bench Hard tasks from their original JSON files (`<data_dir>/<task>.json`).
+"""BIG-Bench Hard tasks from their original JSON files (`<data_dir>/<task>.json`), or from the hub.
 
-File format: {"canary": ..., "examples": [{"input": ..., "target": ...}, ...]}. Gold answers are
+File format: {"canary": ..., "examples": [{"input": ..., "target": ...}, ...]}. Without a data folder
+the examples come from the Hugging Face hub (`lukaemon/bbh`) when `datasets` is installed. Gold answers are
 stored canonical ("(B)" -> "B", "yes" -> "Yes"). A few BBH choice items have a target that is not an
 option letter (e.g. "Monsters, Inc" in movie_recommendation, where the options were split at a
 comma); those are skipped and counted in the task description.
@@ -8,16 +9,16 @@ comma); those are skipped and counted in the task description.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
 
 from greater.errors import GreaterError
-from greater.tasks.answers import CHOICE_LETTERS, extractor_for, normalizer_for
+from greater.tasks.answers import extractor_for, gold_problem, infer_answer_type, normalizer_for, option_letters
 from greater.tasks.base import Example, Task
+from greater.tasks.rows import read_records
+from greater.tasks.sources import DATA_DIR_ENV, data_root, hub_rows
 
-DATA_DIR_ENV = "GREATER_DATA_DIR"
+HUB_DATASET = "lukaemon/bbh"
 SOURCE_URL = "https://github.com/suzgunmirac/BIG-Bench-Hard/tree/main/bbh"
 
 BBH_ANSWER_TYPES: dict[str, str] = {
@@ -50,24 +51,15 @@ BBH_ANSWER_TYPES: dict[str, str] = {
     "word_sorting": "text",
 }
 
-_OPTION = re.compile(rf"^\s*\(([{CHOICE_LETTERS}])\)", re.MULTILINE)
-_WORD_ANSWERS = {
-    "yes_no": {"Yes", "No"},
-    "true_false": {"True", "False"},
-    "valid_invalid": {"valid", "invalid"},
-}
-_NUMBER = re.compile(r"-?\d+(\.\d+)?")
-
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path | None:
     """The data folder: `data_dir`, else $GREATER_DATA_DIR, else None.
 
     A folder without JSON files but with a `bbh/` subfolder resolves to that subfolder.
     """
-    raw = data_dir or os.environ.get(DATA_DIR_ENV) or None
-    if raw is None:
+    path = data_root(data_dir)
+    if path is None:
         return None
-    path = Path(raw).expanduser()
     if path.is_dir() and not any(path.glob("*.json")) and (path / "bbh").is_dir():
         return path / "bbh"
     return path
@@ -82,11 +74,18 @@ def bbh_task_names(data_dir: str | os.PathLike[str] | None = None) -> list[str]:
 
 
 def load_bbh_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> Task:
-    """Read and validate `<data_dir>/<name>.json` now; the task's `load` returns the parsed examples."""
+    """Read and validate `<data_dir>/<name>.json` now; the task's `load` returns the parsed examples.
+
+    Without a data folder the examples come from the hub (see `sources.hub_rows`).
+    """
     path = resolve_data_dir(data_dir)
     where = f"pass --data-dir DIR or set {DATA_DIR_ENV} to a folder holding {name}.json (from {SOURCE_URL})"
     if path is None:
-        raise GreaterError(f"task bbh/{name} needs the BIG-Bench Hard data: {where}")
+        try:
+            rows = hub_rows(HUB_DATASET, name, "test", f"{name}.json")
+        except GreaterError as exc:
+            raise GreaterError(f"task bbh/{name} needs the BIG-Bench Hard data ({SOURCE_URL}): {exc}") from None
+        return _task(name, _pairs(rows, f"{HUB_DATASET}/{name}", []), f"{HUB_DATASET} ({name})")
     if not path.is_dir():
         raise GreaterError(f"data dir {path} does not exist or is not a folder: {where}")
     file = path / f"{name}.json"
@@ -95,14 +94,19 @@ def load_bbh_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> 
             f"{file} not found: download {name}.json from {SOURCE_URL} into {path}, "
             "or run `greater tasks` to see the available tasks"
         )
-    pairs = _read_pairs(file)
-    answer_type = BBH_ANSWER_TYPES.get(name) or _infer_answer_type([target for _, target in pairs])
+    records = read_records(file, json_key="examples")
+    return _task(name, _pairs([r.data for r in records], str(file), [r.line for r in records]), file)
+
+
+def _task(name: str, pairs: list[tuple[str, str]], source: object) -> Task:
+    """The task from its (input, target) pairs; targets that do not fit the answer type are skipped."""
+    answer_type = BBH_ANSWER_TYPES.get(name) or infer_answer_type([target for _, target in pairs])
     examples = [ex for ex in (_example(q, t, answer_type) for q, t in pairs) if ex is not None]
     if not examples:
-        raise GreaterError(f"{file}: no example has a usable {answer_type} target; check the file")
+        raise GreaterError(f"{source}: no example has a usable {answer_type} target; check the file")
     skipped = len(pairs) - len(examples)
-    letters = sorted({letter for ex in examples for letter in _OPTION.findall(ex.question)})
-    description = f"BIG-Bench Hard {name}: {len(examples)} examples from {file}" + (
+    letters = sorted({letter for ex in examples for letter in option_letters(ex.question)})
+    description = f"BIG-Bench Hard {name}: {len(examples)} examples from {source}" + (
         f" ({skipped} with an unusable target skipped)" if skipped else ""
     )
     return Task(
@@ -116,32 +120,21 @@ def load_bbh_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> 
     )
 
 
-def _read_pairs(file: Path) -> list[tuple[str, str]]:
-    """(input, target) of every example in a BBH-format JSON file; GreaterError on anything malformed."""
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise GreaterError(
-            f"{file}: invalid JSON at line {err.lineno}, column {err.colno} ({err.msg}); fix or re-download it"
-        ) from None
-    except UnicodeDecodeError:
-        raise GreaterError(f"{file}: not UTF-8 text; re-download it") from None
-    except OSError as err:
-        raise GreaterError(f"{file}: cannot read it ({err.strerror})") from None
+def _pairs(items: list[dict | None], source: str, lines: list[int]) -> list[tuple[str, str]]:
+    """(input, target) of every BBH example (from a file: `lines` give where each starts); GreaterError on a bad one."""
     shape = 'expected {"examples": [{"input": "...", "target": "..."}, ...]}'
-    if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
-        raise GreaterError(f'{file}: no "examples" list; {shape}')
-    if not data["examples"]:
-        raise GreaterError(f'{file}: "examples" is empty; {shape}')
+    if not items:
+        raise GreaterError(f'{source}: "examples" is empty; {shape}')
     pairs = []
-    for index, item in enumerate(data["examples"]):
+    for index, item in enumerate(items):
         fields = []
         for key in ("input", "target"):
             value = item.get(key) if isinstance(item, dict) else None
             if isinstance(value, int) and not isinstance(value, bool):
                 value = str(value)
             if not isinstance(value, str) or not value.strip():
-                raise GreaterError(f"{file}: example {index} (0-based) has no {key!r} text; {shape}")
+                where = f", line {lines[index]}" if lines else ""
+                raise GreaterError(f"{source}: example {index} (0-based{where}) has no {key!r} text; {shape}")
             fields.append(value)
         pairs.append((fields[0], fields[1]))
     return pairs
@@ -150,26 +143,5 @@ def _read_pairs(file: Path) -> list[tuple[str, str]]:
 def _example(question: str, target: str, answer_type: str) -> Example | None:
     """The example with its canonical gold answer, or None when the target does not fit the answer type."""
     gold = normalizer_for(answer_type)(target)
-    if answer_type == "choice":
-        options = _OPTION.findall(question)
-        ok = len(gold) == 1 and gold in (options or CHOICE_LETTERS)
-    elif answer_type in _WORD_ANSWERS:
-        ok = gold in _WORD_ANSWERS[answer_type]
-    elif answer_type == "number":
-        ok = _NUMBER.fullmatch(gold) is not None
-    else:
-        ok = bool(gold)
-    return Example(question, gold) if ok else None
-
-
-def _infer_answer_type(targets: list[str]) -> str:
-    """The most specific answer type whose canonical form every target already has (up to case, "(B)"), else text."""
-    for answer_type in ("choice", "true_false", "yes_no", "valid_invalid", "number"):
-        if all(_fits(target, answer_type) for target in targets):
-            return answer_type
-    return "text"
-
-
-def _fits(target: str, answer_type: str) -> bool:
-    example = _example("", target, answer_type)
-    return example is not None and example.answer.lower() == target.strip().strip("()").lower()
+    options = option_letters(question) if answer_type == "choice" else None
+    return Example(question, gold) if gold_problem(gold, answer_type, options or None) is None else None
