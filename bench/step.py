@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from greater.generation import TransformersGenerator
-from greater.memory import return_freed_memory
 from greater.model import load_model
 from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import get_task
@@ -59,7 +58,6 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
-    return_freed_memory()
     torch.manual_seed(0)
     if args.random_weights:
         model, tokenizer = random_model(args.random_weights, args.device, getattr(torch, args.dtype))

@@ -54,3 +54,20 @@ def tiny_model_dir(tmp_path_factory, tiny_model, smol_tokenizer) -> Path:
     tiny_model.save_pretrained(folder)
     smol_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model, smol_tokenizer):
+    """`tiny_run(**config overrides)`: a short GReaTer run on the tiny model, 4 boolean examples."""
+    from greater.optimizer import GreaterConfig, optimize
+    from greater.tasks import get_task
+
+    task = get_task("gen/boolean_expressions")
+
+    def run(**overrides):
+        config = GreaterConfig(steps=3, max_new_tokens=4, top_k=6, batch_size=4, init_prompt="think step by step.")
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        return optimize(tiny_model, smol_tokenizer, task, config, train=task.load()[:4])
+
+    return run

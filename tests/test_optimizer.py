@@ -16,7 +16,6 @@ from greater.optimizer import (
     advance,
     allowed_token_mask,
     candidate_gradient,
-    optimize,
     propose_candidates,
     shortlist_candidates,
 )
@@ -164,16 +163,8 @@ def test_shortlist_skips_candidates_that_do_not_roundtrip(smol_tokenizer):
     assert [decode(tok, p).strip() for p in out] == ["the final is", "the answer is"]
 
 
-def _run(model, tok, **overrides):
-    task = get_task("gen/boolean_expressions")
-    config = GreaterConfig(steps=3, max_new_tokens=4, top_k=6, batch_size=4, init_prompt="think step by step.")
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return optimize(model, tok, task, config, train=task.load()[:4])
-
-
-def test_optimize_runs_and_tracks_best(tiny_model, smol_tokenizer):
-    result = _run(tiny_model, smol_tokenizer)
+def test_optimize_runs_and_tracks_best(tiny_run, smol_tokenizer):
+    result = tiny_run()
     assert [r.step for r in result.steps] == [1, 2, 3]
     assert [r.position for r in result.steps] == [0, 1, 2]
     bests = [r.best_score for r in result.steps]
@@ -188,10 +179,10 @@ def test_optimize_runs_and_tracks_best(tiny_model, smol_tokenizer):
         assert record.evaluated and all(e["score"] is None or math.isfinite(e["score"]) for e in record.evaluated)
 
 
-def test_same_seed_same_prompts_and_reuse_changes_nothing(tiny_model, smol_tokenizer):
-    a = _run(tiny_model, smol_tokenizer)
-    b = _run(tiny_model, smol_tokenizer)
-    c = _run(tiny_model, smol_tokenizer, reuse_reasoning=False)
+def test_same_seed_same_prompts_and_reuse_changes_nothing(tiny_run):
+    a = tiny_run()
+    b = tiny_run()
+    c = tiny_run(reuse_reasoning=False)
     chosen = [[r.chosen_ids for r in res.steps] for res in (a, b, c)]
     assert chosen[0] == chosen[1] == chosen[2]
     assert [r.candidates for r in a.steps] == [r.candidates for r in b.steps]

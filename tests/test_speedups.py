@@ -44,18 +44,10 @@ def test_shared_prefix_scoring_equals_full_forward(tiny_model, smol_tokenizer, b
         assert torch.equal(t_fast.correct, t_slow.correct)
 
 
-def _run(model, tok, **switches):
-    task = get_task("gen/boolean_expressions")
-    config = GreaterConfig(steps=4, max_new_tokens=6, top_k=6, batch_size=8, init_prompt="think step by step.")
-    for key, value in switches.items():
-        setattr(config, key, value)
-    return optimize(model, tok, task, config, train=task.load()[:4])
-
-
 @pytest.mark.parametrize("switch", ["reuse_reasoning", "batched_gradient", "cached_decoding"])
-def test_each_speedup_gives_the_same_run(tiny_model, smol_tokenizer, switch):
-    on = _run(tiny_model, smol_tokenizer)
-    off = _run(tiny_model, smol_tokenizer, **{switch: False})
+def test_each_speedup_gives_the_same_run(tiny_run, switch):
+    on = tiny_run(steps=4, max_new_tokens=6, batch_size=8)
+    off = tiny_run(steps=4, max_new_tokens=6, batch_size=8, **{switch: False})
     assert [r.chosen_ids for r in on.steps] == [r.chosen_ids for r in off.steps]
     assert [[c["token_id"] for c in r.candidates] for r in on.steps] == [
         [c["token_id"] for c in r.candidates] for r in off.steps

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -13,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from greater.errors import GreaterError
-from greater.memory import return_freed_memory
 from greater.tasks.answers import ANSWER_TYPES
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
@@ -26,7 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
-    return_freed_memory()
     try:
         return args.func(args)
     except GreaterError as exc:
@@ -160,7 +159,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         config.validate()
         info = {
             "model": args.model or "embedded:SmolLM2-135M-Instruct",
-            "task": args.task,
+            # a task file is stored by absolute path, so --resume works from any directory
+            "task": str(Path(args.task).resolve()) if Path(args.task).is_file() else args.task,
             "config": asdict(config),
             "data_dir": args.data_dir,
             "task_options": {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None},
@@ -187,6 +187,8 @@ def _check_resume(args: argparse.Namespace) -> tuple[dict, dict]:
         for key in keys:
             stored = stored.get(key) if isinstance(stored, dict) else None
         given = getattr(args, flag)
+        if flag == "task" and given is not None and Path(given).is_file():
+            given = str(Path(given).resolve())
         if given is not None and given != stored:
             raise GreaterError(_differs(flag, given, stored))
     return info, checkpoint
@@ -224,7 +226,8 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     model, tokenizer = _load(None if info["model"].startswith("embedded:") else info["model"], args.trust_remote_code)
     encode_prompt(tokenizer, config.init_prompt)  # a bad prompt fails before anything is written
     if run_dir is None:
-        requested = args.out or Path("runs") / f"{args.task.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", task.name).strip("_") or "task"
+        requested = args.out or Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir, renamed = new_run_dir(requested)
         if renamed:
             print(f"greater: {requested} already holds a run; writing to {run_dir} instead", file=sys.stderr)
