@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_TASK ?= gen/arithmetic
+DEMO_TASK ?= gen/number_comparison
 
 .PHONY: install demo test lint bench clean
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from greater.decoding import DRAFT_SLOTS
 from greater.generation import TransformersGenerator
 from greater.model import load_model
 from greater.optimizer import GreaterConfig, optimize
@@ -27,7 +28,7 @@ from greater.tasks import get_task
 
 BBH = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
 PHASES = ["reasoning", "gradient", "proposal", "selection_generation", "selection_scoring", "bookkeeping"]
-SWITCHES = ("reuse_reasoning", "batched_gradient", "cached_decoding")
+SWITCHES = ("reuse_reasoning", "batched_gradient", "cached_decoding", "lookup_decoding")
 
 
 def main() -> int:
@@ -81,7 +82,9 @@ def main() -> int:
             batch_size=args.batch_size,
             **{switch: on for switch in SWITCHES},
         )
-        generator = TransformersGenerator(model, tokenizer, batch_size=args.batch_size, cached=config.cached_decoding)
+        generator = TransformersGenerator(
+            model, tokenizer, batch_size=args.batch_size, cached=on, draft_slots=DRAFT_SLOTS if on else 0
+        )
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()

@@ -25,11 +25,12 @@ LAMBDA = 0.2
 TEMPERATURE = 0.2
 
 
-def _engine(model, tok, n=3, batch_size=2):
+def _engine(model, tok, n=3, batch_size=2, batched=True):
     task = get_task("gen/boolean_expressions")
     return Engine(
-        model, tok, task, task.load()[:n], joiner=". Use", batch_size=batch_size, answer_temperature=TEMPERATURE
-    )
+        model, tok, task, task.load()[:n], joiner=". Use", batch_size=batch_size, grad_batch_size=batch_size,
+        answer_temperature=TEMPERATURE, batched_gradient=batched,
+    )  # fmt: skip
 
 
 def _reference_loss(model, seqs, position, candidates, one_hot):
@@ -87,13 +88,16 @@ def test_batched_terms_equal_one_example_at_a_time(tiny_model, smol_tokenizer):
     prompt = tuple(encode_prompt(smol_tokenizer, "think step by step."))
     reasonings = [encode(smol_tokenizer, " ok" * (i + 1)) for i in range(4)]
     batched = _engine(tiny_model, smol_tokenizer, n=4, batch_size=4)
-    single = _engine(tiny_model, smol_tokenizer, n=4, batch_size=1)
+    # one example at a time, every token forward + backward (no cached prefix): the reference's way
+    single = _engine(tiny_model, smol_tokenizer, n=4, batch_size=1, batched=False)
     a = batched.terms(batched.sequences(prompt, reasonings), position=1, nll_weight=LAMBDA)
     b = single.terms(single.sequences(prompt, reasonings), position=1, nll_weight=LAMBDA)
     assert torch.allclose(a.ce, b.ce, atol=1e-4)
     assert torch.allclose(a.embed_grad, b.embed_grad, atol=1e-5)
     assert torch.allclose(a.proposal_logprobs, b.proposal_logprobs, atol=1e-4)
     assert all(not p.requires_grad for p in tiny_model.parameters())
+    # only the tokens from the position on ran backward; the rest ran once, without gradient
+    assert 0 < batched.counts.backward_tokens < single.counts.backward_tokens
 
 
 def _ranked_logprobs(orders: list[list[int]], vocab: int) -> torch.Tensor:

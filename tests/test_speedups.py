@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from greater.decoding import DecodeStats, decode_shared, lookup_draft
 from greater.engine import Engine
 from greater.generation import TransformersGenerator
 from greater.layout import encode_prompt
@@ -29,6 +30,43 @@ def test_own_decoding_loop_equals_model_generate(tiny_model, smol_tokenizer):
     assert fast == slow and all(len(r) == 12 for r in fast)  # random weights rarely emit the stop token
 
 
+def test_lookup_draft_takes_what_followed_the_latest_match():
+    #        0  1  2  3  4  5  6  7  8  9
+    context = [5, 6, 7, 8, 9, 5, 6, 7, 1, 5, 6]
+    assert lookup_draft(context, 3, stop_ids=set()) == [7, 1, 5]  # last "5 6" at 5..6 (latest), then 7 1 5
+    assert lookup_draft(context, 1, stop_ids=set()) == [7]
+    assert lookup_draft(context, 3, stop_ids={1}) == [7]  # never guesses past a stop token
+    assert lookup_draft([1, 2, 3], 4, stop_ids=set()) == []  # no earlier occurrence of any suffix
+    assert lookup_draft(context, 0, stop_ids=set()) == []
+
+
+def _repeating_rows(tok):
+    """Contexts whose greedy continuations on the tiny model repeat (random weights loop)."""
+    texts = ["one two three one two three one two", "the cat sat on the mat. the cat", "x y"]
+    return [tuple(tok(t)["input_ids"]) for t in texts]
+
+
+@pytest.mark.parametrize("slots", [6, 16, 64])
+def test_lookup_drafting_gives_greedy_output_and_follow_scores(tiny_model, smol_tokenizer, slots):
+    contexts = _repeating_rows(smol_tokenizer)
+    follow = tuple(smol_tokenizer(" so the answer is 7")["input_ids"])
+    rows = [(i, c[-2:], follow) for i, c in enumerate(contexts)]
+    heads = [c[:-2] for c in contexts]
+    args = dict(max_new_tokens=40, stop_ids={2}, pad_id=0, n_head_scored=2)
+    plain_stats, drafted_stats = DecodeStats(), DecodeStats()
+    plain, plain_heads = decode_shared(tiny_model, heads, rows, stats=plain_stats, **args)
+    drafted, drafted_heads = decode_shared(tiny_model, heads, rows, draft_slots=slots, stats=drafted_stats, **args)
+    assert [r.reasoning for r in drafted] == [r.reasoning for r in plain]
+    for a, b in zip(drafted, plain, strict=True):
+        assert a.follow_logprobs == pytest.approx(b.follow_logprobs, abs=1e-4)
+        assert a.tail_logprobs == pytest.approx(b.tail_logprobs, abs=1e-4)
+        assert a.follow_hits == b.follow_hits
+    assert drafted_heads == plain_heads
+    assert drafted_stats.generated_tokens == plain_stats.generated_tokens
+    assert drafted_stats.accepted_tokens > 0  # drafts were checked and some taken, so fewer forwards ran
+    assert plain_stats.drafted_tokens == 0
+
+
 @pytest.mark.parametrize("batch_size", [32, 4])
 def test_shared_prefix_scoring_equals_full_forward(tiny_model, smol_tokenizer, batch_size):
     tok = smol_tokenizer
@@ -44,7 +82,7 @@ def test_shared_prefix_scoring_equals_full_forward(tiny_model, smol_tokenizer, b
         assert torch.equal(t_fast.correct, t_slow.correct)
 
 
-@pytest.mark.parametrize("switch", ["reuse_reasoning", "batched_gradient", "cached_decoding"])
+@pytest.mark.parametrize("switch", ["reuse_reasoning", "batched_gradient", "cached_decoding", "lookup_decoding"])
 def test_each_speedup_gives_the_same_run(tiny_run, switch):
     on = tiny_run(steps=4, max_new_tokens=6, batch_size=8)
     off = tiny_run(steps=4, max_new_tokens=6, batch_size=8, **{switch: False})

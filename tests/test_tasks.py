@@ -607,3 +607,11 @@ def test_option_letters_and_label_extractors() -> None:
         == "Therefore, the final answer (use exact format: '$ valid' or '$ invalid') is $"
     )
     assert "'$ pos' or '$ neg'" in extractor_for("text", ["pos", "neg"])
+
+
+def test_demo_task_is_a_generated_task_and_the_readme_names_it() -> None:
+    root = Path(__file__).resolve().parents[1]
+    demo = re.search(r"^DEMO_TASK \?= (\S+)$", (root / "Makefile").read_text(), re.M)
+    assert demo, "Makefile sets no DEMO_TASK"
+    assert demo.group(1).startswith("gen/") and demo.group(1) in task_names()  # runs without data
+    assert f"**`{demo.group(1)}`**" in (root / "README.md").read_text()

@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DecodeStats, decode_shared
+from greater.decoding import DRAFT_SLOTS, DecodeStats, cache_kwarg, decode_shared, output_logits
 from greater.generation import Generator, TransformersGenerator, run_chunked
 from greater.layout import ChatLayout, Sequence, build_sequence, encode
 from greater.tasks import Example, Task
@@ -53,6 +53,7 @@ class Engine:
         generator: Generator | None = None,
         cached_decoding: bool = True,
         batched_gradient: bool = True,
+        lookup_decoding: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -63,10 +64,10 @@ class Engine:
         self.answer_ids: list[Ids] = [tuple(encode(tokenizer, " " + task.answer_text(ex))) for ex in examples]
         self.extractor_ids: Ids = tuple(encode(tokenizer, " " + task.extractor))
         self.batch_size = batch_size
-        self.grad_batch_size = grad_batch_size  # backward keeps every activation: smaller chunks bound memory
+        self.grad_batch_size = grad_batch_size
         self.answer_temperature = answer_temperature
         self.generator = generator or TransformersGenerator(
-            model, tokenizer, batch_size=batch_size, cached=cached_decoding
+            model, tokenizer, batch_size=batch_size, cached=cached_decoding, draft_slots=DRAFT_SLOTS * lookup_decoding
         )
         # selection with one shared-prefix KV cache needs greater's own decoding loop on this model
         self.shared_cache = (
@@ -141,6 +142,7 @@ class Engine:
                 pad_id=generator.pad_id,
                 n_head_scored=common,
                 follow_temperature=self.answer_temperature,
+                draft_slots=generator.draft_slots,
                 stats=generator.stats,
             )
             n = len(chunk)
@@ -180,7 +182,9 @@ class Engine:
                 self._chunk_terms([seq], None, nll_weight)
                 parts.append(self._chunk_terms([seq], position, nll_weight))
         else:
-            parts = run_chunked(seqs, self.batch_size, lambda chunk: [self._chunk_terms(chunk, position, nll_weight)])
+            # backward keeps every layer's activations of its chunk: a smaller chunk bounds peak memory
+            size = self.batch_size if position is None else self.grad_batch_size
+            parts = run_chunked(seqs, size, lambda chunk: [self._chunk_terms(chunk, position, nll_weight)])
         merged = Terms(
             ce=torch.cat([p.ce for p in parts]),
             nll=torch.cat([p.nll for p in parts]),
@@ -194,27 +198,56 @@ class Engine:
 
     def _chunk_terms(self, seqs: list[Sequence], position: int | None, nll_weight: float) -> Terms:
         device = self.model.device
-        width = max(len(s.ids) for s in seqs)
+        # Every token before the position is independent of the embedding there. On the batched path
+        # they run without gradient into a KV cache and only the rest runs forward + backward. Each row
+        # is shifted right so that all rows' positions fall in one column `split`.
+        cuts = [s.prompt.start + position for s in seqs] if position is not None else [0] * len(seqs)
+        split = max(cuts) if position is not None and self.batched_gradient else 0
+        shift = [split - c if split else 0 for c in cuts]
+        width = max(len(s.ids) + k for s, k in zip(seqs, shift, strict=True))
         input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):  # right padding: real tokens never attend to padding
-            input_ids[row, : len(s.ids)] = torch.tensor(s.ids)
-            mask[row, : len(s.ids)] = 1
+        for row, (s, k) in enumerate(zip(seqs, shift, strict=True)):
+            input_ids[row, k : k + len(s.ids)] = torch.tensor(s.ids)
+            mask[row, k : k + len(s.ids)] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
-        embed = self.model.get_input_embeddings()
-        embeds = embed(input_ids)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        embeds = self.model.get_input_embeddings()(input_ids)
         leaf = None
         if position is not None:
-            cols = torch.tensor([s.prompt.start + position for s in seqs], device=device)
+            cols = torch.tensor([c + k for c, k in zip(cuts, shift, strict=True)], device=device)
             rows = torch.arange(len(seqs), device=device)
             leaf = embeds[0, int(cols[0])].detach().clone().requires_grad_(True)
             at_position = torch.zeros(embeds.shape[:2] + (1,), dtype=torch.bool, device=device)
             at_position[rows, cols] = True
             embeds = torch.where(at_position, leaf, embeds)
+        base = self.model.base_model
+        cache = {}
+        if split:
+            kw = cache_kwarg(base)
+            cache = {kw: DynamicCache(), "use_cache": True}
+            with torch.no_grad():
+                before = base(
+                    inputs_embeds=embeds[:, :split],
+                    attention_mask=mask[:, :split],
+                    position_ids=position_ids[:, :split],
+                    **cache,
+                )[0]
         with torch.set_grad_enabled(leaf is not None):
-            hidden = self.model.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)[0]
-            answer_pos = [torch.arange(s.answer.start - 1, s.answer.stop - 1) for s in seqs]
-            prompt_pos = [torch.arange(s.prompt.start - 1, s.prompt.stop - 1) for s in seqs]
+            hidden = base(
+                inputs_embeds=embeds[:, split:],
+                attention_mask=mask,
+                position_ids=position_ids[:, split:],
+                **(cache or {"use_cache": False}),
+            )[0]
+            if split:
+                hidden = torch.cat([before, hidden], 1)
+            answer_pos = [
+                torch.arange(s.answer.start - 1, s.answer.stop - 1) + k for s, k in zip(seqs, shift, strict=True)
+            ]
+            prompt_pos = [
+                torch.arange(s.prompt.start - 1, s.prompt.stop - 1) + k for s, k in zip(seqs, shift, strict=True)
+            ]
             ans_lp, ans_tgt, ans_row = self._gathered_logprobs(hidden, input_ids, answer_pos, self.answer_temperature)
             pr_lp, pr_tgt, pr_row = self._gathered_logprobs(hidden, input_ids, prompt_pos, 1.0)
             b = len(seqs)
@@ -229,11 +262,14 @@ class Engine:
                 offsets = torch.tensor([0] + [len(p) for p in prompt_pos], device=pr_lp.device).cumsum(0)[:-1]
                 terms.embed_grad = grad.float().cpu()
                 terms.proposal_logprobs = pr_lp.detach()[offsets + position].cpu()
+        real = int(mask.sum())
         if leaf is not None:
-            self.counts.backward_tokens += int(mask.sum())
+            no_grad = int(mask[:, :split].sum())
+            self.counts.forward_tokens += no_grad
+            self.counts.backward_tokens += real - no_grad
         else:
-            self.counts.forward_tokens += int(mask.sum())
-        self.counts.padded_slots += int(mask.numel() - mask.sum())
+            self.counts.forward_tokens += real
+        self.counts.padded_slots += int(mask.numel()) - real
         return terms
 
     def _gathered_logprobs(
@@ -245,10 +281,7 @@ class Engine:
         """
         rows = torch.cat([torch.full((len(p),), b) for b, p in enumerate(positions)]).to(hidden.device)
         cols = torch.cat(positions).to(hidden.device)
-        logits = self.model.get_output_embeddings()(hidden[rows, cols]).float()
-        softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        logits = output_logits(self.model, hidden[rows, cols]).float()
         return torch.log_softmax(logits / temperature, dim=-1), input_ids[rows, cols + 1], rows
 
     def candidate_embeddings(self, token_ids: list[int]) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Protocol, TypeVar
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DecodeStats, decode_shared
+from greater.decoding import DRAFT_SLOTS, DecodeStats, decode_shared
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -54,7 +54,8 @@ def run_chunked(items: Sequence[T], size: int, fn: Callable[[list[T]], list[R]])
 class TransformersGenerator:
     """Greedy generation on a transformers model; rows sorted by length to keep padding small.
 
-    `cached=True` (default) uses greater's own KV-cache loop, which drops finished rows from the batch;
+    `cached=True` (default) uses greater's own KV-cache loop, which drops finished rows from the batch
+    and drafts tokens by prompt lookup in `draft_slots` slots per step (0: off; see `decode_shared`);
     `cached=False` uses `model.generate`.
     """
 
@@ -64,6 +65,7 @@ class TransformersGenerator:
         tokenizer: PreTrainedTokenizerBase,
         batch_size: int = 32,
         cached: bool = True,
+        draft_slots: int = DRAFT_SLOTS,
         progress=None,
     ) -> None:
         self.model = model
@@ -72,6 +74,7 @@ class TransformersGenerator:
         self.pad_id = pad if pad is not None else min(self.stop_ids, default=0)
         self.batch_size = batch_size
         self.cached = cached
+        self.draft_slots = draft_slots if cached else 0
         self.progress = progress
         self.stats = DecodeStats()
 
@@ -95,6 +98,7 @@ class TransformersGenerator:
             max_new_tokens=max_new_tokens,
             stop_ids=self.stop_ids,
             pad_id=self.pad_id,
+            draft_slots=self.draft_slots,
             stats=self.stats,
         )
         self._tick(len(contexts))

@@ -55,6 +55,7 @@ class GreaterConfig:
     reuse_reasoning: bool = True  # the chosen candidate's reasoning is the next step's reasoning
     batched_gradient: bool = True  # one batched forward + backward gives loss, proposals and gradient
     cached_decoding: bool = True  # own KV-cache decoding: shared prefix, finished rows leave, cached scoring
+    lookup_decoding: bool = True  # prompt-lookup drafts checked against greedy decoding (with cached_decoding)
     seed: int = 0
 
     def validate(self) -> None:
@@ -173,6 +174,7 @@ def optimize(
         generator=generator,
         cached_decoding=config.cached_decoding,
         batched_gradient=config.batched_gradient,
+        lookup_decoding=config.lookup_decoding,
     )
     filler = encode(tokenizer, config.filler)
     if len(filler) != 1:
