@@ -267,7 +267,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     def on_step(record: StepRecord, run_state) -> None:
         append_jsonl(run_dir / "steps.jsonl", asdict(record))
         write_checkpoint(run_dir, {"state": run_state.to_json()})
-        bar.set_postfix_str(f"best {record.best_score:.3f}")
+        bar.set_postfix_str(f"best selection loss {record.best_score:.3f}")
         bar.update(1)
 
     def on_sigterm(signum, frame):
