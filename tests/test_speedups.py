@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from greater.decoding import DecodeStats, decode_shared, lookup_draft
+from greater.decoding import DecodeStats, decode_shared, lookup_draft, pack_rows
 from greater.engine import Engine
 from greater.generation import TransformersGenerator
 from greater.layout import encode_prompt
@@ -31,13 +31,22 @@ def test_own_decoding_loop_equals_model_generate(tiny_model, smol_tokenizer):
 
 
 def test_lookup_draft_takes_what_followed_the_latest_match():
-    #        0  1  2  3  4  5  6  7  8  9
     context = [5, 6, 7, 8, 9, 5, 6, 7, 1, 5, 6]
-    assert lookup_draft(context, 3, stop_ids=set()) == [7, 1, 5]  # last "5 6" at 5..6 (latest), then 7 1 5
+    # "1 5 6" occurs nowhere earlier; "5 6" last occurred at 5..6, followed by 7 1 5
+    assert lookup_draft(context, 3, stop_ids=set()) == [7, 1, 5]
     assert lookup_draft(context, 1, stop_ids=set()) == [7]
     assert lookup_draft(context, 3, stop_ids={1}) == [7]  # never guesses past a stop token
     assert lookup_draft([1, 2, 3], 4, stop_ids=set()) == []  # no earlier occurrence of any suffix
     assert lookup_draft(context, 0, stop_ids=set()) == []
+
+
+def test_pack_rows_aligns_and_masks():
+    ids, mask = pack_rows([[1, 2, 3], [4]], pad_id=9)
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pack_rows([[1, 2, 3], [4]], pad_id=9, left=True)
+    assert ids.tolist() == [[1, 2, 3], [9, 9, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pack_rows([[1, 2], [4, 5]], pad_id=0, offsets=[0, 2])
+    assert ids.tolist() == [[1, 2, 0, 0], [0, 0, 4, 5]] and mask.tolist() == [[1, 1, 0, 0], [0, 0, 1, 1]]
 
 
 def _repeating_rows(tok):

@@ -17,6 +17,7 @@ produce several greedy tokens per forward when their text repeats earlier text.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -54,6 +55,37 @@ class DecodeStats:
     drafted_tokens: int = 0  # tokens guessed by prompt lookup and checked by the model
     accepted_tokens: int = 0  # guessed tokens that matched greedy decoding (also counted as generated)
 
+    def count_forward(self, mask: torch.Tensor) -> None:
+        """Count a no-gradient forward over a batch with attention `mask` (B, W) of its new tokens."""
+        real = int(mask.sum())
+        self.forward_tokens += real
+        self.padded_slots += mask.numel() - real
+
+
+def pack_rows(
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device | str = "cpu",
+    *,
+    left: bool = False,
+    offsets: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, W) token ids and attention mask of token lists in one padded batch.
+
+    Row b starts at column `offsets[b]` (default 0: right padding); `left=True` aligns the rows' ends.
+    """
+    if left:
+        end = max(len(r) for r in rows)
+        offsets = [end - len(r) for r in rows]
+    offsets = offsets or [0] * len(rows)
+    width = max(len(r) + k for r, k in zip(rows, offsets, strict=True))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (r, k) in enumerate(zip(rows, offsets, strict=True)):
+        ids[b, k : k + len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[b, k : k + len(r)] = 1
+    return ids.to(device), mask.to(device)
+
 
 def cache_kwarg(model: PreTrainedModel) -> str:
     """The forward argument that takes the KV cache: `cache` in newer transformers, else `past_key_values`."""
@@ -83,9 +115,9 @@ def _forward(model: PreTrainedModel, kw: str, cache: DynamicCache, keep: int | N
     return output_logits(model, hidden if keep is None else hidden[:, -keep:])
 
 
-def head_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(R, K) log-probs of `tokens` (R, K) under `logits` (R, K, V) at temperature 1."""
-    return torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None])[..., 0]
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(..., K) log-probs of `tokens` (..., K) under `logits` (..., K, V) divided by `temperature`."""
+    return torch.log_softmax(logits.float() / temperature, -1).gather(-1, tokens[..., None])[..., 0]
 
 
 @torch.no_grad()
@@ -118,24 +150,17 @@ def decode_shared(
     results = [DecodedRow() for _ in rows]
 
     # 1. prefill the heads, left-padded so they end together
-    width = max(len(h) for h in heads)
-    ids = torch.full((len(heads), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(heads), width), dtype=torch.long)
-    for r, h in enumerate(heads):
-        ids[r, width - len(h) :] = torch.tensor(h)
-        mask[r, width - len(h) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = pack_rows(heads, pad_id, device, left=True)
     cache = DynamicCache()
     kw = cache_kwarg(model.base_model)
     keep = n_head_scored + 1  # logits predicting the last n_head_scored head tokens and the first tail token
     head_logits = _forward(  # (B, keep, V)
         model, kw, cache, keep, input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
     )
-    stats.forward_tokens += int(mask.sum())
-    stats.padded_slots += int(mask.numel() - mask.sum())
+    stats.count_forward(mask)
     head_scores = []
     if n_head_scored:
-        scored = head_logprobs(head_logits[:, :-1], ids[:, -n_head_scored:])
+        scored = token_logprobs(head_logits[:, :-1], ids[:, -n_head_scored:])
         head_scores = [scored[r].tolist() for r in range(len(heads))]
     last_head_logits = head_logits[:, -1]  # (B, V): predicts each row's first tail token
 
@@ -144,21 +169,16 @@ def decode_shared(
     cache.reorder_cache(head_of)
     mask = mask[head_of]
     positions = mask.sum(-1)  # (R,) next position of each row
-    tail_width = max(len(t) for _, t, _ in rows)
-    tail_ids = torch.full((len(rows), tail_width), pad_id, dtype=torch.long, device=device)
-    tail_mask = torch.zeros((len(rows), tail_width), dtype=torch.long, device=device)
-    for r, (_, tail, _) in enumerate(rows):
-        tail_ids[r, tail_width - len(tail) :] = torch.tensor(tail, device=device)
-        tail_mask[r, tail_width - len(tail) :] = 1
+    tail_ids, tail_mask = pack_rows([tail for _, tail, _ in rows], pad_id, device, left=True)
+    tail_width = tail_ids.shape[1]
     mask = torch.cat([mask, tail_mask], 1)
     tail_pos = positions[:, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
     tail_logits = _forward(model, kw, cache, input_ids=tail_ids, attention_mask=mask, position_ids=tail_pos)
-    stats.forward_tokens += int(tail_mask.sum())
-    stats.padded_slots += int(tail_mask.numel() - tail_mask.sum())
+    stats.count_forward(tail_mask)
     positions = positions + tail_mask.sum(-1)
     for r, (h, tail, _) in enumerate(rows):
         lp = torch.log_softmax(last_head_logits[h].float(), -1)[tail[0]][None]
-        rest = head_logprobs(tail_logits[r, tail_width - len(tail) : -1], tail_ids[r, tail_width - len(tail) + 1 :])
+        rest = token_logprobs(tail_logits[r, tail_width - len(tail) : -1], tail_ids[r, tail_width - len(tail) + 1 :])
         results[r].tail_logprobs = torch.cat([lp, rest]).tolist()
     logits = tail_logits[:, -1]  # (R, V) predicts each row's first reasoning token
 
@@ -197,25 +217,18 @@ def decode_shared(
             mask, positions = mask[keep_idx], positions[keep_idx]
             active = [active[slot] for slot in keep]
             feed = [feed[slot] for slot in keep]
-        width = max(len(tokens) for tokens in feed)
-        ids = torch.full((len(active), width), pad_id, dtype=torch.long)
-        block = torch.zeros((len(active), width), dtype=torch.long)
-        for slot, tokens in enumerate(feed):
-            ids[slot, : len(tokens)] = torch.tensor(tokens)
-            block[slot, : len(tokens)] = 1
-        block = block.to(device)
+        ids, block = pack_rows(feed, pad_id, device)
+        width = ids.shape[1]
         mask = torch.cat([mask, block], 1)
         step_logits = _forward(  # (R, W, V)
             model,
             kw,
             cache,
-            input_ids=ids.to(device),
+            input_ids=ids,
             attention_mask=mask,
             position_ids=positions[:, None] + torch.arange(width, device=device)[None],
         )
-        fed = int(block.sum())
-        stats.forward_tokens += fed
-        stats.padded_slots += len(active) * width - fed
+        stats.count_forward(block)
         # check the drafts: keep each row's longest run that greedy decoding would have produced;
         # the slots of rejected guesses stay in the cache as holes in the mask
         predicted = step_logits.argmax(-1).tolist()  # (R, W)
@@ -262,8 +275,7 @@ def _score_follow(model, kw, cache, mask, positions, logits, slots, active, rows
 
     def record(r: int, row_logits: torch.Tensor, targets: torch.Tensor) -> None:
         """row_logits (K, V) predict targets (K,)."""
-        scaled = torch.log_softmax(row_logits.float() / temperature, -1).gather(-1, targets[:, None])[:, 0]
-        results[r].follow_logprobs.extend(scaled.tolist())
+        results[r].follow_logprobs.extend(token_logprobs(row_logits, targets, temperature).tolist())
         results[r].follow_hits.extend((row_logits.argmax(-1) == targets).tolist())
 
     device = mask.device
@@ -276,13 +288,9 @@ def _score_follow(model, kw, cache, mask, positions, logits, slots, active, rows
             rest.append(slot)
     if not rest:
         return
-    inputs = [rows[active[slot]][2][:-1] for slot in rest]  # feeding follow[:-1] predicts follow[1:]
-    width = max(len(x) for x in inputs)
-    ids = torch.zeros((len(rest), width), dtype=torch.long, device=device)
-    new_mask = torch.zeros((len(rest), width), dtype=torch.long, device=device)
-    for i, x in enumerate(inputs):
-        ids[i, : len(x)] = torch.tensor(x, device=device)
-        new_mask[i, : len(x)] = 1
+    # feeding follow[:-1] predicts follow[1:]
+    ids, new_mask = pack_rows([rows[active[slot]][2][:-1] for slot in rest], 0, device)
+    width = ids.shape[1]
     idx = torch.tensor(rest, device=device)
     logits = _forward(
         model,
@@ -292,8 +300,7 @@ def _score_follow(model, kw, cache, mask, positions, logits, slots, active, rows
         attention_mask=torch.cat([mask[idx], new_mask], 1),
         position_ids=positions[idx, None] + torch.arange(width, device=device)[None],
     )
-    stats.forward_tokens += int(new_mask.sum())
-    stats.padded_slots += int(new_mask.numel() - new_mask.sum())
+    stats.count_forward(new_mask)
     for i, slot in enumerate(rest):
         follow = rows[active[slot]][2]
         record(active[slot], logits[i, : len(follow) - 1], torch.tensor(follow[1:], device=device))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DRAFT_SLOTS, DecodeStats, cache_kwarg, decode_shared, output_logits
+from greater.decoding import DRAFT_SLOTS, DecodeStats, cache_kwarg, decode_shared, output_logits, pack_rows
 from greater.generation import Generator, TransformersGenerator, run_chunked
 from greater.layout import ChatLayout, Sequence, build_sequence, encode
 from greater.tasks import Example, Task
@@ -204,13 +204,7 @@ class Engine:
         cuts = [s.prompt.start + position for s in seqs] if position is not None else [0] * len(seqs)
         split = max(cuts) if position is not None and self.batched_gradient else 0
         shift = [split - c if split else 0 for c in cuts]
-        width = max(len(s.ids) + k for s, k in zip(seqs, shift, strict=True))
-        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, (s, k) in enumerate(zip(seqs, shift, strict=True)):
-            input_ids[row, k : k + len(s.ids)] = torch.tensor(s.ids)
-            mask[row, k : k + len(s.ids)] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
+        input_ids, mask = pack_rows([s.ids for s in seqs], self.pad_id, device, offsets=shift)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         embeds = self.model.get_input_embeddings()(input_ids)
         leaf = None
@@ -262,14 +256,12 @@ class Engine:
                 offsets = torch.tensor([0] + [len(p) for p in prompt_pos], device=pr_lp.device).cumsum(0)[:-1]
                 terms.embed_grad = grad.float().cpu()
                 terms.proposal_logprobs = pr_lp.detach()[offsets + position].cpu()
-        real = int(mask.sum())
         if leaf is not None:
-            no_grad = int(mask[:, :split].sum())
-            self.counts.forward_tokens += no_grad
-            self.counts.backward_tokens += real - no_grad
+            self.counts.count_forward(mask[:, :split])
+            self.counts.backward_tokens += int(mask[:, split:].sum())
+            self.counts.padded_slots += int((mask[:, split:] == 0).sum())
         else:
-            self.counts.forward_tokens += real
-        self.counts.padded_slots += int(mask.numel()) - real
+            self.counts.count_forward(mask)
         return terms
 
     def _gathered_logprobs(

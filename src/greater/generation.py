@@ -9,7 +9,7 @@ from typing import Protocol, TypeVar
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DRAFT_SLOTS, DecodeStats, decode_shared
+from greater.decoding import DRAFT_SLOTS, DecodeStats, decode_shared, pack_rows
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -105,23 +105,17 @@ class TransformersGenerator:
         return [r.reasoning for r in rows]
 
     def _generate_batch(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
-        width = max(len(c) for c in contexts)
-        input_ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(contexts), width), dtype=torch.long)
-        for row, ctx in enumerate(contexts):
-            input_ids[row, width - len(ctx) :] = torch.tensor(ctx, dtype=torch.long)
-            mask[row, width - len(ctx) :] = 1
+        device = self.model.device
+        input_ids, mask = pack_rows(contexts, self.pad_id, device, left=True)
+        width = input_ids.shape[1]
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=sorted(self.stop_ids) or None,
             pad_token_id=self.pad_id,
         )
-        device = self.model.device
         with torch.no_grad():
-            generated = self.model.generate(
-                input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config
-            )
+            generated = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
         result = []
         for row in generated[:, width:].tolist():
             cut = next((j for j, t in enumerate(row) if t in self.stop_ids), len(row))
