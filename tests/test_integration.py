@@ -128,3 +128,20 @@ def test_load_embedded_model_generates() -> None:
     assert 1 <= len(new) <= 10
     reply = tokenizer.decode(new, skip_special_tokens=True)
     assert reply.strip()
+
+
+def test_compare_every_method_on_the_embedded_model(tmp_path: Path) -> None:
+    """Each method, with a tiny budget, produces a usable prompt; the table follows from the predictions."""
+    from greater.methods import METHODS
+    from test_compare import check_table
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--task", "gen/boolean_expressions", "--seeds", "0", "--steps", "1", "--train", "2"]
+    argv += ["--test", "3", "--max-new-tokens", "12", "--meta-max-new-tokens", "24", "--out", str(out)]
+    assert main(argv) == 0
+    table = check_table(out, ["gen/boolean_expressions"], list(METHODS), [0], [], n_test=3)
+    for row in table["results"]:
+        prompt = row["prompts"]["0"]
+        assert prompt.strip() and len(prompt) < 400
+        assert row["calls"] >= 2 and row["seconds"] > 0
+    assert table["results"][1]["prompts"]["0"] == "Let's think step by step."  # zs-cot

@@ -2,6 +2,7 @@
 
 from greater.errors import GreaterError
 from greater.evaluate import Evaluation, evaluate
+from greater.methods import METHODS, MethodConfig, MethodResult, run_method
 from greater.model import load_model
 from greater.optimizer import GreaterConfig, Result, StepRecord, optimize
 from greater.tasks import Example, Task, get_task, task_names
@@ -11,6 +12,9 @@ __all__ = [
     "Example",
     "GreaterConfig",
     "GreaterError",
+    "METHODS",
+    "MethodConfig",
+    "MethodResult",
     "Result",
     "StepRecord",
     "Task",
@@ -18,6 +22,7 @@ __all__ = [
     "get_task",
     "load_model",
     "optimize",
+    "run_method",
     "task_names",
 ]
 __version__ = "0.1.0"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import re
+import signal
 import sys
 import time
 import warnings
@@ -14,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from greater.errors import GreaterError
+from greater.methods import METHODS, ZS_COT_PROMPT
 from greater.tasks.answers import ANSWER_TYPES
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
@@ -31,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except GreaterError as exc:
         print(f"greater: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as exc:
         print("greater: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
 
     opt = sub.add_parser("optimize", help="find a better prompt for a task")
     common(opt)
+    opt.add_argument(
+        "--method", choices=METHODS, default="greater", help="greater (default) or a baseline (see README)"
+    )
+    opt.add_argument(
+        "--evaluations", type=_positive, default=None, help="baselines: candidate prompts scored (3 × --steps)"
+    )
     opt.add_argument("--init-prompt", default=None)
     opt.add_argument("--steps", type=_positive, default=None)
     opt.add_argument("--train", type=_positive, default=None, help="training examples")
@@ -83,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompt", action="append", default=None, help="a prompt to score (repeat for more)")
     ev.add_argument("--prompt-file", type=Path, default=None, help="a file with one prompt per line")
     ev.add_argument("--baseline", action="append", choices=sorted(BASELINES), default=None, help="a baseline prompt")
-    ev.add_argument("--run", type=Path, help="a run directory: evaluates its best prompt")
+    ev.add_argument("--run", type=Path, help="a run directory: its prompt on its own split (--model OTHER: transfer)")
     ev.add_argument("--split", choices=["train", "test"], default="test")
     ev.add_argument("--train", type=_positive, default=None, help="size of the train split (to define the split)")
     ev.add_argument("--test", type=_positive, default=None, help="size of the test split")
@@ -91,6 +99,21 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--joiner", default=None, help="text between question and prompt (default: '. Use')")
     ev.add_argument("--out", type=Path, default=None, help="write table.md, table.json and predictions here")
     ev.set_defaults(func=_cmd_evaluate)
+
+    cmp = sub.add_parser("compare", help="every method on every task and seed, scored on test, as a table")
+    common(cmp, many_tasks=True)
+    cmp.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default {','.join(METHODS)})")
+    cmp.add_argument("--seeds", default="0", help="comma-separated seeds; each seed draws its own split (default 0)")
+    cmp.add_argument("--steps", type=_positive, default=10, help="GReaTer steps; sets every method's budget (10)")
+    cmp.add_argument("--evaluations", type=_positive, default=None, help="baselines' candidate prompts (3 × steps)")
+    cmp.add_argument(
+        "--meta-max-new-tokens", type=_positive, default=None, help="cap on baselines' meta-prompt replies (96)"
+    )
+    cmp.add_argument("--train", type=_positive, default=None, help="training examples per task")
+    cmp.add_argument("--test", type=_positive, default=None, help="test examples per task")
+    cmp.add_argument("--eval-model", action="append", default=None, help="also score every prompt with this model")
+    cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
+    cmp.set_defaults(func=_cmd_compare)
 
     tasks = sub.add_parser("tasks", help="list known tasks")
     tasks.add_argument("--data-dir", default=None)
@@ -129,7 +152,7 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 
 # baseline prompts for `greater evaluate --baseline`: name -> (prompt, joiner); zero-shot CoT reads
 # "<question>. Let's think step by step." (the prompt follows the joiner after one space)
-BASELINES = {"zs-cot": ("Let's think step by step.", ".")}
+BASELINES = {"zs-cot": (ZS_COT_PROMPT, ".")}
 
 # command-line flags that set GreaterConfig fields (flag dest -> config field)
 _CONFIG_FLAGS = ("steps", "init_prompt", "top_k", "top_q", "max_new_tokens", "patience", "seed", "batch_size")
@@ -142,9 +165,29 @@ class _Terminated(Exception):
     """SIGTERM, raised in the main thread so the run stops like on Ctrl-C."""
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Within the block, SIGTERM raises `_Terminated` (main() turns it into exit 143)."""
+
+    def on_sigterm(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from greater.optimizer import GreaterConfig, RunState
 
+    if args.method != "greater":
+        if args.resume is not None:
+            raise GreaterError(f"--resume continues GReaTer runs only; start the {args.method} run again instead")
+        return _run_baseline(args)
+    if args.evaluations is not None:
+        raise GreaterError("--evaluations sets a baseline's budget; GReaTer's is --steps")
     if args.resume is not None:
         run_dir = args.resume
         info, checkpoint = _check_resume(args)
@@ -200,16 +243,12 @@ def _differs(flag: str, given, stored) -> str:
 
 
 def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
-    import signal
-
     from tqdm import tqdm
 
-    from greater.evaluate import evaluate
     from greater.layout import encode_prompt
     from greater.optimizer import StepRecord, optimize
     from greater.runs import (
         append_jsonl,
-        new_run_dir,
         read_json,
         read_lines,
         truncate_lines,
@@ -226,32 +265,14 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     model, tokenizer = _load(None if info["model"].startswith("embedded:") else info["model"], args.trust_remote_code)
     encode_prompt(tokenizer, config.init_prompt)  # a bad prompt fails before anything is written
     if run_dir is None:
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", task.name).strip("_") or "task"
-        requested = args.out or Path("runs") / f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir, renamed = new_run_dir(requested)
-        if renamed:
-            print(f"greater: {requested} already holds a run; writing to {run_dir} instead", file=sys.stderr)
-        info["split"] |= {"n_train": len(train), "n_test": len(test), "fingerprint": fingerprint}
-        write_run_json(run_dir / "run.json", info)
+        run_dir = _new_run(args, task, info, train, test)
     else:
         if split.get("fingerprint") != fingerprint:
             raise GreaterError(f"the data of task {info['task']!r} changed since {run_dir} started; cannot resume")
         truncate_lines(run_dir / "steps.jsonl", state.step)
 
     def score(prompt: str, label: str) -> float:
-        ev = evaluate(
-            model,
-            tokenizer,
-            task,
-            test,
-            prompt,
-            joiner=config.joiner,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            progress=True,
-        )
-        print(f"{label} test accuracy: {ev.accuracy:.3f} ({sum(p['correct'] for p in ev.predictions)}/{ev.n})")
-        return ev.accuracy
+        return _test_accuracy(model, tokenizer, task, test, prompt, config, label)
 
     print(f"task {info['task']}: {len(train)} train / {len(test)} test examples; run directory {run_dir}")
     initial_path = run_dir / "initial_eval.json"
@@ -270,22 +291,17 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
         bar.set_postfix_str(f"best selection loss {record.best_score:.3f}")
         bar.update(1)
 
-    def on_sigterm(signum, frame):
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        result = optimize(model, tokenizer, task, config, train=train, on_step=on_step, state=state)
-    except (KeyboardInterrupt, _Terminated) as exc:
+        with _sigterm_interrupts():
+            result = optimize(model, tokenizer, task, config, train=train, on_step=on_step, state=state)
+    except (KeyboardInterrupt, _Terminated):
         bar.close()
         print(
-            f"greater: interrupted; steps up to the last completed one are saved in {run_dir}\n"
+            f"greater: steps up to the last completed one are saved in {run_dir}\n"
             f"resume with: greater optimize --resume {run_dir}",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        raise
     bar.close()
     print(f"optimized prompt: {result.prompt}")
     final_acc = score(result.prompt, "optimized prompt")
@@ -306,6 +322,146 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     )
     print(f"run written to {run_dir}")
     return 0
+
+
+def _new_run(args: argparse.Namespace, task, info: dict, train: list, test: list) -> Path:
+    """A fresh run directory (never an existing run's) with run.json written into it."""
+    from greater.evaluate import slug
+    from greater.runs import new_run_dir, write_json
+
+    requested = args.out or Path("runs") / f"{slug(task.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, renamed = new_run_dir(requested)
+    if renamed:
+        print(f"greater: {requested} already holds a run; writing to {run_dir} instead", file=sys.stderr)
+    info["split"] |= {"n_train": len(train), "n_test": len(test), "fingerprint": _fingerprint(train, test)}
+    write_json(run_dir / "run.json", info)
+    return run_dir
+
+
+def _test_accuracy(model, tokenizer, task, test: list, prompt: str, config, label: str) -> float:
+    """Score a prompt on the test examples (with progress) and print its accuracy."""
+    from greater.evaluate import evaluate
+
+    ev = evaluate(
+        model,
+        tokenizer,
+        task,
+        test,
+        prompt,
+        joiner=config.joiner,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        progress=True,
+    )
+    print(f"{label} test accuracy: {ev.accuracy:.3f} ({sum(p['correct'] for p in ev.predictions)}/{ev.n})")
+    return ev.accuracy
+
+
+def _run_baseline(args: argparse.Namespace) -> int:
+    """`greater optimize --method M` for a baseline: run it, then score its prompt on the test split."""
+    from greater.layout import encode_prompt
+    from greater.methods import MethodConfig, run_method
+    from greater.runs import append_jsonl, write_atomic, write_json
+    from greater.tasks import resolve_task
+
+    if not args.task:
+        raise GreaterError("--task is required")
+    given = {k: getattr(args, k) for k in _CONFIG_FLAGS + ("evaluations",) if getattr(args, k, None) is not None}
+    config = MethodConfig(**given)
+    config.validate()
+    options = {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None}
+    task = resolve_task(args.task, args.data_dir, options)
+    train, test = task.split(args.train, args.test, config.seed)
+    model, tokenizer = _load(args.model, args.trust_remote_code)
+    encode_prompt(tokenizer, config.init_prompt)
+    info = {
+        "method": args.method,
+        "model": args.model or "embedded:SmolLM2-135M-Instruct",
+        "task": str(Path(args.task).resolve()) if Path(args.task).is_file() else args.task,
+        "config": asdict(config),
+        "data_dir": args.data_dir,
+        "task_options": options,
+        "split": {"seed": config.seed, "train": args.train, "test": args.test},
+    }
+    run_dir = _new_run(args, task, info, train, test)
+    print(f"task {info['task']}: {len(train)} train / {len(test)} test examples; run directory {run_dir}")
+    print(f"running {args.method} (budget: {config.budget} candidate prompts) ...", file=sys.stderr)
+    with _sigterm_interrupts():
+        result = run_method(args.method, model, tokenizer, task, train, config)
+    for entry in result.history:
+        append_jsonl(run_dir / "history.jsonl", entry)
+    print(f"optimized prompt: {result.prompt}")
+    final_acc = _test_accuracy(model, tokenizer, task, test, result.prompt, config, "optimized prompt")
+    write_atomic(run_dir / "prompt.txt", result.prompt + "\n")
+    write_json(
+        run_dir / "result.json",
+        info
+        | {
+            "prompt": result.prompt,
+            "joiner": result.joiner,
+            "score": result.score,
+            "score_name": result.score_name,
+            "usage": asdict(result.usage),
+            "test_accuracy": {"optimized": final_acc},
+        },
+    )
+    print(f"run written to {run_dir}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from greater.compare import Scorer, run_compare
+    from greater.methods import MethodConfig
+    from greater.tasks import resolve_task
+
+    methods = _names(args.methods, "--methods")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise GreaterError(f"unknown method {unknown[0]!r} in --methods; choose from {', '.join(METHODS)}")
+    try:
+        seeds = [int(s) for s in _names(args.seeds, "--seeds")]
+    except ValueError:
+        raise GreaterError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    if not args.task:
+        raise GreaterError("--task is required (repeat it for more tasks)")
+    given = {"steps": args.steps, "evaluations": args.evaluations, "max_new_tokens": args.max_new_tokens}
+    given |= {"batch_size": args.batch_size, "meta_max_new_tokens": args.meta_max_new_tokens}
+    config = MethodConfig(**{k: v for k, v in given.items() if v is not None})
+    config.validate()
+    options = {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None}
+    tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
+    for task in tasks:  # a split that cannot be drawn fails before any model is loaded
+        task.split(args.train, args.test, seeds[0])
+    label = args.model or "embedded:SmolLM2-135M-Instruct"
+    optimizer = Scorer(label, *_load(args.model, args.trust_remote_code))
+    transfer = [Scorer(m, *_load(m, args.trust_remote_code)) for m in dict.fromkeys(args.eval_model or [])]
+    with _sigterm_interrupts():
+        try:
+            run_compare(
+                optimizer,
+                tasks,
+                methods,
+                seeds,
+                args.out,
+                config,
+                split=(args.train, args.test),
+                transfer=transfer,
+                fingerprint=_fingerprint,
+                progress=True,
+            )
+        except (KeyboardInterrupt, _Terminated):
+            print(f"greater: finished cells are kept in {args.out}; rerun the same command to go on", file=sys.stderr)
+            raise
+    print((args.out / "table.md").read_text(encoding="utf-8"), end="")
+    print(f"table written to {args.out / 'table.md'}, {args.out / 'table.json'} and {args.out / 'chart.png'}")
+    return 0
+
+
+def _names(text: str, flag: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise GreaterError(f"{flag} is empty")
+    return list(dict.fromkeys(names))
 
 
 def _fingerprint(train, test) -> str:
@@ -363,10 +519,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         task = resolve_task(name, data_dir, (run.get("task_options", {}) if own else {}) | given)
         stored_split = run.get("split", {}) if own else {}
         seed = args.seed if args.seed is not None else stored_split.get("seed") or 0
-        n_train = args.train or stored_split.get("train")
-        train, test = task.split(n_train, args.test, seed)
+        n_train, n_test = args.train or stored_split.get("train"), args.test or stored_split.get("test")
+        train, test = task.split(n_train, n_test, seed)
         examples = (train if args.split == "train" else test)[: args.limit]
-        record = {"split": args.split, "seed": seed, "train": n_train, "test": args.test, "limit": args.limit}
+        record = {"split": args.split, "seed": seed, "train": n_train, "test": n_test, "limit": args.limit}
         record |= {"n_train": len(train), "n_test": len(test), "fingerprint": _fingerprint(train, test)}
         splits.append(TaskSplit(task, examples, record))
     model, tokenizer = _load(args.model, args.trust_remote_code)

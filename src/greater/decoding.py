@@ -54,6 +54,8 @@ class DecodeStats:
     generated_tokens: int = 0
     drafted_tokens: int = 0  # tokens guessed by prompt lookup and checked by the model
     accepted_tokens: int = 0  # guessed tokens that matched greedy decoding (also counted as generated)
+    sequences: int = 0  # sequences generated (each a model call: a reasoning, an answer, a meta-prompt reply)
+    scored_sequences: int = 0  # sequences run teacher-forced for loss terms (GReaTer's gradient pass)
 
     def count_forward(self, mask: torch.Tensor) -> None:
         """Count a no-gradient forward over a batch with attention `mask` (B, W) of its new tokens."""

@@ -123,6 +123,7 @@ class Engine:
             return out
         common = _common_prefix_len(prompts)
         generator = self.generator
+        generator.stats.sequences += len(prompts) * len(self.examples)
         n_answer = [len(a) for a in self.answer_ids]
         examples = list(range(len(self.examples)))
 
@@ -256,6 +257,7 @@ class Engine:
                 offsets = torch.tensor([0] + [len(p) for p in prompt_pos], device=pr_lp.device).cumsum(0)[:-1]
                 terms.embed_grad = grad.float().cpu()
                 terms.proposal_logprobs = pr_lp.detach()[offsets + position].cpu()
+        self.counts.scored_sequences += len(seqs)
         if leaf is not None:
             self.counts.count_forward(mask[:, :split])
             self.counts.backward_tokens += int(mask[:, split:].sum())

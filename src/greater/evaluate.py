@@ -175,7 +175,7 @@ def table_markdown(table: dict) -> str:
 
 def predictions_name(cell: Cell) -> str:
     """The path, relative to the output folder, of a cell's predictions file."""
-    return f"predictions/{_slug(cell.task.task.name)}__{_slug(cell.prompt.label)}.jsonl"
+    return f"predictions/{slug(cell.task.task.name)}__{slug(cell.prompt.label)}.jsonl"
 
 
 def write_table(out: Path, cells: Sequence[Cell], **meta: object) -> dict:
@@ -190,6 +190,6 @@ def write_table(out: Path, cells: Sequence[Cell], **meta: object) -> dict:
     return table
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     """A file-name-safe form of a task name or prompt label."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "_"

@@ -82,6 +82,7 @@ class TransformersGenerator:
         """Continuations (stop token excluded), in the order of `contexts`."""
         if max_new_tokens <= 0 or not contexts:
             return [[] for _ in contexts]
+        self.stats.sequences += len(contexts)
         order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
         batch = self._decode_batch if self.cached else self._generate_batch
         outs = run_chunked([contexts[i] for i in order], self.batch_size, lambda c: batch(c, max_new_tokens))

@@ -1,0 +1,282 @@
+"""`greater compare`: every method on every task and seed, scored on the test split, as a table.
+
+    out/
+      compare.json                    settings every cell was run with (a rerun must match them)
+      cells/<task>__<method>__s<seed>.json     one finished cell: prompt, history, usage, test scores
+      predictions/<task>__<method>__s<seed>[__on_<model>].jsonl
+      table.json, table.md, chart.png
+
+A cell file is written last and atomically, so it exists only for a finished cell: a rerun of the
+same command skips those and computes the rest (and any transfer scores a cell still lacks).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from greater.errors import GreaterError
+from greater.evaluate import evaluate, slug
+from greater.methods import MethodConfig, run_method
+from greater.runs import read_json, write_atomic, write_json
+from greater.tasks import Example, Task
+
+SETTINGS_FILE = "compare.json"
+
+
+@dataclass
+class Scorer:
+    """A model that scores prompts on test splits: the optimizing model, or a transfer target."""
+
+    label: str  # as given on the command line (the embedded model: "embedded:SmolLM2-135M-Instruct")
+    model: object
+    tokenizer: object
+
+
+def run_compare(
+    optimizer: Scorer,
+    tasks: Sequence[Task],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    config: MethodConfig,
+    *,
+    split: tuple[int | None, int | None] = (None, None),
+    transfer: Sequence[Scorer] = (),
+    fingerprint: Callable[[list[Example], list[Example]], str] | None = None,
+    progress: bool = False,
+) -> dict:
+    """Run the missing cells, then write table.json, table.md and chart.png; returns the table."""
+    settings = {"model": optimizer.label, "split": {"train": split[0], "test": split[1]}, "config": asdict(config)}
+    settings["config"].pop("seed")
+    _check_settings(out, settings)
+    cells = [(task, method, seed) for task in tasks for seed in seeds for method in methods]
+    todo = [c for c in cells if _missing(out, *c, transfer)]
+    if len(todo) < len(cells):
+        print(f"greater: {len(cells) - len(todo)} of {len(cells)} cells already done in {out}", file=sys.stderr)
+    bar = tqdm(todo, desc="comparing", unit="cell", disable=not progress, file=sys.stderr)
+    for task, method, seed in bar:
+        bar.set_postfix_str(f"{task.name} {method} seed {seed}")
+        _run_cell(out, optimizer, task, method, seed, replace(config, seed=seed), split, transfer, fingerprint)
+    bar.close()
+    records = [read_json(cell_path(out, task.name, method, seed)) for task, method, seed in cells]
+    table = summarize(records, settings, [s.label for s in transfer])
+    write_json(out / "table.json", table)
+    write_atomic(out / "table.md", table_markdown(table))
+    write_chart(table, out / "chart.png")
+    return table
+
+
+def cell_path(out: Path, task: str, method: str, seed: int) -> Path:
+    return out / "cells" / f"{_cell_name(task, method, seed)}.json"
+
+
+def _cell_name(task: str, method: str, seed: int) -> str:
+    return f"{slug(task)}__{slug(method)}__s{seed}"
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Record the settings in a new output folder; refuse one whose cells were run with others."""
+    path = out / SETTINGS_FILE
+    if path.exists():
+        stored = read_json(path)
+        for key in ("model", "split", "config"):
+            if stored.get(key) != settings[key]:
+                old, new = stored.get(key) or {}, settings[key]
+                what = key
+                if isinstance(old, dict) and isinstance(new, dict):
+                    what = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)), key)
+                    old, new = old.get(what), new.get(what)
+                raise GreaterError(
+                    f"{out} holds a comparison run with {what}={old!r}, not {new!r}; "
+                    "rerun with the same settings to resume it, or choose another --out"
+                )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+
+
+def _missing(out: Path, task: Task, method: str, seed: int, transfer: Sequence[Scorer]) -> bool:
+    path = cell_path(out, task.name, method, seed)
+    if not path.exists():
+        return True
+    done = read_json(path).get("transfer", {})
+    return any(s.label not in done for s in transfer)
+
+
+def _run_cell(
+    out: Path,
+    optimizer: Scorer,
+    task: Task,
+    method: str,
+    seed: int,
+    config: MethodConfig,
+    split: tuple[int | None, int | None],
+    transfer: Sequence[Scorer],
+    fingerprint,
+) -> None:
+    """Optimize (unless the cell exists and only lacks transfer scores), score on test, write the cell."""
+    path = cell_path(out, task.name, method, seed)
+    train, test = task.split(split[0], split[1], seed)
+    if path.exists():
+        record = read_json(path)
+    else:
+        result = run_method(method, optimizer.model, optimizer.tokenizer, task, train, config)
+        record = {
+            "task": task.name,
+            "method": method,
+            "seed": seed,
+            "split": {"n_train": len(train), "n_test": len(test)}
+            | ({"fingerprint": fingerprint(train, test)} if fingerprint else {}),
+            "result": result.to_json(),
+            "test": _score(out, optimizer, task, test, result.prompt, result.joiner, config, path.stem),
+            "transfer": {},
+        }
+    prompt, joiner = record["result"]["prompt"], record["result"]["joiner"]
+    for scorer in transfer:
+        if scorer.label not in record["transfer"]:
+            name = f"{path.stem}__on_{slug(scorer.label)}"
+            record["transfer"][scorer.label] = _score(out, scorer, task, test, prompt, joiner, config, name)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+
+
+def _score(
+    out: Path, scorer: Scorer, task: Task, test: list[Example], prompt: str, joiner: str, config, name: str
+) -> dict:
+    """Test accuracy of a prompt; the per-example predictions go to predictions/<name>.jsonl."""
+    ev = evaluate(
+        scorer.model,
+        scorer.tokenizer,
+        task,
+        test,
+        prompt,
+        joiner=joiner,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+    )
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    relative = f"predictions/{name}.jsonl"
+    write_atomic(out / relative, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in ev.predictions))
+    correct = sum(p["correct"] for p in ev.predictions)
+    return {"accuracy": ev.accuracy, "correct": correct, "n": ev.n, "predictions": relative}
+
+
+def summarize(records: list[dict], settings: dict, transfer: Sequence[str] = ()) -> dict:
+    """The table as JSON: per (task, method), test accuracy mean and spread over seeds, mean cost."""
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    seeds = list(dict.fromkeys(r["seed"] for r in records))
+    results = []
+    for task in tasks:
+        for method in methods:
+            runs = [r for r in records if r["task"] == task and r["method"] == method]
+            usage = [r["result"]["usage"] for r in runs]
+            row = {
+                "task": task,
+                "method": method,
+                "n_test": runs[0]["test"]["n"],
+                **_spread([r["test"]["accuracy"] for r in runs]),
+                "calls": _mean([u["calls"] for u in usage]),
+                "generated_tokens": _mean([u["generated_tokens"] for u in usage]),
+                "seconds": _mean([u["seconds"] for u in usage]),
+                "prompts": {str(r["seed"]): r["result"]["prompt"] for r in runs},
+                "transfer": {m: _spread([r["transfer"][m]["accuracy"] for r in runs]) for m in transfer},
+            }
+            results.append(row)
+    return settings | {
+        "tasks": tasks,
+        "methods": methods,
+        "seeds": seeds,
+        "transfer_models": list(transfer),
+        "results": results,
+        "cells": [f"cells/{_cell_name(r['task'], r['method'], r['seed'])}.json" for r in records],
+    }
+
+
+def _spread(values: list[float]) -> dict:
+    """Mean, sample standard deviation (0 for one seed) and the values, over seeds."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": _mean(values), "sd": sd, "accuracies": values}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def table_markdown(table: dict) -> str:
+    """Markdown: accuracy (task × method, mean ± sd in %), transfer tables, cost per method, prompts."""
+    methods, tasks = table["methods"], table["tasks"]
+    by = {(r["task"], r["method"]): r for r in table["results"]}
+    seeds = ", ".join(map(str, table["seeds"]))
+    lines = [f"Test accuracy (%) on {table['model']}: mean ± sample sd over seeds {seeds}.", ""]
+
+    def accuracy_table(pick: Callable[[dict], dict]) -> None:
+        lines.append("| task | n test | " + " | ".join(methods) + " |")
+        lines.append("|---|---:|" + "---:|" * len(methods))
+        for task in tasks:
+            cells = [_pct(pick(by[task, m])) for m in methods]
+            lines.append(f"| {task} | {by[task, methods[0]]['n_test']} | " + " | ".join(cells) + " |")
+        if len(tasks) > 1:
+            means = [100 * _mean([pick(by[t, m])["mean"] for t in tasks]) for m in methods]
+            lines.append("| mean | | " + " | ".join(f"{v:.1f}" for v in means) + " |")
+        lines.append("")
+
+    accuracy_table(lambda r: r)
+    for model in table["transfer_models"]:
+        lines += [f"Transfer: the same prompts scored with {model} (test accuracy %, mean ± sd).", ""]
+        accuracy_table(lambda r, model=model: r["transfer"][model])
+    lines += [
+        "Cost of one optimization run (mean over tasks and seeds; test scoring not included):",
+        "",
+        "| method | model calls | generated tokens | seconds |",
+        "|---|---:|---:|---:|",
+    ]
+    for m in methods:
+        rows = [by[t, m] for t in tasks]
+        calls, tokens, secs = (_mean([r[k] for r in rows]) for k in ("calls", "generated_tokens", "seconds"))
+        lines.append(f"| {m} | {calls:.0f} | {tokens:.0f} | {secs:.1f} |")
+    lines += ["", "Prompts found (seed: prompt):", ""]
+    for task in tasks:
+        for m in methods:
+            for seed, prompt in by[task, m]["prompts"].items():
+                lines.append(f"- {task} · {m} · seed {seed}: {prompt!r}")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(spread: dict) -> str:
+    return f"{100 * spread['mean']:.1f} ± {100 * spread['sd']:.1f}"
+
+
+def write_chart(table: dict, path: Path) -> None:
+    """A grouped bar chart (tasks × methods) of mean test accuracy with ±sd error bars, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods, tasks = table["methods"], table["tasks"]
+    by = {(r["task"], r["method"]): r for r in table["results"]}
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(tasks) * max(1, len(methods)) / 3), 4.0))
+    for j, m in enumerate(methods):
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(tasks))]
+        means = [100 * by[t, m]["mean"] for t in tasks]
+        sds = [100 * by[t, m]["sd"] for t in tasks]
+        ax.bar(xs, means, width, yerr=sds, capsize=2, label=m)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{table['model']} · seeds {', '.join(map(str, table['seeds']))}", fontsize=9)
+    ax.legend(fontsize=7, ncol=min(len(methods), 6))
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,82 @@
+"""Prompt optimizers behind one interface: (model, task, training examples, config) -> MethodResult.
+
+    run_method("ape", model, tokenizer, task, train, MethodConfig(steps=5))
+
+GReaTer is one method among them; the others are the paper's baselines, run with the same local
+model as task model and optimizer (no API model anywhere).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from greater.errors import GreaterError
+from greater.generation import TransformersGenerator
+from greater.methods import baselines
+from greater.methods.common import ZS_COT_PROMPT, MethodConfig, MethodResult, Scored, Usage, Workbench, timed_usage
+from greater.optimizer import GreaterConfig, optimize
+from greater.tasks import Example, Task
+
+__all__ = ["METHODS", "ZS_COT_PROMPT", "MethodConfig", "MethodResult", "Usage", "run_method"]
+
+# name -> the search; "greater" is handled by `_greater` (it keeps its own joiner and selection loss)
+_BASELINES: dict[str, Callable[[Workbench], tuple[Scored, list[dict]]]] = {
+    "zs-cot": baselines.zs_cot,
+    "ape": baselines.ape,
+    "apo": baselines.apo,
+    "pe2": baselines.pe2,
+    "textgrad": baselines.textgrad,
+}
+METHODS = ("greater", *_BASELINES)
+
+
+def run_method(
+    name: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    train: list[Example],
+    config: MethodConfig | None = None,
+    *,
+    greater_config: GreaterConfig | None = None,
+) -> MethodResult:
+    """Run method `name` on `train`; `greater_config` overrides what GReaTer derives from `config`."""
+    config = config or MethodConfig()
+    config.validate()
+    if name not in METHODS:
+        raise GreaterError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    if not train:
+        raise GreaterError(f"task {task.name!r}: no training examples")
+    generator = TransformersGenerator(model, tokenizer, batch_size=config.batch_size)
+    before, started = timed_usage(generator.stats)
+    if name == "greater":
+        result = _greater(model, tokenizer, task, train, greater_config or greater_settings(config), generator)
+    else:
+        bench = Workbench(model, tokenizer, task, train, config, generator)
+        best, history = _BASELINES[name](bench)
+        result = MethodResult(name, best.prompt, config.joiner, best.accuracy, "train accuracy", history)
+    result.usage = Usage.between(before, generator.stats, time.perf_counter() - started)
+    return result
+
+
+def greater_settings(config: MethodConfig) -> GreaterConfig:
+    """GReaTer's config at the shared budget (its own defaults for everything else)."""
+    return GreaterConfig(
+        steps=config.steps,
+        num_select=config.num_select,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+
+
+def _greater(model, tokenizer, task, train, config: GreaterConfig, generator) -> MethodResult:
+    result = optimize(model, tokenizer, task, config, train=train, generator=generator)
+    history = [
+        {"round": r.step, "kind": "step", "prompt": r.prompt, "loss": r.loss, "chosen": r.chosen, "best": r.best_score}
+        for r in result.steps
+    ]
+    return MethodResult("greater", result.prompt, config.joiner, result.score, "selection loss", history)

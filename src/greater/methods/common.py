@@ -1,0 +1,289 @@
+"""What every method shares: its config and result, the local model used as the optimizer (chat
+replies to meta-prompts), the scorer of candidate prompts on the training examples, the parser that
+pulls a prompt out of a reply, and the usage counters."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from greater.decoding import DecodeStats, pack_rows
+from greater.engine import Engine
+from greater.errors import GreaterError
+from greater.generation import TransformersGenerator
+from greater.layout import ChatLayout, decode, encode, encode_prompt
+from greater.tasks import Example, Task
+
+ZS_COT_PROMPT = "Let's think step by step."
+
+
+@dataclass
+class MethodConfig:
+    """The budget and settings of one method run.
+
+    Budgets are matched to GReaTer's: with `steps` steps GReaTer re-scores at most `num_select`
+    candidate prompts per step on the training examples, so every baseline may score
+    `evaluations` = num_select × steps candidate prompts (the starting prompt is not counted, as
+    GReaTer's current prompt is not). What each method spends besides (meta-prompt replies,
+    GReaTer's gradient passes) is counted in `Usage`.
+    """
+
+    steps: int = 10  # GReaTer steps; also sets the baselines' budget
+    num_select: int = 3  # GReaTer: candidates re-scored per step; baselines: candidates per round
+    evaluations: int | None = None  # candidate prompts a baseline scores (default num_select × steps)
+    max_new_tokens: int = 256  # reasoning cap when scoring prompts
+    meta_max_new_tokens: int = 96  # cap on the optimizer model's replies to meta-prompts
+    max_prompt_tokens: int = 48  # longer proposed prompts are cut at a sentence or word end
+    demos: int = 4  # examples shown in a meta-prompt (APE demonstrations, APO/PE2/TextGrad cases)
+    beam: int = 2  # APO beam width
+    temperature: float = 0.7  # sampling temperature of meta-prompt replies
+    init_prompt: str = ZS_COT_PROMPT  # where APO, PE2 and TextGrad start (GReaTer keeps its own)
+    joiner: str = "."  # between question and prompt for the baselines' prompts (GReaTer keeps ". Use")
+    batch_size: int = 32
+    seed: int = 0
+
+    @property
+    def budget(self) -> int:
+        return self.evaluations if self.evaluations is not None else self.num_select * self.steps
+
+    def validate(self) -> None:
+        numbers = ("steps", "num_select", "max_new_tokens", "meta_max_new_tokens", "max_prompt_tokens", "demos")
+        bad = [name for name in numbers + ("beam", "batch_size") if getattr(self, name) < 1]
+        if self.evaluations is not None and self.evaluations < 1:
+            bad.append("evaluations")
+        if not self.temperature > 0:
+            bad.append("temperature")
+        if bad:
+            raise GreaterError(f"invalid setting {bad[0]}={getattr(self, bad[0])!r}")
+
+
+@dataclass
+class Usage:
+    """What a method run cost. calls: sequences generated (reasonings, answers, meta-prompt replies)
+    plus sequences run teacher-forced (GReaTer's gradient pass)."""
+
+    calls: int = 0
+    generated_tokens: int = 0
+    forward_tokens: int = 0  # every token run through the model (prefill, decoding, teacher forcing)
+    seconds: float = 0.0
+
+    @classmethod
+    def between(cls, before: DecodeStats, after: DecodeStats, seconds: float) -> Usage:
+        def delta(name: str) -> int:
+            return getattr(after, name) - getattr(before, name)
+
+        return cls(
+            calls=delta("sequences") + delta("scored_sequences"),
+            generated_tokens=delta("generated_tokens"),
+            forward_tokens=delta("forward_tokens") + delta("backward_tokens"),
+            seconds=round(seconds, 2),
+        )
+
+
+@dataclass
+class MethodResult:
+    """A method's prompt, its score on the training examples and how it got there.
+
+    `score` is the method's own selection criterion: GReaTer's selection loss (lower is better) or
+    the baselines' training accuracy (higher is better); `score_name` says which.
+    """
+
+    method: str
+    prompt: str
+    joiner: str
+    score: float
+    score_name: str
+    history: list[dict] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Scored:
+    """A prompt scored on the training examples: accuracy (the gold answer is the argmax after the
+    reasoning and extractor), mean answer cross-entropy (the tie-break), and each example's reasoning."""
+
+    prompt: str
+    accuracy: float
+    ce: float
+    reasonings: list[str]
+    correct: list[bool]
+
+    @property
+    def key(self) -> tuple[float, float]:
+        """Sort key: best first."""
+        return (-self.accuracy, self.ce if math.isfinite(self.ce) else math.inf)
+
+
+class Workbench:
+    """One model serving as both task model and optimizer for one method run on `train`."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        task: Task,
+        train: list[Example],
+        config: MethodConfig,
+        generator: TransformersGenerator | None = None,
+    ) -> None:
+        self.model, self.tokenizer, self.task, self.train, self.config = model, tokenizer, task, train, config
+        self.generator = generator or TransformersGenerator(model, tokenizer, batch_size=config.batch_size)
+        self.layout = ChatLayout.from_tokenizer(tokenizer)
+        self.engine = Engine(
+            model, tokenizer, task, train, joiner=config.joiner, batch_size=config.batch_size, generator=self.generator
+        )
+        self.scores: dict[str, Scored] = {}
+        self.evaluated = 0  # distinct candidate prompts scored, against `config.budget`
+        self.replies = 0  # meta-prompt calls, to vary the sampling seed
+
+    @property
+    def budget_left(self) -> int:
+        return self.config.budget - self.evaluated
+
+    def score(self, prompts: list[str], *, counted: bool = True) -> list[Scored]:
+        """Score prompts on the training examples (each distinct prompt once; `counted` ones use budget)."""
+        fresh = [p for p in dict.fromkeys(prompts) if p not in self.scores]
+        if fresh:
+            ids = [tuple(encode_prompt(self.tokenizer, p)) for p in fresh]
+            for prompt, (reasoning, terms) in zip(
+                fresh, self.engine.reason_and_score(ids, self.config.max_new_tokens), strict=True
+            ):
+                ce = float(terms.ce.mean())
+                self.scores[prompt] = Scored(
+                    prompt=prompt,
+                    accuracy=float(terms.correct.float().mean()),
+                    ce=ce if math.isfinite(ce) else math.inf,
+                    reasonings=[decode(self.tokenizer, r).strip() for r in reasoning],
+                    correct=[bool(c) for c in terms.correct],
+                )
+            if counted:
+                self.evaluated += len(fresh)
+        return [self.scores[p] for p in prompts]
+
+    def complete(self, meta_prompts: list[str]) -> list[str]:
+        """One sampled chat reply of the model to each meta-prompt (a single user turn)."""
+        contexts = []
+        for text in meta_prompts:
+            prefix, user = self.layout.encode_head(self.tokenizer, text)
+            contexts.append(prefix + user + self.layout.mid_ids)
+        self.replies += 1
+        torch.manual_seed(self.config.seed * 1_000_003 + self.replies)  # the same replies on a rerun
+        input_ids, mask = pack_rows(contexts, self.generator.pad_id, self.model.device, left=True)
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=self.config.temperature,
+                top_p=0.95,
+                max_new_tokens=self.config.meta_max_new_tokens,
+                eos_token_id=sorted(self.generator.stop_ids) or None,
+                pad_token_id=self.generator.pad_id,
+            )
+        stats, texts = self.generator.stats, []
+        for row in out[:, input_ids.shape[1] :].tolist():
+            cut = next((j for j, t in enumerate(row) if t in self.generator.stop_ids), len(row))
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True))
+            stats.generated_tokens += cut
+            stats.forward_tokens += cut
+        stats.sequences += len(contexts)
+        stats.forward_tokens += int(mask.sum())
+        return texts
+
+    def proposals_from(self, meta_prompts: list[str]) -> list[str]:
+        """The distinct usable prompts parsed from one sampled reply to each meta-prompt, in order."""
+        limit = self.config.max_prompt_tokens
+        found = [extract_prompt(text, self.tokenizer, limit) for text in self.complete(meta_prompts)]
+        return list(dict.fromkeys(p for p in found if p))
+
+    def example_text(self, index: int, scored: Scored | None = None) -> str:
+        """One training example for a meta-prompt: question, (the model's reasoning and verdict), gold."""
+        ex = self.train[index]
+        text = f"Input: {clip(ex.question, 400)}\n"
+        if scored is not None:
+            verdict = "correct" if scored.correct[index] else "wrong"
+            text += f"Model's reasoning: {clip(scored.reasonings[index], 300)}\nThe model's answer was {verdict}.\n"
+        return text + f"Correct answer: {ex.answer}\n"
+
+    def pick(self, indices: list[int], k: int, salt: str) -> list[int]:
+        """k of `indices`, a seeded draw (all of them when there are at most k)."""
+        if len(indices) <= k:
+            return list(indices)
+        return sorted(random.Random(f"{self.config.seed}:{salt}").sample(indices, k))
+
+
+_TAGGED = [  # (pattern, take the last match): a reply often echoes the input prompt in <VARIABLE> first
+    (re.compile(r"<START>(.*?)(?:<END>|$)", re.S), False),
+    (re.compile(r"<IMPROVED_VARIABLE>(.*?)(?:</IMPROVED_VARIABLE>|$)", re.S), False),
+    (re.compile(r"<VARIABLE>(.*?)</VARIABLE>", re.S), True),
+]
+_LABELLED = [
+    re.compile(
+        r"(?:new|improved|revised|better|final|optimized)\s+(?:prompt|instruction)\s*(?:is|was)?\s*:\s*(.*)$", re.I
+    ),
+    re.compile(r"^(?:the\s+)?(?:prompt|instruction)(?:\s+(?:is|was))?(?:\s+to)?\s*:?\s+(.*)$", re.I),
+    re.compile(r"^(?:the\s+)?(?:prompt|instruction)\s*:\s*(.*)$", re.I),
+]
+_TAG = re.compile(r"</?[A-Z_]+>")  # leftover markup such as an empty <START> <END>
+_LEADING = re.compile(r"^\s*(?:[-*#>]+|\d+[.)]|step \d+[:.]?)\s*", re.I)
+
+
+def extract_prompt(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> str | None:
+    """The prompt in a meta-prompt reply, or None when there is none usable.
+
+    Taken from, in order: a tagged span (<START>…<END>, <IMPROVED_VARIABLE>…, the last
+    <VARIABLE>…</VARIABLE>); a labelled line ("New prompt: …", "The instruction is …"; a label that
+    ends its line labels the next line); the first line that is not an introduction ending in ":".
+    Quotes, list markers and surrounding whitespace are dropped; prompts longer than `max_tokens` are
+    cut at the last sentence end (else word end) that fits; prompts the tokenizer cannot round-trip
+    are refused.
+    """
+    candidate = None
+    for pattern, last in _TAGGED:
+        spans = [m.group(1) for m in pattern.finditer(text) if m.group(1).strip()]
+        if spans:
+            candidate = spans[-1] if last else spans[0]
+            break
+    lines = [ln for ln in (_LEADING.sub("", ln).strip() for ln in (candidate or text).splitlines()) if ln]
+    if candidate is None:
+        candidate = next((ln for ln in lines if not ln.endswith(":")), "")
+        for i, line in enumerate(lines):
+            match = next((m for m in (p.search(line) for p in _LABELLED) if m), None)
+            if match:
+                candidate = match.group(1).strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+                break
+    else:
+        candidate = lines[0] if lines else ""
+    prompt = " ".join(_TAG.sub(" ", candidate).split()).strip(" \"'`*")
+    if len(prompt) < 3 or not any(ch.isalpha() for ch in prompt):
+        return None
+    ids = encode(tokenizer, " " + prompt)
+    if len(ids) > max_tokens:
+        cut = decode(tokenizer, ids[:max_tokens]).strip()
+        ends = [cut.rfind(c) for c in ".!?"]
+        prompt = cut[: max(ends) + 1] if max(ends) > len(cut) // 2 else cut.rsplit(" ", 1)[0]
+    try:
+        encode_prompt(tokenizer, prompt)
+    except GreaterError:
+        return None
+    return prompt
+
+
+def clip(text: str, limit: int = 400) -> str:
+    """`text` on one line, cut to `limit` characters (meta-prompts must stay short for a small model)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def timed_usage(stats: DecodeStats) -> tuple[DecodeStats, float]:
+    """A snapshot of the counters and the clock, for `Usage.between`."""
+    return DecodeStats(**asdict(stats)), time.perf_counter()

@@ -1,0 +1,192 @@
+"""`greater compare` on the tiny random model: the table's numbers, the chart, resuming, transfer."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import greater.compare as compare_module
+from greater.compare import Scorer, cell_path, run_compare
+from greater.errors import GreaterError
+from greater.methods import MethodConfig
+from greater.tasks import get_task
+from test_cli import message_lines, run_cli
+
+TASKS = [get_task("gen/boolean_expressions"), get_task("gen/arithmetic")]
+CONFIG = MethodConfig(steps=1, max_new_tokens=4, meta_max_new_tokens=8, batch_size=8)
+SPLIT = (3, 4)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def check_table(
+    out: Path, tasks: list[str], methods: list[str], seeds: list[int], transfer: list[str], n_test: int = SPLIT[1]
+) -> dict:
+    """Every number in table.json and table.md follows from the predictions files."""
+    table = read_json(out / "table.json")
+    assert (table["tasks"], table["methods"], table["seeds"]) == (tasks, methods, seeds)
+    markdown = (out / "table.md").read_text(encoding="utf-8")
+    sections = markdown.split("Transfer: ")
+    for row in table["results"]:
+        accuracies = {}
+        for seed in seeds:
+            cell = read_json(cell_path(out, row["task"], row["method"], seed))
+            assert (cell["task"], cell["method"], cell["seed"]) == (row["task"], row["method"], seed)
+            predictions = read_jsonl(out / cell["test"]["predictions"])
+            assert len(predictions) == cell["test"]["n"] == n_test
+            assert all(p["correct"] == (p["predicted"] == p["gold"]) for p in predictions)
+            accuracies[seed] = sum(p["correct"] for p in predictions) / len(predictions)
+            assert cell["test"]["accuracy"] == accuracies[seed]
+            assert row["prompts"][str(seed)] == cell["result"]["prompt"]
+            for model in transfer:
+                moved = read_jsonl(out / cell["transfer"][model]["predictions"])
+                assert cell["transfer"][model]["accuracy"] == sum(p["correct"] for p in moved) / len(moved)
+        values = [accuracies[s] for s in seeds]
+        assert row["accuracies"] == values and row["mean"] == pytest.approx(sum(values) / len(values))
+        assert row["sd"] == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0.0)
+        line = next(ln for ln in sections[0].splitlines() if ln.startswith(f"| {row['task']} |"))
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert cells[1] == str(n_test)
+        assert cells[2 + methods.index(row["method"])] == f"{100 * row['mean']:.1f} ± {100 * row['sd']:.1f}"
+    header = next(ln for ln in markdown.splitlines() if ln.startswith("| task |"))
+    assert [c.strip() for c in header.split("|")[1:-1]] == ["task", "n test", *methods]
+    assert len(sections) == 1 + len(transfer)
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return table
+
+
+def test_compare_table_resume_and_transfer(tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "cmp"
+    optimizer = Scorer("tiny", tiny_model, smol_tokenizer)
+    methods, seeds = ["greater", "zs-cot", "ape"], [0, 1]
+    table = run_compare(optimizer, TASKS, methods, seeds, out, CONFIG, split=SPLIT)
+    check_table(out, [t.name for t in TASKS], methods, seeds, [])
+    assert len(list((out / "cells").iterdir())) == len(TASKS) * len(methods) * len(seeds)
+    cost = {r["method"]: r["calls"] for r in table["results"] if r["task"] == TASKS[0].name}
+    assert cost["zs-cot"] == SPLIT[0]  # one reasoning per training example, no search
+    assert cost["greater"] > cost["zs-cot"]
+
+    # finished cells are not recomputed; a transfer model added later is scored on the stored prompts
+    def no_rerun(*args, **kwargs):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(compare_module, "run_method", no_rerun)
+    before = {p.name: p.read_bytes() for p in (out / "predictions").iterdir()}
+    copy = Scorer("tiny-copy", tiny_model, smol_tokenizer)
+    again = run_compare(optimizer, TASKS, methods, seeds, out, CONFIG, split=SPLIT, transfer=[copy])
+    check_table(out, [t.name for t in TASKS], methods, seeds, ["tiny-copy"])
+    assert all((out / "predictions" / name).read_bytes() == data for name, data in before.items())
+    for row, old in zip(again["results"], table["results"], strict=True):
+        assert row["mean"] == old["mean"]  # the same model under another name scores the same
+        assert row["transfer"]["tiny-copy"]["accuracies"] == row["accuracies"]
+
+    with pytest.raises(GreaterError, match=r"steps=1, not 2"):
+        run_compare(optimizer, TASKS, methods, seeds, out, replace(CONFIG, steps=2), split=SPLIT)
+    with pytest.raises(GreaterError, match="choose another --out"):
+        run_compare(optimizer, TASKS, methods, seeds, out, CONFIG, split=(3, 5))
+
+
+def test_compare_command_interrupted_then_resumed(capsys, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", str(tiny_model_dir), "--task", "gen/boolean_expressions", "--methods", "zs-cot,pe2"]
+    argv += [
+        "--seeds",
+        "0,1",
+        "--steps",
+        "1",
+        "--train",
+        "3",
+        "--test",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+    ]
+    real, calls = compare_module.run_method, []
+
+    def interrupted_on_third(method, *args, **kwargs):
+        calls.append(method)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "run_method", interrupted_on_third)
+    code, _, err = run_cli(capsys, argv)
+    assert code == 130
+    assert any("finished cells are kept" in line for line in message_lines(err))
+    assert sorted(p.name for p in (out / "cells").iterdir()) == [
+        "gen_boolean_expressions__pe2__s0.json",
+        "gen_boolean_expressions__zs-cot__s0.json",
+    ]
+    calls.clear()
+    code, stdout, err = run_cli(capsys, argv)
+    assert code == 0, err
+    assert calls == ["zs-cot", "pe2"]  # only seed 1 was left
+    assert "2 of 4 cells already done" in err
+    check_table(out, ["gen/boolean_expressions"], ["zs-cot", "pe2"], [0, 1], [])
+    assert "| gen/boolean_expressions | 4 |" in stdout and "chart.png" in stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "greater,opro"], "unknown method 'opro' in --methods"),
+        (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
+        (["--methods", ","], "--methods is empty"),
+    ],
+)
+def test_compare_bad_arguments(capsys, tiny_model_dir: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    argv = ["compare", "--model", str(tiny_model_dir), "--task", "gen/arithmetic", "--out", str(tmp_path / "c")]
+    code, _, err = run_cli(capsys, argv + extra)
+    assert code == 2
+    lines = message_lines(err)
+    assert len(lines) == 1 and lines[0].startswith(f"greater: error: {message}")
+    assert not (tmp_path / "c").exists()
+
+
+def test_optimize_with_a_baseline_then_transfer(capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ape"
+    argv = ["optimize", "--method", "ape", "--model", str(tiny_model_dir), "--task", "gen/arithmetic"]
+    argv += ["--steps", "1", "--train", "3", "--test", "3", "--max-new-tokens", "4", "--out", str(run)]
+    code, stdout, err = run_cli(capsys, argv)
+    assert code == 0, err
+    result = read_json(run / "result.json")
+    assert result["method"] == "ape" and result["joiner"] == "." and result["config"]["evaluations"] is None
+    assert (run / "prompt.txt").read_text(encoding="utf-8") == result["prompt"] + "\n"
+    history = read_jsonl(run / "history.jsonl")
+    assert 1 <= len(history) <= 3 and result["score"] == max(h["accuracy"] for h in history)
+    assert result["usage"]["calls"] > 0 and f"optimized prompt: {result['prompt']}" in stdout
+
+    # transfer: the run's prompt scored by another model (here a copy of the folder), with the run's joiner
+    other = tmp_path / "other-model"
+    other.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    code, stdout, err = run_cli(
+        capsys, ["evaluate", "--run", str(run), "--model", str(other), "--out", str(tmp_path / "t")]
+    )
+    assert code == 0, err
+    table = read_json(tmp_path / "t" / "table.json")
+    assert table["model"] == str(other) and table["prompts"][0] == {
+        "label": "run",
+        "prompt": result["prompt"],
+        "joiner": ".",
+    }
+    assert table["results"][0]["n"] == 3 and table["results"][0]["accuracy"] == result["test_accuracy"]["optimized"]
+
+    code, _, err = run_cli(capsys, ["optimize", "--method", "ape", "--resume", str(run)])
+    assert code == 2
+    assert message_lines(err) == [
+        "greater: error: --resume continues GReaTer runs only; start the ape run again instead"
+    ]

@@ -1,0 +1,210 @@
+"""The baselines (ZS-CoT, APE, APO, PE2, TextGrad-style) and the shared method interface.
+
+Search logic is checked with scripted replies and scores (a Workbench whose model calls are
+replaced), the real plumbing on the tiny random model.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from greater.errors import GreaterError
+from greater.layout import encode_prompt
+from greater.methods import METHODS, MethodConfig, run_method
+from greater.methods import baselines as B
+from greater.methods.common import Scored, Workbench, extract_prompt
+from greater.tasks import Example, get_task
+
+TASK = get_task("gen/boolean_expressions")
+TRAIN = TASK.load()[:4]
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (' The instruction is to "Add 2 to -16." ', "Add 2 to -16."),
+        ("Sure! <START>Solve carefully.<END> then <START>second<END>", "Solve carefully."),
+        ("<VARIABLE>Old one.</VARIABLE>\nBetter:\n<VARIABLE>Check each step.</VARIABLE>", "Check each step."),
+        ("x <IMPROVED_VARIABLE>Evaluate inner brackets first.</IMPROVED_VARIABLE>", "Evaluate inner brackets first."),
+        (
+            'Here is the improved prompt:\n"Compute each operation in order."\nThis helps.',
+            "Compute each operation in order.",
+        ),
+        ("Output:\n\nThink step by step.\nmore", "Think step by step."),
+        ("1. Read the question twice.\n2. Answer.", "Read the question twice."),
+        ("New prompt: Think about signs first.", "Think about signs first."),
+        ("<START>  <END>", None),
+        (":::\n42", None),
+        ("", None),
+    ],
+)
+def test_extract_prompt(smol_tokenizer, reply: str, expected: str | None) -> None:
+    assert extract_prompt(reply, smol_tokenizer, 48) == expected
+
+
+def test_extract_prompt_cuts_long_prompts_at_a_sentence_end(smol_tokenizer) -> None:
+    reply = "First sentence is here. " + "word " * 60
+    assert extract_prompt(reply, smol_tokenizer, 8) == "First sentence is here."  # "." in the second half
+    assert extract_prompt(reply, smol_tokenizer, 14) == "First sentence is here." + " word" * 8
+    words = extract_prompt("word " * 60, smol_tokenizer, 12)
+    assert len(encode_prompt(smol_tokenizer, words)) <= 12 and words.split() == ["word"] * len(words.split())
+
+
+def test_budget_matches_greater_candidate_count() -> None:
+    assert MethodConfig(steps=4).budget == 12  # GReaTer re-scores num_select=3 candidates per step
+    assert MethodConfig(steps=4, num_select=2).budget == 8
+    assert MethodConfig(steps=4, evaluations=5).budget == 5
+    with pytest.raises(GreaterError, match="evaluations"):
+        MethodConfig(evaluations=0).validate()
+
+
+class ScriptedBench(Workbench):
+    """A Workbench whose scores and replies are scripted: `accuracy[prompt]` (unknown prompts 0) and
+    `replies(meta_prompt) -> reply text`, called once per meta-prompt in order."""
+
+    def __init__(self, accuracy: dict[str, float], replies, config: MethodConfig, tokenizer) -> None:
+        self.accuracy, self.script = accuracy, replies
+        self.tokenizer, self.task, self.train, self.config = tokenizer, TASK, TRAIN, config
+        self.scores, self.evaluated, self.replies = {}, 0, 0
+        self.meta_prompts: list[str] = []
+        self.scored_batches: list[list[str]] = []
+
+    def score(self, prompts: list[str], *, counted: bool = True) -> list[Scored]:
+        fresh = [p for p in dict.fromkeys(prompts) if p not in self.scores]
+        self.scored_batches.append(fresh)
+        for p in fresh:
+            acc = self.accuracy.get(p, 0.0)
+            n_right = round(acc * len(TRAIN))
+            self.scores[p] = Scored(p, acc, 1.0 - acc, [f"reasoning {i}" for i in range(len(TRAIN))],
+                                    [i < n_right for i in range(len(TRAIN))])  # fmt: skip
+        if counted:
+            self.evaluated += len(fresh)
+        return [self.scores[p] for p in prompts]
+
+    def complete(self, meta_prompts: list[str]) -> list[str]:
+        self.meta_prompts += meta_prompts
+        return [self.script(m) for m in meta_prompts]
+
+
+def counter_replies(prefix: str = "Prompt"):
+    """Replies that are a fresh numbered prompt each time ("Prompt 1.", "Prompt 2.", ...)."""
+    count = iter(range(1, 1000))
+    return lambda meta: f"<START>{prefix} {next(count)}.<END>"
+
+
+def test_ape_induces_half_then_paraphrases_the_best(smol_tokenizer) -> None:
+    accuracy = {"Prompt 2.": 0.5, "Prompt 4.": 0.75}
+    bench = ScriptedBench(accuracy, counter_replies(), MethodConfig(steps=2, num_select=2), smol_tokenizer)
+    best, history = B.ape(bench)
+    assert bench.evaluated == 4 == bench.config.budget  # 2 induced, 2 paraphrases of the best 2
+    assert [h["kind"] for h in history] == ["induced", "induced", "paraphrase", "paraphrase"]
+    induction = [m for m in bench.meta_prompts if m.startswith("I gave a friend")]
+    assert len(induction) == 2 and all(m.count("Input:") == len(TRAIN) for m in induction)  # demos ≤ train size
+    resample = [m for m in bench.meta_prompts if m.startswith("Generate a variation")]
+    assert "Input: Prompt 2." in resample[0] and "Input: Prompt 1." in resample[1]  # best first
+    assert best.prompt == "Prompt 4." and best.accuracy == 0.75
+
+
+def test_apo_beam_keeps_the_best_and_spends_exactly_the_budget(smol_tokenizer) -> None:
+    accuracy = {"Let's think step by step.": 0.25, "Prompt 2.": 0.5, "Prompt 3.": 0.25, "Prompt 4.": 1.0}
+    replies = counter_replies()
+
+    def script(meta: str) -> str:
+        return "The prompt is too vague." if meta.startswith("I'm trying") and "Wrap it" not in meta else replies(meta)
+
+    bench = ScriptedBench(accuracy, script, MethodConfig(steps=2, num_select=2, beam=2), smol_tokenizer)
+    best, history = B.apo(bench)
+    assert bench.evaluated == 4
+    assert best.prompt == "Prompt 4."
+    edits = [h for h in history if h["kind"] == "edit"]
+    assert [h["parent"] for h in edits] == ["Let's think step by step."] * 2 + ["Prompt 2."] * 2
+    assert all(h["gradient"] == "The prompt is too vague." for h in edits)
+    # the critique shows the parent's wrong examples only (its correct ones are the first k)
+    critique = next(m for m in bench.meta_prompts if "Give a reason" in m)
+    assert critique.count("Correct answer:") == 3 and critique.count("was wrong") == 3
+
+
+def test_pe2_carries_the_best_prompt_forward(smol_tokenizer) -> None:
+    accuracy = {"Let's think step by step.": 0.5, "Prompt 1.": 0.25, "Prompt 2.": 0.75}
+
+    def script(meta: str) -> str:
+        return "analysis" if meta.rstrip().endswith("Suggest changes to the prompt.") else replies(meta)
+
+    replies = counter_replies()
+    bench = ScriptedBench(accuracy, script, MethodConfig(steps=1, num_select=2), smol_tokenizer)
+    best, history = B.pe2(bench)
+    assert best.prompt == "Prompt 2." and bench.evaluated == 2
+    assert 'Full template: "<input>. Let\'s think step by step."' in bench.meta_prompts[0]
+
+
+def test_textgrad_reverts_an_update_that_scores_worse(smol_tokenizer) -> None:
+    accuracy = {"Let's think step by step.": 0.5}  # every update scores 0
+
+    def script(meta: str) -> str:
+        return "<IMPROVED_VARIABLE>Worse prompt.</IMPROVED_VARIABLE>" if "IMPROVED" in meta else "feedback"
+
+    bench = ScriptedBench(accuracy, script, MethodConfig(steps=2, num_select=1), smol_tokenizer)
+    best, history = B.textgrad(bench)
+    assert best.prompt == "Let's think step by step."
+    # the only new prompt is scored once; later rounds propose nothing new and the search stops
+    assert bench.evaluated == 1 and [h["prompt"] for h in history[1:]] == ["Worse prompt."]
+    losses = [m for m in bench.meta_prompts if m.startswith("Below are a question")]
+    # one critique per wrong example (2 of 4 at accuracy 0.5) per round; 1 round + the idle ones
+    assert len(losses) == 2 * (B.MAX_IDLE_ROUNDS + 1)
+    assert ["Reasoning: reasoning 2" in losses[0], "Reasoning: reasoning 3" in losses[1]] == [True, True]
+
+
+def test_a_model_that_never_writes_a_prompt_stops(smol_tokenizer) -> None:
+    for search in (B.ape, B.apo, B.pe2, B.textgrad):
+        bench = ScriptedBench({}, lambda meta: "", MethodConfig(steps=5), smol_tokenizer)
+        best, _ = search(bench)
+        assert best.prompt == "Let's think step by step." and bench.evaluated == 0
+        # MAX_IDLE_ROUNDS rounds of at most 8 meta-prompts (APE: 8 inductions; TextGrad: 4 critiques,
+        # 1 backward, 3 updates)
+        assert 0 < len(bench.meta_prompts) <= 8 * B.MAX_IDLE_ROUNDS
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_on_the_tiny_model(tiny_model, smol_tokenizer, method: str) -> None:
+    config = MethodConfig(steps=1, max_new_tokens=4, meta_max_new_tokens=12, batch_size=8)
+    result = run_method(method, tiny_model, smol_tokenizer, TASK, TRAIN, config)
+    assert result.method == method and result.prompt
+    encode_prompt(smol_tokenizer, result.prompt)  # usable as a prompt
+    assert result.usage.calls >= len(TRAIN) and result.usage.generated_tokens > 0 and result.usage.seconds > 0
+    if method == "greater":
+        assert result.joiner == ". Use" and result.score_name == "selection loss"
+        assert len(result.history) == 1
+    else:
+        assert result.joiner == "." and result.score_name == "train accuracy"
+        scored = [h for h in result.history if h["kind"] not in ("start", "fixed")]
+        assert len(scored) <= config.budget
+        best = max(result.history, key=lambda h: (h["accuracy"], -h["ce"]))
+        assert result.score == best["accuracy"]
+    if method == "zs-cot":  # one reasoning per training example, nothing else
+        assert result.prompt == "Let's think step by step." and result.usage.calls == len(TRAIN)
+        assert result.usage.generated_tokens <= 4 * len(TRAIN)
+
+
+def test_replies_are_reproducible(tiny_model, smol_tokenizer) -> None:
+    config = MethodConfig(meta_max_new_tokens=10, seed=3)
+    first = Workbench(tiny_model, smol_tokenizer, TASK, TRAIN, config).complete(["Say hi.", "Say bye."])
+    again = Workbench(tiny_model, smol_tokenizer, TASK, TRAIN, config).complete(["Say hi.", "Say bye."])
+    other = Workbench(tiny_model, smol_tokenizer, TASK, TRAIN, MethodConfig(meta_max_new_tokens=10, seed=4))
+    assert first == again and other.complete(["Say hi.", "Say bye."]) != first
+
+
+def test_scoring_a_prompt_twice_costs_once(tiny_model, smol_tokenizer) -> None:
+    bench = Workbench(tiny_model, smol_tokenizer, TASK, TRAIN, MethodConfig(max_new_tokens=3))
+    (a,) = bench.score(["Think."])
+    calls = bench.generator.stats.sequences
+    a2, b = bench.score(["Think.", "Answer now."])
+    assert a2 is a and bench.evaluated == 2 and bench.generator.stats.sequences == calls + len(TRAIN)
+    assert a.accuracy == sum(a.correct) / len(TRAIN) and len(a.reasonings) == len(TRAIN)
+
+
+def test_unknown_method_and_empty_training_set(tiny_model, smol_tokenizer) -> None:
+    with pytest.raises(GreaterError, match="unknown method 'opro'"):
+        run_method("opro", tiny_model, smol_tokenizer, TASK, TRAIN)
+    with pytest.raises(GreaterError, match="no training examples"):
+        run_method("ape", tiny_model, smol_tokenizer, TASK, [])
+    assert Example("q", "a") not in TRAIN
