@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -482,11 +481,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         evaluate_table,
         table_data,
         table_markdown,
+        write_predictions,
         write_table,
     )
     from greater.layout import encode_prompt
     from greater.optimizer import GreaterConfig
-    from greater.runs import read_json, write_atomic, write_json
+    from greater.runs import read_json, write_json
     from greater.tasks import resolve_task
     from greater.tasks.custom import is_custom_task
 
@@ -554,8 +554,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     table = write_table(args.out, cells, **meta)
     if len(cells) == 1:  # one task, one prompt: also the plain predictions and metrics files
         (cell,) = cells
-        lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in cell.evaluation.predictions)
-        write_atomic(args.out / "predictions.jsonl", lines)
+        write_predictions(args.out / "predictions.jsonl", cell.evaluation.predictions)
         metrics = {"task": cell.task.task.name, "prompt": cell.prompt.text, "joiner": cell.prompt.joiner}
         metrics |= cell.task.split | {"accuracy": cell.evaluation.accuracy, "n": cell.evaluation.n}
         write_json(args.out / "metrics.json", metrics)

@@ -12,7 +12,6 @@ same command skips those and computes the rest (and any transfer scores a cell s
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from greater.errors import GreaterError
-from greater.evaluate import evaluate, slug
+from greater.evaluate import evaluate, slug, write_predictions
 from greater.methods import MethodConfig, run_method
 from greater.runs import read_json, write_atomic, write_json
 from greater.tasks import Example, Task
@@ -163,7 +162,7 @@ def _score(
     )
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     relative = f"predictions/{name}.jsonl"
-    write_atomic(out / relative, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in ev.predictions))
+    write_predictions(out / relative, ev.predictions)
     correct = sum(p["correct"] for p in ev.predictions)
     return {"accuracy": ev.accuracy, "correct": correct, "n": ev.n, "predictions": relative}
 
@@ -264,7 +263,7 @@ def write_chart(table: dict, path: Path) -> None:
     methods, tasks = table["methods"], table["tasks"]
     by = {(r["task"], r["method"]): r for r in table["results"]}
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(tasks) * max(1, len(methods)) / 3), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(tasks) + 2.5), 4.0))
     for j, m in enumerate(methods):
         xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(tasks))]
         means = [100 * by[t, m]["mean"] for t in tasks]
@@ -274,7 +273,7 @@ def write_chart(table: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"{table['model']} · seeds {', '.join(map(str, table['seeds']))}", fontsize=9)
-    ax.legend(fontsize=7, ncol=min(len(methods), 6))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars may reach 100
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png", dpi=120)

@@ -183,11 +183,15 @@ def write_table(out: Path, cells: Sequence[Cell], **meta: object) -> dict:
     table = table_data(cells, **meta)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     for cell in cells:
-        lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in cell.evaluation.predictions)
-        write_atomic(out / predictions_name(cell), lines)
+        write_predictions(out / predictions_name(cell), cell.evaluation.predictions)
     write_json(out / "table.json", table)
     write_atomic(out / "table.md", table_markdown(table))
     return table
+
+
+def write_predictions(path: Path, predictions: list[dict]) -> None:
+    """Per-example predictions as JSON lines, written atomically."""
+    write_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
 
 
 def slug(name: str) -> str:
