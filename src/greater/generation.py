@@ -91,6 +91,17 @@ class TransformersGenerator:
             result[i] = ids
         return result
 
+    def sample(
+        self, contexts: list[tuple[int, ...]], max_new_tokens: int, temperature: float, top_p: float = 1.0
+    ) -> list[list[int]]:
+        """Sampled continuations (stop token excluded), rows kept in the given order; seed torch's RNG
+        first for reproducible ones."""
+        if max_new_tokens <= 0 or not contexts:
+            return [[] for _ in contexts]
+        self.stats.sequences += len(contexts)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        return run_chunked(contexts, self.batch_size, lambda c: self._generate_batch(c, max_new_tokens, sampling))
+
     def _decode_batch(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
         rows, _ = decode_shared(
             self.model,
@@ -105,15 +116,18 @@ class TransformersGenerator:
         self._tick(len(contexts))
         return [r.reasoning for r in rows]
 
-    def _generate_batch(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
+    def _generate_batch(
+        self, contexts: list[tuple[int, ...]], max_new_tokens: int, sampling: dict | None = None
+    ) -> list[list[int]]:
+        """`model.generate` on one left-padded batch: greedy, or with the `sampling` settings."""
         device = self.model.device
         input_ids, mask = pack_rows(contexts, self.pad_id, device, left=True)
         width = input_ids.shape[1]
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             eos_token_id=sorted(self.stop_ids) or None,
             pad_token_id=self.pad_id,
+            **(sampling or {"do_sample": False}),
         )
         with torch.no_grad():
             generated = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from greater.decoding import DecodeStats
 from greater.engine import Engine, Ids, Terms
 from greater.errors import GreaterError
 from greater.generation import Generator
@@ -106,6 +107,7 @@ class Result:
     initial_score: float
     steps: list[StepRecord]  # the steps run by this call (a resumed run starts after its checkpoint)
     stopped: str  # "budget" or "plateau"
+    counts: DecodeStats = field(default_factory=DecodeStats)  # model work done by this call
 
 
 @dataclass
@@ -207,6 +209,7 @@ def optimize(
         initial_score=state.initial_score,
         steps=records,
         stopped=stopped,
+        counts=engine.counts,
     )
 
 

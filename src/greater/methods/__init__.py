@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from greater.decoding import DecodeStats
 from greater.errors import GreaterError
-from greater.generation import TransformersGenerator
 from greater.methods import baselines
-from greater.methods.common import ZS_COT_PROMPT, MethodConfig, MethodResult, Scored, Usage, Workbench, timed_usage
+from greater.methods.common import ZS_COT_PROMPT, MethodConfig, MethodResult, Scored, Usage, Workbench
 from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import Example, Task
 
@@ -50,15 +50,15 @@ def run_method(
         raise GreaterError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     if not train:
         raise GreaterError(f"task {task.name!r}: no training examples")
-    generator = TransformersGenerator(model, tokenizer, batch_size=config.batch_size)
-    before, started = timed_usage(generator.stats)
-    if name == "greater":
-        result = _greater(model, tokenizer, task, train, greater_config or greater_settings(config), generator)
+    started = time.perf_counter()
+    if name == "greater":  # optimize() builds its generator from GreaterConfig's decoding switches
+        result, counts = _greater(model, tokenizer, task, train, greater_config or greater_settings(config))
     else:
-        bench = Workbench(model, tokenizer, task, train, config, generator)
+        bench = Workbench(model, tokenizer, task, train, config)
+        counts = bench.generator.stats
         best, history = _BASELINES[name](bench)
         result = MethodResult(name, best.prompt, config.joiner, best.accuracy, "train accuracy", history)
-    result.usage = Usage.between(before, generator.stats, time.perf_counter() - started)
+    result.usage = Usage.of(counts, time.perf_counter() - started)
     return result
 
 
@@ -73,10 +73,10 @@ def greater_settings(config: MethodConfig) -> GreaterConfig:
     )
 
 
-def _greater(model, tokenizer, task, train, config: GreaterConfig, generator) -> MethodResult:
-    result = optimize(model, tokenizer, task, config, train=train, generator=generator)
+def _greater(model, tokenizer, task, train, config: GreaterConfig) -> tuple[MethodResult, DecodeStats]:
+    result = optimize(model, tokenizer, task, config, train=train)
     history = [
         {"round": r.step, "kind": "step", "prompt": r.prompt, "loss": r.loss, "chosen": r.chosen, "best": r.best_score}
         for r in result.steps
     ]
-    return MethodResult("greater", result.prompt, config.joiner, result.score, "selection loss", history)
+    return MethodResult("greater", result.prompt, config.joiner, result.score, "selection loss", history), result.counts

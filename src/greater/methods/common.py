@@ -7,13 +7,12 @@ from __future__ import annotations
 import math
 import random
 import re
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DecodeStats, pack_rows
+from greater.decoding import DecodeStats
 from greater.engine import Engine
 from greater.errors import GreaterError
 from greater.generation import TransformersGenerator
@@ -74,14 +73,12 @@ class Usage:
     seconds: float = 0.0
 
     @classmethod
-    def between(cls, before: DecodeStats, after: DecodeStats, seconds: float) -> Usage:
-        def delta(name: str) -> int:
-            return getattr(after, name) - getattr(before, name)
-
+    def of(cls, counts: DecodeStats, seconds: float) -> Usage:
+        """The usage recorded by a run's counters (fresh at its start)."""
         return cls(
-            calls=delta("sequences") + delta("scored_sequences"),
-            generated_tokens=delta("generated_tokens"),
-            forward_tokens=delta("forward_tokens") + delta("backward_tokens"),
+            calls=counts.sequences + counts.scored_sequences,
+            generated_tokens=counts.generated_tokens,
+            forward_tokens=counts.forward_tokens + counts.backward_tokens,
             seconds=round(seconds, 2),
         )
 
@@ -133,10 +130,9 @@ class Workbench:
         task: Task,
         train: list[Example],
         config: MethodConfig,
-        generator: TransformersGenerator | None = None,
     ) -> None:
         self.model, self.tokenizer, self.task, self.train, self.config = model, tokenizer, task, train, config
-        self.generator = generator or TransformersGenerator(model, tokenizer, batch_size=config.batch_size)
+        self.generator = TransformersGenerator(model, tokenizer, batch_size=config.batch_size)
         self.layout = ChatLayout.from_tokenizer(tokenizer)
         self.engine = Engine(
             model, tokenizer, task, train, joiner=config.joiner, batch_size=config.batch_size, generator=self.generator
@@ -177,27 +173,8 @@ class Workbench:
             contexts.append(prefix + user + self.layout.mid_ids)
         self.replies += 1
         torch.manual_seed(self.config.seed * 1_000_003 + self.replies)  # the same replies on a rerun
-        input_ids, mask = pack_rows(contexts, self.generator.pad_id, self.model.device, left=True)
-        with torch.no_grad():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                do_sample=True,
-                temperature=self.config.temperature,
-                top_p=0.95,
-                max_new_tokens=self.config.meta_max_new_tokens,
-                eos_token_id=sorted(self.generator.stop_ids) or None,
-                pad_token_id=self.generator.pad_id,
-            )
-        stats, texts = self.generator.stats, []
-        for row in out[:, input_ids.shape[1] :].tolist():
-            cut = next((j for j, t in enumerate(row) if t in self.generator.stop_ids), len(row))
-            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=True))
-            stats.generated_tokens += cut
-            stats.forward_tokens += cut
-        stats.sequences += len(contexts)
-        stats.forward_tokens += int(mask.sum())
-        return texts
+        replies = self.generator.sample(contexts, self.config.meta_max_new_tokens, self.config.temperature, top_p=0.95)
+        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in replies]
 
     def proposals_from(self, meta_prompts: list[str]) -> list[str]:
         """The distinct usable prompts parsed from one sampled reply to each meta-prompt, in order."""
@@ -282,8 +259,3 @@ def clip(text: str, limit: int = 400) -> str:
     """`text` on one line, cut to `limit` characters (meta-prompts must stay short for a small model)."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def timed_usage(stats: DecodeStats) -> tuple[DecodeStats, float]:
-    """A snapshot of the counters and the clock, for `Usage.between`."""
-    return DecodeStats(**asdict(stats)), time.perf_counter()
