@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from greater.decoding import DecodeStats, decode_shared, lookup_draft, pack_rows
+from greater.decoding import DecodeStats, decode_shared, extend, lookup_draft, pack_rows, padding_chunks, prefill
 from greater.engine import Engine
 from greater.generation import TransformersGenerator
 from greater.layout import encode_prompt
@@ -59,21 +59,26 @@ def _repeating_rows(tok):
 def test_lookup_drafting_gives_greedy_output_and_follow_scores(tiny_model, smol_tokenizer, slots):
     contexts = _repeating_rows(smol_tokenizer)
     follow = tuple(smol_tokenizer(" so the answer is 7")["input_ids"])
-    rows = [(i, c[-2:], follow) for i, c in enumerate(contexts)]
-    heads = [c[:-2] for c in contexts]
-    args = dict(max_new_tokens=40, stop_ids={2}, pad_id=0, n_head_scored=2)
+    rows = [(i, c[-2:], follow, len(follow)) for i, c in enumerate(contexts)]
+    heads = prefill(tiny_model, [c[:-2] for c in contexts], pad_id=0)
+    args = dict(max_new_tokens=40, stop_ids={2}, pad_id=0)
     plain_stats, drafted_stats = DecodeStats(), DecodeStats()
-    plain, plain_heads = decode_shared(tiny_model, heads, rows, stats=plain_stats, **args)
-    drafted, drafted_heads = decode_shared(tiny_model, heads, rows, draft_slots=slots, stats=drafted_stats, **args)
+    plain = decode_shared(tiny_model, heads, rows, stats=plain_stats, **args)
+    drafted = decode_shared(tiny_model, heads, rows, draft_slots=slots, stats=drafted_stats, **args)
     assert [r.reasoning for r in drafted] == [r.reasoning for r in plain]
     for a, b in zip(drafted, plain, strict=True):
         assert a.follow_logprobs == pytest.approx(b.follow_logprobs, abs=1e-4)
         assert a.tail_logprobs == pytest.approx(b.tail_logprobs, abs=1e-4)
         assert a.follow_hits == b.follow_hits
-    assert drafted_heads == plain_heads
     assert drafted_stats.generated_tokens == plain_stats.generated_tokens
     assert drafted_stats.accepted_tokens > 0  # drafts were checked and some taken, so fewer forwards ran
     assert plain_stats.drafted_tokens == 0
+    # scoring only the last two follow tokens gives exactly those two of the full scoring
+    last_two = decode_shared(tiny_model, heads, [(*row[:3], 2) for row in rows], draft_slots=slots, **args)
+    for a, b in zip(last_two, drafted, strict=True):
+        assert a.reasoning == b.reasoning
+        assert a.follow_logprobs == pytest.approx(b.follow_logprobs[-2:], abs=1e-5)
+        assert a.follow_hits == b.follow_hits[-2:]
 
 
 @pytest.mark.parametrize("batch_size", [32, 4])
@@ -137,3 +142,80 @@ def test_vllm_backend_helpers():
     except ImportError:
         with pytest.raises(GreaterError, match="greater\\[vllm\\]"):
             VLLMGenerator("some/model", stop_ids={2})
+
+
+def test_extending_a_prefill_equals_prefilling_the_longer_rows(tiny_model, smol_tokenizer):
+    rows = [tuple(smol_tokenizer(t)["input_ids"]) for t in ["a short one", "a somewhat longer context here"]]
+    more = [(1183, 3045), (262, 20345)]
+    whole = prefill(tiny_model, [r + m for r, m in zip(rows, more, strict=True)], pad_id=0, n_scored=3)
+    stats = DecodeStats()
+    grown = extend(tiny_model, prefill(tiny_model, rows, pad_id=0, n_scored=1), more, stats)
+    assert stats.forward_tokens == 4  # only the appended tokens ran
+    assert grown.ids == whole.ids
+    assert torch.allclose(grown.last_logits, whole.last_logits, atol=1e-4)
+    for a, b in zip(grown.scored, whole.scored, strict=True):
+        assert a == pytest.approx(b, abs=1e-4) and len(a) == 3
+    # the caches hold the same keys at the real (unmasked) positions
+    for layer_a, layer_b in zip(grown.cache.layers, whole.cache.layers, strict=True):
+        for r in range(len(rows)):
+            keys_a = layer_a.keys[r][:, grown.mask[r].bool()]
+            keys_b = layer_b.keys[r][:, whole.mask[r].bool()]
+            assert torch.allclose(keys_a, keys_b, atol=1e-4)
+
+
+def test_the_next_step_extends_the_kept_prefix(tiny_model, smol_tokenizer):
+    """The gradient pass at position p + 1 reuses the prefix kept at p (one token fed per example)
+    and gives what a fresh engine computes from scratch."""
+    prompt = tuple(encode_prompt(smol_tokenizer, "think step by step and answer."))
+    kept, fresh = _engine(tiny_model, smol_tokenizer, True), _engine(tiny_model, smol_tokenizer, True)
+    reasonings = [[262, 1183]] * len(kept.examples)
+    kept.terms(kept.sequences(prompt, reasonings), position=2, nll_weight=0.2)
+    before = kept.counts.forward_tokens
+    a = kept.terms(kept.sequences(prompt, reasonings), position=3, nll_weight=0.2)
+    assert kept.counts.forward_tokens - before == len(kept.examples)
+    b = fresh.terms(fresh.sequences(prompt, reasonings), position=3, nll_weight=0.2)
+    assert torch.allclose(a.embed_grad, b.embed_grad, atol=1e-5)
+    assert torch.allclose(a.nll, b.nll, atol=1e-5) and torch.allclose(a.ce, b.ce, atol=1e-5)
+    assert torch.allclose(a.proposal_logprobs, b.proposal_logprobs, atol=1e-4)
+    # the selection at that position shares the same prefix: no head is prefilled again
+    candidates = [prompt[:3] + (t,) + prompt[4:] for t in (prompt[3], 1183)]
+    before = kept.counts.forward_tokens
+    shared = kept.reason_and_score(candidates, 4)
+    shared_cost = kept.counts.forward_tokens - before
+    alone = _engine(tiny_model, smol_tokenizer, True)
+    own = alone.reason_and_score(candidates, 4)
+    heads = sum(len(h[0] + h[1]) + 3 for h in alone.heads)
+    assert shared_cost == alone.counts.forward_tokens - heads
+    for (r_a, t_a), (r_b, t_b) in zip(shared, own, strict=True):
+        assert r_a == r_b and torch.allclose(t_a.nll, t_b.nll, atol=1e-5) and torch.allclose(t_a.ce, t_b.ce, atol=1e-5)
+
+
+def test_padding_chunks_group_similar_lengths():
+    lengths = [113, 46, 46, 103, 46, 46, 46, 46]
+    chunks = padding_chunks(lengths, max_rows=8)
+    assert sorted(b for c in chunks for b in c) == list(range(8))
+    assert [sorted(lengths[b] for b in c) for c in chunks] == [[46] * 6, [103, 113]]
+    assert all(len(c) <= 3 for c in padding_chunks(lengths, max_rows=3))
+    assert padding_chunks([5, 5, 5], max_rows=8) == [[0, 1, 2]]  # one chunk when nothing would be padded
+    assert padding_chunks([], max_rows=4) == []
+
+
+def test_rows_ending_at_different_steps_score_their_follow_tokens_exactly(tiny_model, smol_tokenizer):
+    """Finished rows are set aside and scored together, caches of different lengths stacked: the
+    scores equal one plain forward over each whole sequence."""
+    contexts = _repeating_rows(smol_tokenizer)
+    follow = tuple(smol_tokenizer(" so the answer is 7")["input_ids"])
+    heads = prefill(tiny_model, [c[:-2] for c in contexts], pad_id=0)
+    rows = [(i, c[-2:], follow, 3) for i, c in enumerate(contexts)]
+    free = decode_shared(tiny_model, heads, rows, max_new_tokens=12, stop_ids=set(), pad_id=0)
+    stop = free[0].reasoning[2]  # ends the first row after two tokens, the others later or at the cap
+    decoded = decode_shared(tiny_model, heads, rows, max_new_tokens=12, stop_ids={stop}, pad_id=0, draft_slots=16)
+    assert len({len(r.reasoning) for r in decoded}) > 1
+    for context, row in zip(contexts, decoded, strict=True):
+        ids = torch.tensor([list(context) + row.reasoning + list(follow)])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(tiny_model(ids).logits[0].float(), -1)
+        end = ids.shape[1]
+        expected = [float(logprobs[t - 1, ids[0, t]]) for t in range(end - 3, end)]
+        assert row.follow_logprobs == pytest.approx(expected, abs=1e-4)
+        assert row.follow_hits == [bool(logprobs[t - 1].argmax() == ids[0, t]) for t in range(end - 3, end)]

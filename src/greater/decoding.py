@@ -2,17 +2,18 @@
 teacher-forced scoring of given tokens on the same cache.
 
 Selection in GReaTer generates reasoning for every (candidate, example): all candidates of an example
-share [chat prefix, question, prompt before the position], so that "head" is prefilled once per
-example and its cache copied to the candidate rows; only the "tail" (the rest of the prompt and the
-assistant header) is prefilled per row. When a row's reasoning ends, it leaves the batch and its
-"follow" tokens (extractor + answer) are scored in one teacher-forced forward on its cache, so
-answers are scored by extending the generation's cache instead of re-running the sequence, and no
-slot is spent on a finished row.
+share [chat prefix, question, prompt before the position], so that "head" is run once per example
+(`prefill`, or `extend` of the previous step's) and its cache copied to the candidate rows; only the
+"tail" (the rest of the prompt and the assistant header) is prefilled per row. When a row's reasoning
+ends it leaves the batch, its cache set aside; the set-aside rows' "follow" tokens (extractor +
+answer) are then scored together in one teacher-forced forward on their caches, so answers are
+scored by extending the generation's cache instead of re-running the sequence, and no slot is spent
+on a finished row.
 
-Decoding is bound by reading the weights (one row costs about as much as a few), and most of the
-loop runs for the few longest reasonings; prompt-lookup drafting (`draft_slots`) lets those rows
-produce several greedy tokens per forward when their text repeats earlier text.
-"""
+Decoding is bound by reading the weights (a forward of one token costs about 65 ms on 2 CPU cores for
+the 135M model, each further token in it about 3 ms), and most of the loop runs for the few longest
+reasonings; prompt-lookup drafting (`draft_slots`) lets those rows produce several greedy tokens per
+forward when their text repeats earlier text."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
 Ids = tuple[int, ...]
@@ -34,7 +36,8 @@ class DecodedRow:
 
     reasoning: generated tokens (stop token excluded).
     tail_logprobs: log p(tail[k] | head, tail[:k]) for every tail token (temperature 1).
-    follow_logprobs: log p(follow[k] | ..., reasoning, follow[:k]) at temperature `follow_temperature`.
+    follow_logprobs: log p(follow[k] | ..., reasoning, follow[:k]) at temperature `follow_temperature`,
+        for the row's last `scored` follow tokens only (logits are computed nowhere else).
     follow_hits: whether follow[k] is the argmax there.
     """
 
@@ -89,26 +92,52 @@ def pack_rows(
     return ids.to(device), mask.to(device)
 
 
+def padding_chunks(lengths: Sequence[int], max_rows: int, row_overhead: int = 32) -> list[list[int]]:
+    """Indices of rows with `lengths`, shortest first, cut into consecutive chunks of at most
+    `max_rows` so that padded slots (rows × longest row, summed over chunks) plus `row_overhead`
+    slots per chunk (what reading every weight once more costs, in tokens' worth) is smallest.
+
+    A pass over [46, 46, 46, 46, 46, 46, 103, 113] tokens in chunks of 4 pads 133 slots in input order
+    and 67 sorted; allowed 8 rows, this gives [46 × 6] and [103, 113]: 10 padded slots, 2 chunks.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    best = [0] + [0] * len(order)  # best[j]: cost of the first j rows
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        best[j], cut[j] = min(
+            (best[i] + row_overhead + (j - i) * sizes[j - 1], i) for i in range(max(0, j - max_rows), j)
+        )
+    chunks, j = [], len(order)
+    while j > 0:
+        chunks.append(order[cut[j] : j])
+        j = cut[j]
+    return chunks[::-1]
+
+
 def cache_kwarg(model: PreTrainedModel) -> str:
     """The forward argument that takes the KV cache: `cache` in newer transformers, else `past_key_values`."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """(..., V) logits for hidden states (..., D), as the model's output head computes them.
-
-    Computed as W·hᵀ: for a few rows, CPU BLAS runs this 2-3x faster than `F.linear` (h·Wᵀ), which
-    repacks the whole vocabulary-sized weight on every call.
-    """
+    """(..., V) logits for hidden states (..., D), as the model's output head computes them."""
     head = model.get_output_embeddings()
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    logits = torch.mm(head.weight, flat.T).T
-    if getattr(head, "bias", None) is not None:
-        logits = logits + head.bias
+    logits = weight_times_input(head.weight, getattr(head, "bias", None), hidden)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return logits.reshape(*hidden.shape[:-1], logits.shape[-1])
+    return logits
+
+
+def weight_times_input(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """(..., O) = x·Wᵀ + b for x (..., I) and W (O, I), computed as (W·xᵀ)ᵀ: for a few rows of a
+    vocabulary-sized W, CPU BLAS runs this 2-3x faster than `F.linear`, which repacks the whole weight."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.mm(weight, flat.T).T
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def _forward(model: PreTrainedModel, kw: str, cache: DynamicCache, keep: int | None = None, **inputs) -> torch.Tensor:
@@ -122,24 +151,105 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return torch.log_softmax(logits.float() / temperature, -1).gather(-1, tokens[..., None])[..., 0]
 
 
+@dataclass
+class Prefilled:
+    """Rows run through the model once (no gradient), left-padded so that they end together.
+
+    ids: each row's tokens.
+    cache: KV cache of the (B, W) batch; mask: (B, W) its attention mask.
+    last_logits: (B, V) logits predicting each row's next token.
+    scored: per row, log p(token | earlier) of its last `n_scored` tokens (temperature 1).
+    """
+
+    ids: list[Ids]
+    cache: DynamicCache
+    mask: torch.Tensor
+    last_logits: torch.Tensor
+    scored: list[list[float]]
+
+    def rows(self, idx: Sequence[int]) -> Prefilled:
+        """Rows `idx` (repeats allowed) with their own copy of the cache."""
+        index = torch.tensor(list(idx), device=self.mask.device)
+        return Prefilled(
+            ids=[self.ids[i] for i in idx],
+            cache=_cache_rows(self.cache, index),
+            mask=self.mask[index],
+            last_logits=self.last_logits[index],
+            scored=[self.scored[i] for i in idx],
+        )
+
+
+@torch.no_grad()
+def prefill(
+    model: PreTrainedModel, rows: list[Ids], pad_id: int, n_scored: int = 0, stats: DecodeStats | None = None
+) -> Prefilled:
+    """Run `rows` through the model once; logits only where needed (the last `n_scored` + 1 positions)."""
+    device = model.device
+    ids, mask = pack_rows(rows, pad_id, device, left=True)
+    cache = DynamicCache()
+    logits = _forward(  # (B, n_scored + 1, V)
+        model,
+        cache_kwarg(model.base_model),
+        cache,
+        n_scored + 1,
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+    )
+    if stats is not None:
+        stats.count_forward(mask)
+    scored = token_logprobs(logits[:, :-1], ids[:, ids.shape[1] - n_scored :]).tolist() if n_scored else []
+    return Prefilled([tuple(r) for r in rows], cache, mask, logits[:, -1], scored or [[] for _ in rows])
+
+
+@torch.no_grad()
+def extend(model: PreTrainedModel, done: Prefilled, tokens: list[Ids], stats: DecodeStats | None = None) -> Prefilled:
+    """`done` with the same number of `tokens` appended to every row (its cache is extended in place),
+    the new tokens scored as `prefill` scores its last ones: one small forward instead of a prefill."""
+    width = len(tokens[0])
+    if not width:
+        return done
+    device = done.mask.device
+    ids = torch.tensor([list(t) for t in tokens], device=device)
+    block = torch.ones_like(ids)
+    mask = torch.cat([done.mask, block], 1)
+    logits = _forward(  # (B, width, V)
+        model,
+        cache_kwarg(model.base_model),
+        done.cache,
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=done.mask.sum(-1, keepdim=True) + torch.arange(width, device=device)[None],
+    )
+    if stats is not None:
+        stats.count_forward(block)
+    predicting = torch.cat([done.last_logits[:, None], logits[:, :-1]], 1)  # (B, width, V)
+    new_scores = token_logprobs(predicting, ids).tolist()
+    return Prefilled(
+        ids=[old + tuple(t) for old, t in zip(done.ids, tokens, strict=True)],
+        cache=done.cache,
+        mask=mask,
+        last_logits=logits[:, -1],
+        scored=[old + new for old, new in zip(done.scored, new_scores, strict=True)],
+    )
+
+
 @torch.no_grad()
 def decode_shared(
     model: PreTrainedModel,
-    heads: list[Ids],
-    rows: list[tuple[int, Ids, Ids]],
+    heads: Prefilled,
+    rows: list[tuple[int, Ids, Ids, int]],
     *,
     max_new_tokens: int,
     stop_ids: set[int],
     pad_id: int,
-    n_head_scored: int = 0,
     follow_temperature: float = 1.0,
     draft_slots: int = 0,
     stats: DecodeStats | None = None,
-) -> tuple[list[DecodedRow], list[list[float]]]:
-    """Greedy reasoning + teacher-forced follow tokens for `rows` = [(head index, tail, follow)].
-
-    Returns the rows' results and, per head, log p(head token | earlier) for its last
-    `n_head_scored` tokens (the head's first token is never scored).
+) -> list[DecodedRow]:
+    """Greedy reasoning + teacher-forced follow tokens for `rows` = [(head index, tail, follow, scored)]:
+    each row continues a copy of head `heads[head index]` (left as it is) with its tail, then
+    generates; the last `scored` follow tokens of each row are scored.
 
     `draft_slots` > 0 turns on prompt-lookup drafting: while few rows are generating, each row feeds
     its next token plus guessed tokens and keeps those that match the model's own argmax, so several
@@ -150,43 +260,30 @@ def decode_shared(
     stats = stats if stats is not None else DecodeStats()
     device = model.device
     results = [DecodedRow() for _ in rows]
-
-    # 1. prefill the heads, left-padded so they end together
-    ids, mask = pack_rows(heads, pad_id, device, left=True)
-    cache = DynamicCache()
     kw = cache_kwarg(model.base_model)
-    keep = n_head_scored + 1  # logits predicting the last n_head_scored head tokens and the first tail token
-    head_logits = _forward(  # (B, keep, V)
-        model, kw, cache, keep, input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
-    )
-    stats.count_forward(mask)
-    head_scores = []
-    if n_head_scored:
-        scored = token_logprobs(head_logits[:, :-1], ids[:, -n_head_scored:])
-        head_scores = [scored[r].tolist() for r in range(len(heads))]
-    last_head_logits = head_logits[:, -1]  # (B, V): predicts each row's first tail token
 
-    # 2. copy the head cache to the rows, prefill the tails (left-padded: holes in the mask are fine)
-    head_of = torch.tensor([h for h, _, _ in rows], device=device)
-    cache.reorder_cache(head_of)
-    mask = mask[head_of]
+    # 1. copy the head cache to the rows, prefill the tails (left-padded: holes in the mask are fine)
+    start = heads.rows([row[0] for row in rows])
+    cache, mask = start.cache, start.mask
     positions = mask.sum(-1)  # (R,) next position of each row
-    tail_ids, tail_mask = pack_rows([tail for _, tail, _ in rows], pad_id, device, left=True)
+    tail_ids, tail_mask = pack_rows([row[1] for row in rows], pad_id, device, left=True)
     tail_width = tail_ids.shape[1]
     mask = torch.cat([mask, tail_mask], 1)
     tail_pos = positions[:, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
     tail_logits = _forward(model, kw, cache, input_ids=tail_ids, attention_mask=mask, position_ids=tail_pos)
     stats.count_forward(tail_mask)
     positions = positions + tail_mask.sum(-1)
-    for r, (h, tail, _) in enumerate(rows):
-        lp = torch.log_softmax(last_head_logits[h].float(), -1)[tail[0]][None]
+    for r, (_, tail, *_) in enumerate(rows):
+        lp = token_logprobs(start.last_logits[r], torch.tensor(tail[0], device=device))[None]
         rest = token_logprobs(tail_logits[r, tail_width - len(tail) : -1], tail_ids[r, tail_width - len(tail) + 1 :])
         results[r].tail_logprobs = torch.cat([lp, rest]).tolist()
     logits = tail_logits[:, -1]  # (R, V) predicts each row's first reasoning token
 
-    # 3. decode; a row whose reasoning is over leaves the batch and has its follow tokens scored at once
-    contexts = [list(heads[h]) + list(tail) for h, tail, _ in rows]  # where drafts are looked up
+    # 2. decode; a row whose reasoning is over leaves the batch, its cache set aside until enough
+    # finished rows have gathered to score their follow tokens in one forward
+    contexts = [list(heads.ids[h]) + list(tail) for h, tail, *_ in rows]  # where drafts are looked up
     active = list(range(len(rows)))
+    finished: list[_Finished] = []
     while active:
         draft_len = min(MAX_DRAFT, draft_slots // len(active) - 1)
         feed: list[list[int]] = []  # what each row feeds next: [token, *draft]; [] once its reasoning is over
@@ -201,16 +298,14 @@ def decode_shared(
             reasoning.append(token)
             contexts[r].append(token)
             stats.generated_tokens += 1
-            if len(reasoning) >= max_new_tokens and not rows[r][2]:
+            if len(reasoning) >= max_new_tokens and not rows[r][3]:
                 over.append(slot)  # nothing follows that needs this token fed
                 feed.append([])
                 continue
             room = min(draft_len, max_new_tokens - len(reasoning))
             feed.append([token, *lookup_draft(contexts[r], room, stop_ids)])
         if over:
-            _score_follow(
-                model, kw, cache, mask, positions, logits, over, active, rows, results, follow_temperature, stats
-            )
+            finished += _finish(cache, mask, positions, logits, over, active, rows, results, follow_temperature)
             keep = [slot for slot, tokens in enumerate(feed) if tokens]
             if not keep:
                 break
@@ -219,6 +314,10 @@ def decode_shared(
             mask, positions = mask[keep_idx], positions[keep_idx]
             active = [active[slot] for slot in keep]
             feed = [feed[slot] for slot in keep]
+            # set-aside caches stay at most as large as the batch's
+            if sum(len(f.rows) for f in finished) >= len(active):
+                _score_finished(model, kw, finished, rows, results, follow_temperature, stats)
+                finished = []
         ids, block = pack_rows(feed, pad_id, device)
         width = ids.shape[1]
         mask = torch.cat([mask, block], 1)
@@ -249,7 +348,9 @@ def decode_shared(
         taken = torch.tensor(accepted, device=device)
         positions = positions + 1 + taken
         logits = step_logits[torch.arange(len(active), device=device), taken]  # (R, V) predicts each next token
-    return results, head_scores
+    if finished:
+        _score_finished(model, kw, finished, rows, results, follow_temperature, stats)
+    return results
 
 
 def lookup_draft(context: list[int], size: int, stop_ids: set[int], longest: int = 3) -> list[int]:
@@ -271,41 +372,74 @@ def lookup_draft(context: list[int], size: int, stop_ids: set[int], longest: int
     return []
 
 
-def _score_follow(model, kw, cache, mask, positions, logits, slots, active, rows, results, temperature, stats) -> None:
-    """Score the follow tokens of the rows at `slots`, whose reasoning is over: `logits[slot]` predicts
-    the first one; the rest come from one teacher-forced forward on a copy of those rows' cache."""
+@dataclass
+class _Finished:
+    """Rows whose reasoning is over, set aside with a copy of their cache until their follow tokens
+    after the first are scored. mask: (R, W); positions: (R,) next position of each row."""
 
-    def record(r: int, row_logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """row_logits (K, V) predict targets (K,)."""
-        results[r].follow_logprobs.extend(token_logprobs(row_logits, targets, temperature).tolist())
-        results[r].follow_hits.extend((row_logits.argmax(-1) == targets).tolist())
+    rows: list[int]
+    cache: DynamicCache
+    mask: torch.Tensor
+    positions: torch.Tensor
 
-    device = mask.device
-    rest = []  # slots with follow tokens left after the first
+
+def _record(results: list[DecodedRow], r: int, row_logits: torch.Tensor, targets: Ids, temperature: float) -> None:
+    """Score `targets` (K,) under `row_logits` (K, V) for row `r`."""
+    target = torch.tensor(targets, device=row_logits.device)
+    results[r].follow_logprobs.extend(token_logprobs(row_logits, target, temperature).tolist())
+    results[r].follow_hits.extend((row_logits.argmax(-1) == target).tolist())
+
+
+def _finish(cache, mask, positions, logits, slots, active, rows, results, temperature) -> list[_Finished]:
+    """Rows at `slots` are over: `logits[slot]` predicts their first follow token, scored now; rows
+    with more scored follow tokens are returned, set aside."""
+    later = []
     for slot in slots:
-        follow = rows[active[slot]][2]
-        if follow:
-            record(active[slot], logits[slot][None], torch.tensor(follow[:1], device=device))
-        if len(follow) > 1:
-            rest.append(slot)
-    if not rest:
-        return
-    # feeding follow[:-1] predicts follow[1:]
-    ids, new_mask = pack_rows([rows[active[slot]][2][:-1] for slot in rest], 0, device)
-    width = ids.shape[1]
-    idx = torch.tensor(rest, device=device)
-    logits = _forward(
-        model,
-        kw,
-        _cache_rows(cache, idx),
+        _, _, follow, scored = rows[active[slot]]
+        if scored >= len(follow) > 0:
+            _record(results, active[slot], logits[slot][None], follow[:1], temperature)
+        if len(follow) > 1 and scored:
+            later.append(slot)
+    if not later:
+        return []
+    idx = torch.tensor(later, device=mask.device)
+    return [_Finished([active[slot] for slot in later], _cache_rows(cache, idx), mask[idx], positions[idx])]
+
+
+def _score_finished(model, kw, finished: list[_Finished], rows, results, temperature, stats) -> None:
+    """Score the set-aside rows' follow tokens after the first in one teacher-forced forward, their
+    caches stacked (shorter ones padded on the right, masked), with logits only where a scored token
+    is predicted (the vocabulary is large)."""
+    device = finished[0].mask.device
+    width = max(f.mask.shape[1] for f in finished)
+    cache = DynamicCache()
+    for layer in range(len(finished[0].cache.layers)):
+        pad = [(0, 0, 0, width - f.mask.shape[1]) for f in finished]
+        keys = torch.cat([F.pad(f.cache.layers[layer].keys, p) for f, p in zip(finished, pad, strict=True)])
+        values = torch.cat([F.pad(f.cache.layers[layer].values, p) for f, p in zip(finished, pad, strict=True)])
+        cache.update(keys, values, layer)
+    mask = torch.cat([F.pad(f.mask, (0, width - f.mask.shape[1])) for f in finished])
+    positions = torch.cat([f.positions for f in finished])
+    row_ids = [r for f in finished for r in f.rows]
+    # feeding follow[:-1] predicts follow[1:]; the scored ones are the last `scored`
+    ids, new_mask = pack_rows([rows[r][2][:-1] for r in row_ids], 0, device)
+    hidden = model.base_model(
         input_ids=ids,
-        attention_mask=torch.cat([mask[idx], new_mask], 1),
-        position_ids=positions[idx, None] + torch.arange(width, device=device)[None],
-    )
+        attention_mask=torch.cat([mask, new_mask], 1),
+        position_ids=positions[:, None] + torch.arange(ids.shape[1], device=device)[None],
+        **{kw: cache},
+        use_cache=True,
+    )[0]
     stats.count_forward(new_mask)
-    for i, slot in enumerate(rest):
-        follow = rows[active[slot]][2]
-        record(active[slot], logits[i, : len(follow) - 1], torch.tensor(follow[1:], device=device))
+    spans = []  # (first predicting column, follow tokens predicted from there on) per row
+    for r in row_ids:
+        _, _, follow, scored = rows[r]
+        first = max(1, len(follow) - scored)
+        spans.append((first - 1, follow[first:]))
+    picked = torch.cat([hidden[i, start : start + len(targets)] for i, (start, targets) in enumerate(spans)])
+    row_logits = output_logits(model, picked).split([len(targets) for _, targets in spans])
+    for r, (_, targets), part in zip(row_ids, spans, row_logits, strict=True):
+        _record(results, r, part, targets, temperature)
 
 
 def _cache_rows(cache: DynamicCache, idx: torch.Tensor) -> DynamicCache:

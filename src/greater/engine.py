@@ -7,9 +7,20 @@ import time
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DRAFT_SLOTS, DecodeStats, cache_kwarg, decode_shared, output_logits, pack_rows
+from greater.decoding import (
+    DRAFT_SLOTS,
+    DecodeStats,
+    Prefilled,
+    cache_kwarg,
+    decode_shared,
+    extend,
+    output_logits,
+    pack_rows,
+    padding_chunks,
+    prefill,
+)
 from greater.generation import Generator, TransformersGenerator, run_chunked
 from greater.layout import ChatLayout, Sequence, build_sequence, encode
 from greater.tasks import Example, Task
@@ -78,6 +89,7 @@ class Engine:
         self.counts: DecodeStats = getattr(self.generator, "stats", None) or DecodeStats()
         self.clock: dict[str, float] = {"selection_generation": 0.0, "selection_scoring": 0.0}
         self.pad_id = getattr(self.generator, "pad_id", tokenizer.pad_token_id or 0)
+        self._prefix: Prefilled | None = None  # see `prefix`
 
     # -- sequences and generation ---------------------------------------------------------
 
@@ -121,150 +133,213 @@ class Engine:
             out = [(r, self.terms(self.sequences(p, r))) for p, r in zip(prompts, reasonings, strict=True)]
             self.clock["selection_scoring"] += time.perf_counter() - started
             return out
-        common = _common_prefix_len(prompts)
+        common = self._shared_len(prompts)
+        heads = self.prefix(prompts[0], common)
         generator = self.generator
         generator.stats.sequences += len(prompts) * len(self.examples)
         n_answer = [len(a) for a in self.answer_ids]
         examples = list(range(len(self.examples)))
 
-        def run(chunk: list[int]) -> list[tuple[int, int, object, list[float]]]:
-            heads = [self.heads[b][0] + self.heads[b][1] + prompts[0][:common] for b in chunk]
+        def run(chunk: list[int]) -> list[tuple[int, int, object]]:
             rows = [
-                (h, p[common:] + self.layout.mid_ids, self.extractor_ids + self.answer_ids[b])
+                (h, p[common:] + self.layout.mid_ids, self.extractor_ids + self.answer_ids[b], n_answer[b])
                 for p in prompts
                 for h, b in enumerate(chunk)
             ]
-            decoded, head_scores = decode_shared(
+            decoded = decode_shared(
                 self.model,
-                heads,
+                heads.rows(chunk),
                 rows,
                 max_new_tokens=max_new_tokens,
                 stop_ids=generator.stop_ids,
                 pad_id=generator.pad_id,
-                n_head_scored=common,
                 follow_temperature=self.answer_temperature,
                 draft_slots=generator.draft_slots,
                 stats=generator.stats,
             )
             n = len(chunk)
-            return [
-                (c, chunk[j], decoded[c * n + j], head_scores[j] if common else [])
-                for c in range(len(prompts))
-                for j in range(n)
-            ]
+            return [(c, chunk[j], decoded[c * n + j]) for c in range(len(prompts)) for j in range(n)]
 
         per_chunk = max(1, self.batch_size // max(1, len(prompts)))
         flat = run_chunked(examples, per_chunk, run)
         out = []
         for c, prompt in enumerate(prompts):
-            cells = sorted((b, row, head) for cc, b, row, head in flat if cc == c)
-            reasoning = [row.reasoning for _, row, _ in cells]
+            cells = sorted((b, row) for cc, b, row in flat if cc == c)
+            reasoning = [row.reasoning for _, row in cells]
             ce, nll, correct = [], [], []
-            for b, row, head in cells:
-                answer_lp = row.follow_logprobs[-n_answer[b] :]
-                prompt_lp = head + row.tail_logprobs[: len(prompt) - common]
+            for b, row in cells:
+                answer_lp = row.follow_logprobs
+                prompt_lp = heads.scored[b] + row.tail_logprobs[: len(prompt) - common]
                 ce.append(-sum(answer_lp) / len(answer_lp))
                 nll.append(-sum(prompt_lp) / len(prompt_lp))
-                correct.append(all(row.follow_hits[-n_answer[b] :]))
+                correct.append(all(row.follow_hits))
             terms = Terms(ce=torch.tensor(ce), nll=torch.tensor(nll), correct=torch.tensor(correct))
             out.append((reasoning, terms))
         self.clock["selection_generation"] += time.perf_counter() - started  # scoring is fused into decoding
         return out
 
+    def prefix(self, prompt: Ids, n: int) -> Prefilled:
+        """Every example's sequence up to `prompt[:n]`, run once without gradient and kept: the step's
+        gradient pass and its selection share it, and the next step extends it by the token the
+        selection chose instead of running it again."""
+        rows = [h[0] + h[1] + tuple(prompt[:n]) for h in self.heads]
+        done = self._prefix
+        grown = [len(r) - len(d) for r, d in zip(rows, done.ids, strict=True)] if done else []
+        if done and min(grown) >= 0 and all(r[: len(d)] == d for r, d in zip(rows, done.ids, strict=True)):
+            self._prefix = extend(
+                self.model, done, [r[len(d) :] for r, d in zip(rows, done.ids, strict=True)], self.counts
+            )
+        else:
+            self._prefix = prefill(self.model, rows, self.pad_id, n_scored=n, stats=self.counts)
+        return self._prefix
+
+    def _shared_len(self, prompts: list[Ids]) -> int:
+        """How much of the prompt the rows of a selection share: the kept prefix when every prompt
+        starts with it, else their longest common prefix."""
+        done = self._prefix
+        if done is not None:
+            n = len(done.ids[0]) - len(self.heads[0][0]) - len(self.heads[0][1])
+            if n < min(len(p) for p in prompts) and all(p[:n] == prompts[0][:n] for p in prompts):
+                return n
+        return _common_prefix_len(prompts)
+
     # -- the teacher-forced pass -----------------------------------------------------------
 
     def terms(self, seqs: list[Sequence], *, position: int | None = None, nll_weight: float = 0.0) -> Terms:
         """Loss terms for `seqs`, in chunks of `batch_size`; with `position`, also proposal log-probs
-        and the summed embedding gradient at prompt index `position`."""
-        if position is not None and not self.batched_gradient:
-            # as the reference does: a proposal forward, then a forward + backward, one example at a time
+        and the summed embedding gradient at prompt index `position`.
+
+        Batched (the default), everything before the position comes from `prefix` (no gradient) and
+        only the rest runs forward + backward, every row starting at the position; otherwise each
+        sequence runs whole, one at a time, as the reference does (a proposal forward, then a forward
+        + backward)."""
+        if position is None:
+            parts = run_chunked(
+                list(range(len(seqs))),
+                self.batch_size,
+                lambda rows: [(rows, self._full_terms([seqs[b] for b in rows], None, nll_weight))],
+            )
+        elif not self.batched_gradient:
             parts = []
-            for seq in seqs:
-                self._chunk_terms([seq], None, nll_weight)
-                parts.append(self._chunk_terms([seq], position, nll_weight))
+            for b, seq in enumerate(seqs):
+                self._full_terms([seq], None, nll_weight)
+                parts.append(([b], self._full_terms([seq], position, nll_weight)))
         else:
-            # backward keeps every layer's activations of its chunk: a smaller chunk bounds peak memory
-            size = self.batch_size if position is None else self.grad_batch_size
-            parts = run_chunked(seqs, size, lambda chunk: [self._chunk_terms(chunk, position, nll_weight)])
-        merged = Terms(
-            ce=torch.cat([p.ce for p in parts]),
-            nll=torch.cat([p.nll for p in parts]),
-            correct=torch.cat([p.correct for p in parts]),
-            prompt_len=seqs[0].prompt.stop - seqs[0].prompt.start,
-        )
-        if position is not None:
-            merged.proposal_logprobs = torch.cat([p.proposal_logprobs for p in parts])
-            merged.embed_grad = torch.stack([p.embed_grad for p in parts]).sum(0)
+            before = self.prefix(seqs[0].ids[seqs[0].prompt], position)
+            # rows of similar length share a chunk (little padding); backward keeps every layer's
+            # activations of its chunk, so the chunk size bounds peak memory
+            suffix = [len(s.ids) - s.prompt.start - position for s in seqs]
+            parts = []
+            for chunk in padding_chunks(suffix, self.grad_batch_size):
+                parts += run_chunked(
+                    chunk,
+                    len(chunk),
+                    lambda rows: [
+                        (rows, self._suffix_terms([seqs[b] for b in rows], before.rows(rows), position, nll_weight))
+                    ],
+                )
+        merged = _merge(parts)
+        merged.prompt_len = seqs[0].prompt.stop - seqs[0].prompt.start
         return merged
 
-    def _chunk_terms(self, seqs: list[Sequence], position: int | None, nll_weight: float) -> Terms:
+    def _full_terms(self, seqs: list[Sequence], position: int | None, nll_weight: float) -> Terms:
+        """Loss terms of whole sequences in one forward (+ backward to the embedding at `position`)."""
         device = self.model.device
-        # Every token before the position is independent of the embedding there. On the batched path
-        # they run without gradient into a KV cache and only the rest runs forward + backward. Each row
-        # is shifted right so that all rows' positions fall in one column `split`.
-        cuts = [s.prompt.start + position for s in seqs] if position is not None else [0] * len(seqs)
-        split = max(cuts) if position is not None and self.batched_gradient else 0
-        shift = [split - c if split else 0 for c in cuts]
-        input_ids, mask = pack_rows([s.ids for s in seqs], self.pad_id, device, offsets=shift)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask = pack_rows([s.ids for s in seqs], self.pad_id, device)
         embeds = self.model.get_input_embeddings()(input_ids)
         leaf = None
         if position is not None:
-            cols = torch.tensor([c + k for c, k in zip(cuts, shift, strict=True)], device=device)
-            rows = torch.arange(len(seqs), device=device)
+            cols = torch.tensor([s.prompt.start + position for s in seqs], device=device)
             leaf = embeds[0, int(cols[0])].detach().clone().requires_grad_(True)
-            at_position = torch.zeros(embeds.shape[:2] + (1,), dtype=torch.bool, device=device)
-            at_position[rows, cols] = True
-            embeds = torch.where(at_position, leaf, embeds)
-        base = self.model.base_model
-        cache = {}
-        if split:
-            kw = cache_kwarg(base)
-            cache = {kw: DynamicCache(), "use_cache": True}
-            with torch.no_grad():
-                before = base(
-                    inputs_embeds=embeds[:, :split],
-                    attention_mask=mask[:, :split],
-                    position_ids=position_ids[:, :split],
-                    **cache,
-                )[0]
+            embeds = _put_at(embeds, leaf, cols)
         with torch.set_grad_enabled(leaf is not None):
-            hidden = base(
-                inputs_embeds=embeds[:, split:],
+            hidden = self.model.base_model(
+                inputs_embeds=embeds,
                 attention_mask=mask,
-                position_ids=position_ids[:, split:],
-                **(cache or {"use_cache": False}),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=False,
             )[0]
-            if split:
-                hidden = torch.cat([before, hidden], 1)
-            answer_pos = [
-                torch.arange(s.answer.start - 1, s.answer.stop - 1) + k for s, k in zip(seqs, shift, strict=True)
-            ]
-            prompt_pos = [
-                torch.arange(s.prompt.start - 1, s.prompt.stop - 1) + k for s, k in zip(seqs, shift, strict=True)
-            ]
-            ans_lp, ans_tgt, ans_row = self._gathered_logprobs(hidden, input_ids, answer_pos, self.answer_temperature)
-            pr_lp, pr_tgt, pr_row = self._gathered_logprobs(hidden, input_ids, prompt_pos, 1.0)
-            b = len(seqs)
-            ans_tok_lp = ans_lp.gather(1, ans_tgt[:, None])[:, 0]
-            ce = -_row_mean(ans_tok_lp, ans_row, b)
-            nll = -_row_mean(pr_lp.gather(1, pr_tgt[:, None])[:, 0], pr_row, b)
-            hit = (ans_lp.argmax(-1) == ans_tgt).float()
-            correct = _row_mean(hit, ans_row, b) == 1.0
-            terms = Terms(ce=ce.detach().cpu(), nll=nll.detach().cpu(), correct=correct.cpu())
-            if leaf is not None:
-                (grad,) = torch.autograd.grad((ce + nll_weight * nll).sum(), leaf)
-                offsets = torch.tensor([0] + [len(p) for p in prompt_pos], device=pr_lp.device).cumsum(0)[:-1]
-                terms.embed_grad = grad.float().cpu()
-                terms.proposal_logprobs = pr_lp.detach()[offsets + position].cpu()
-        self.counts.scored_sequences += len(seqs)
+            starts = [0] * len(seqs)
+            terms, prompt_lp = self._loss_terms(hidden, input_ids, seqs, starts, leaf, nll_weight, [[] for _ in seqs])
         if leaf is not None:
-            self.counts.count_forward(mask[:, :split])
-            self.counts.backward_tokens += int(mask[:, split:].sum())
-            self.counts.padded_slots += int((mask[:, split:] == 0).sum())
+            offsets = torch.tensor([0] + [s.prompt.stop - s.prompt.start for s in seqs], device=device).cumsum(0)[:-1]
+            terms.proposal_logprobs = prompt_lp[offsets + position].cpu()
+            self.counts.backward_tokens += int(mask.sum())
+            self.counts.padded_slots += int((mask == 0).sum())
         else:
             self.counts.count_forward(mask)
+        self.counts.scored_sequences += len(seqs)
         return terms
+
+    def _suffix_terms(self, seqs: list[Sequence], before: Prefilled, position: int, nll_weight: float) -> Terms:
+        """Loss terms and the embedding gradient at prompt index `position`, running forward + backward
+        only from the position on, on top of `before` (the rows' no-gradient prefix up to it)."""
+        device = self.model.device
+        cuts = [s.prompt.start + position for s in seqs]
+        input_ids, mask = pack_rows([s.ids[c:] for s, c in zip(seqs, cuts, strict=True)], self.pad_id, device)
+        embeds = self.model.get_input_embeddings()(input_ids)
+        leaf = embeds[0, 0].detach().clone().requires_grad_(True)
+        embeds = _put_at(embeds, leaf, torch.zeros(len(seqs), dtype=torch.long, device=device))
+        positions = before.mask.sum(-1, keepdim=True) + (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.enable_grad():
+            hidden = self.model.base_model(
+                inputs_embeds=embeds,
+                attention_mask=torch.cat([before.mask, mask], 1),
+                position_ids=positions,
+                **{cache_kwarg(self.model.base_model): before.cache},
+                use_cache=True,
+            )[0]
+            # the prompt tokens up to the position are predicted inside the prefix: constants here
+            first = torch.log_softmax(before.last_logits.float(), -1)  # (B, V) predicts the token at the position
+            known = [
+                row + [float(first[b, s.ids[c]])]
+                for b, (row, s, c) in enumerate(zip(before.scored, seqs, cuts, strict=True))
+            ]
+            terms, _ = self._loss_terms(hidden, input_ids, seqs, [-c for c in cuts], leaf, nll_weight, known)
+        terms.proposal_logprobs = first.cpu()
+        self.counts.scored_sequences += len(seqs)
+        self.counts.backward_tokens += int(mask.sum())
+        self.counts.padded_slots += int((mask == 0).sum())
+        return terms
+
+    def _loss_terms(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        seqs: list[Sequence],
+        shifts: list[int],
+        leaf: torch.Tensor | None,
+        nll_weight: float,
+        known: list[list[float]],
+    ) -> tuple[Terms, torch.Tensor]:
+        """CE, NLL and correctness from `hidden` (B, W, D) of `input_ids` (B, W), where sequence index
+        i sits at column i + shifts[b]; `known[b]` are log-probs of the prompt's first tokens, given.
+        Also returns the (P, V) prompt log-probs computed here, and sets the gradient w.r.t. `leaf`."""
+        b = len(seqs)
+        done = [len(k) for k in known]
+        answer_pos = [
+            torch.arange(s.answer.start - 1, s.answer.stop - 1) + k for s, k in zip(seqs, shifts, strict=True)
+        ]
+        prompt_pos = [
+            torch.arange(s.prompt.start + d - 1, s.prompt.stop - 1) + k
+            for s, k, d in zip(seqs, shifts, done, strict=True)
+        ]
+        ans_lp, ans_tgt, ans_row = self._gathered_logprobs(hidden, input_ids, answer_pos, self.answer_temperature)
+        pr_lp, pr_tgt, pr_row = self._gathered_logprobs(hidden, input_ids, prompt_pos, 1.0)
+        ce = -_row_mean(ans_lp.gather(1, ans_tgt[:, None])[:, 0], ans_row, b)
+        given = torch.tensor([sum(k) for k in known], dtype=pr_lp.dtype, device=pr_lp.device)
+        n_prompt = torch.tensor([s.prompt.stop - s.prompt.start for s in seqs], dtype=pr_lp.dtype, device=pr_lp.device)
+        computed = torch.zeros(b, dtype=pr_lp.dtype, device=pr_lp.device).index_add(
+            0, pr_row, pr_lp.gather(1, pr_tgt[:, None])[:, 0]
+        )
+        nll = -(given + computed) / n_prompt
+        hit = (ans_lp.argmax(-1) == ans_tgt).float()
+        correct = _row_mean(hit, ans_row, b) == 1.0
+        terms = Terms(ce=ce.detach().cpu(), nll=nll.detach().cpu(), correct=correct.cpu())
+        if leaf is not None:
+            (grad,) = torch.autograd.grad((ce + nll_weight * nll).sum(), leaf)
+            terms.embed_grad = grad.float().cpu()
+        return terms, pr_lp.detach()
 
     def _gathered_logprobs(
         self, hidden: torch.Tensor, input_ids: torch.Tensor, positions: list[torch.Tensor], temperature: float
@@ -283,6 +358,27 @@ class Engine:
         ids = torch.tensor(token_ids, device=self.model.device)
         with torch.no_grad():
             return self.model.get_input_embeddings()(ids).float().cpu()
+
+
+def _merge(parts: list[tuple[list[int], Terms]]) -> Terms:
+    """One Terms from chunks of (row indices, their terms), rows back in index order."""
+    order = torch.tensor([b for rows, _ in parts for b in rows]).argsort()
+
+    def rows(name: str) -> torch.Tensor:
+        return torch.cat([getattr(terms, name) for _, terms in parts])[order]
+
+    merged = Terms(ce=rows("ce"), nll=rows("nll"), correct=rows("correct"))
+    if parts[0][1].embed_grad is not None:
+        merged.proposal_logprobs = rows("proposal_logprobs")
+        merged.embed_grad = torch.stack([terms.embed_grad for _, terms in parts]).sum(0)
+    return merged
+
+
+def _put_at(embeds: torch.Tensor, leaf: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """`embeds` (B, W, D) with row b's column cols[b] replaced by `leaf` (D,), differentiably."""
+    at = torch.zeros(embeds.shape[:2] + (1,), dtype=torch.bool, device=embeds.device)
+    at[torch.arange(len(cols), device=embeds.device), cols] = True
+    return torch.where(at, leaf, embeds)
 
 
 def _row_mean(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Protocol, TypeVar
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DRAFT_SLOTS, DecodeStats, decode_shared, pack_rows
+from greater.decoding import DRAFT_SLOTS, DecodeStats, decode_shared, pack_rows, prefill
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,10 +103,10 @@ class TransformersGenerator:
         return run_chunked(contexts, self.batch_size, lambda c: self._generate_batch(c, max_new_tokens, sampling))
 
     def _decode_batch(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
-        rows, _ = decode_shared(
+        rows = decode_shared(
             self.model,
-            [c[:-1] for c in contexts],
-            [(i, c[-1:], ()) for i, c in enumerate(contexts)],
+            prefill(self.model, [c[:-1] for c in contexts], self.pad_id, stats=self.stats),
+            [(i, c[-1:], (), 0) for i, c in enumerate(contexts)],
             max_new_tokens=max_new_tokens,
             stop_ids=self.stop_ids,
             pad_id=self.pad_id,

@@ -54,7 +54,9 @@ class GreaterConfig:
     patience: int | None = None  # stop when the best score has not improved for this many steps
     # speed-ups; each gives the same result as when off (see tests/test_speedups.py)
     reuse_reasoning: bool = True  # the chosen candidate's reasoning is the next step's reasoning
-    batched_gradient: bool = True  # one batched forward + backward gives loss, proposals and gradient
+    # one batched forward + backward from the position on (rows of similar length together) gives loss,
+    # proposals and gradient; the no-gradient part before the position is kept and shared with selection
+    batched_gradient: bool = True
     cached_decoding: bool = True  # own KV-cache decoding: shared prefix, finished rows leave, cached scoring
     lookup_decoding: bool = True  # prompt-lookup drafts checked against greedy decoding (with cached_decoding)
     seed: int = 0
