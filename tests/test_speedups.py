@@ -155,12 +155,18 @@ def test_extending_a_prefill_equals_prefilling_the_longer_rows(tiny_model, smol_
     assert torch.allclose(grown.last_logits, whole.last_logits, atol=1e-4)
     for a, b in zip(grown.scored, whole.scored, strict=True):
         assert a == pytest.approx(b, abs=1e-4) and len(a) == 3
+    # one row per forward, stacked, gives the same as all rows in one forward
+    chunked = prefill(tiny_model, [r + m for r, m in zip(rows, more, strict=True)], pad_id=0, n_scored=3, batch_size=1)
+    assert torch.equal(chunked.mask, whole.mask)
+    assert torch.allclose(chunked.last_logits, whole.last_logits, atol=1e-4)
+    assert [pytest.approx(row, abs=1e-4) for row in chunked.scored] == whole.scored
     # the caches hold the same keys at the real (unmasked) positions
-    for layer_a, layer_b in zip(grown.cache.layers, whole.cache.layers, strict=True):
-        for r in range(len(rows)):
-            keys_a = layer_a.keys[r][:, grown.mask[r].bool()]
-            keys_b = layer_b.keys[r][:, whole.mask[r].bool()]
-            assert torch.allclose(keys_a, keys_b, atol=1e-4)
+    for other in (grown, chunked):
+        for layer_a, layer_b in zip(other.cache.layers, whole.cache.layers, strict=True):
+            for r in range(len(rows)):
+                keys_a = layer_a.keys[r][:, other.mask[r].bool()]
+                keys_b = layer_b.keys[r][:, whole.mask[r].bool()]
+                assert torch.allclose(keys_a, keys_b, atol=1e-4)
 
 
 def test_the_next_step_extends_the_kept_prefix(tiny_model, smol_tokenizer):

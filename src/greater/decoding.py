@@ -18,14 +18,18 @@ forward when their text repeats earlier text."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
 Ids = tuple[int, ...]
+T = TypeVar("T")
+R = TypeVar("R")
 MAX_DRAFT = 8  # guessed tokens per row and step at most
 DRAFT_SLOTS = 16  # default token slots per decoding step that drafting may fill
 
@@ -115,6 +119,25 @@ def padding_chunks(lengths: Sequence[int], max_rows: int, row_overhead: int = 32
     return chunks[::-1]
 
 
+def run_chunked(items: Sequence[T], size: int, fn: Callable[[list[T]], list[R]]) -> list[R]:
+    """`fn` over consecutive chunks of at most `size` items, concatenated; the chunk size halves on
+    out-of-memory instead of crashing."""
+    out: list[R] = []
+    start = 0
+    while start < len(items):
+        chunk = list(items[start : start + size])
+        try:
+            out.extend(fn(chunk))
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            logging.getLogger(__name__).warning("out of memory; batch size now %d", size)
+            continue
+        start += len(chunk)
+    return out
+
+
 def cache_kwarg(model: PreTrainedModel) -> str:
     """The forward argument that takes the KV cache: `cache` in newer transformers, else `past_key_values`."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -181,25 +204,54 @@ class Prefilled:
 
 @torch.no_grad()
 def prefill(
-    model: PreTrainedModel, rows: list[Ids], pad_id: int, n_scored: int = 0, stats: DecodeStats | None = None
+    model: PreTrainedModel,
+    rows: list[Ids],
+    pad_id: int,
+    n_scored: int = 0,
+    stats: DecodeStats | None = None,
+    batch_size: int | None = None,
 ) -> Prefilled:
-    """Run `rows` through the model once; logits only where needed (the last `n_scored` + 1 positions)."""
+    """Run `rows` through the model once, `batch_size` rows per forward; logits only where needed
+    (the last `n_scored` + 1 positions)."""
     device = model.device
-    ids, mask = pack_rows(rows, pad_id, device, left=True)
-    cache = DynamicCache()
-    logits = _forward(  # (B, n_scored + 1, V)
-        model,
-        cache_kwarg(model.base_model),
-        cache,
-        n_scored + 1,
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+    width = max(len(r) for r in rows)
+    kw = cache_kwarg(model.base_model)
+
+    def run(chunk: list[Ids]) -> list[tuple[DynamicCache, torch.Tensor, torch.Tensor, list[list[float]]]]:
+        ids, mask = pack_rows(chunk, pad_id, device, offsets=[width - len(r) for r in chunk])
+        cache = DynamicCache()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = _forward(model, kw, cache, n_scored + 1, input_ids=ids, attention_mask=mask, position_ids=positions)
+        if stats is not None:
+            stats.count_forward(mask)
+        scored = [[] for _ in chunk]
+        if n_scored:
+            scored = token_logprobs(logits[:, :-1], ids[:, width - n_scored :]).tolist()
+        return [(cache, mask, logits[:, -1], scored)]
+
+    parts = run_chunked(rows, batch_size or len(rows), run)
+    return Prefilled(
+        ids=[tuple(r) for r in rows],
+        cache=stack_caches([cache for cache, *_ in parts], width),
+        mask=torch.cat([mask for _, mask, _, _ in parts]),
+        last_logits=torch.cat([last for _, _, last, _ in parts]),
+        scored=[row for *_, scored in parts for row in scored],
     )
-    if stats is not None:
-        stats.count_forward(mask)
-    scored = token_logprobs(logits[:, :-1], ids[:, ids.shape[1] - n_scored :]).tolist() if n_scored else []
-    return Prefilled([tuple(r) for r in rows], cache, mask, logits[:, -1], scored or [[] for _ in rows])
+
+
+def stack_caches(caches: list[DynamicCache], width: int) -> DynamicCache:
+    """One cache holding the rows of `caches` in order, each padded on the right to `width` positions
+    (padding is zeros; its attention mask must be 0 there)."""
+    if len(caches) == 1 and caches[0].layers[0].keys.shape[2] == width:
+        return caches[0]
+    stacked = DynamicCache()
+    for layer in range(len(caches[0].layers)):
+        entries = [cache.layers[layer] for cache in caches]
+        pads = [(0, 0, 0, width - entry.keys.shape[2]) for entry in entries]
+        keys = torch.cat([F.pad(entry.keys, pad) for entry, pad in zip(entries, pads, strict=True)])
+        values = torch.cat([F.pad(entry.values, pad) for entry, pad in zip(entries, pads, strict=True)])
+        stacked.update(keys, values, layer)
+    return stacked
 
 
 @torch.no_grad()
@@ -412,12 +464,7 @@ def _score_finished(model, kw, finished: list[_Finished], rows, results, tempera
     is predicted (the vocabulary is large)."""
     device = finished[0].mask.device
     width = max(f.mask.shape[1] for f in finished)
-    cache = DynamicCache()
-    for layer in range(len(finished[0].cache.layers)):
-        pad = [(0, 0, 0, width - f.mask.shape[1]) for f in finished]
-        keys = torch.cat([F.pad(f.cache.layers[layer].keys, p) for f, p in zip(finished, pad, strict=True)])
-        values = torch.cat([F.pad(f.cache.layers[layer].values, p) for f, p in zip(finished, pad, strict=True)])
-        cache.update(keys, values, layer)
+    cache = stack_caches([f.cache for f in finished], width)
     mask = torch.cat([F.pad(f.mask, (0, width - f.mask.shape[1])) for f in finished])
     positions = torch.cat([f.positions for f in finished])
     row_ids = [r for f in finished for r in f.rows]

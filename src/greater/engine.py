@@ -20,8 +20,9 @@ from greater.decoding import (
     pack_rows,
     padding_chunks,
     prefill,
+    run_chunked,
 )
-from greater.generation import Generator, TransformersGenerator, run_chunked
+from greater.generation import Generator, TransformersGenerator
 from greater.layout import ChatLayout, Sequence, build_sequence, encode
 from greater.tasks import Example, Task
 
@@ -190,7 +191,7 @@ class Engine:
                 self.model, done, [r[len(d) :] for r, d in zip(rows, done.ids, strict=True)], self.counts
             )
         else:
-            self._prefix = prefill(self.model, rows, self.pad_id, n_scored=n, stats=self.counts)
+            self._prefix = prefill(self.model, rows, self.pad_id, n, self.counts, self.batch_size)
         return self._prefix
 
     def _shared_len(self, prompts: list[Ids]) -> int:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DRAFT_SLOTS, DecodeStats, decode_shared, pack_rows, prefill
-
-T = TypeVar("T")
-R = TypeVar("R")
+from greater.decoding import DRAFT_SLOTS, DecodeStats, decode_shared, pack_rows, prefill, run_chunked
 
 
 class Generator(Protocol):
@@ -30,25 +25,6 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
         elif source:
             ids.update(int(i) for i in source)
     return ids
-
-
-def run_chunked(items: Sequence[T], size: int, fn: Callable[[list[T]], list[R]]) -> list[R]:
-    """`fn` over consecutive chunks of at most `size` items, concatenated; the chunk size halves on
-    out-of-memory instead of crashing."""
-    out: list[R] = []
-    start = 0
-    while start < len(items):
-        chunk = list(items[start : start + size])
-        try:
-            out.extend(fn(chunk))
-        except torch.OutOfMemoryError:
-            if size == 1:
-                raise
-            size = max(1, size // 2)
-            logging.getLogger(__name__).warning("out of memory; batch size now %d", size)
-            continue
-        start += len(chunk)
-    return out
 
 
 class TransformersGenerator:
