@@ -144,23 +144,20 @@ def cache_kwarg(model: PreTrainedModel) -> str:
 
 
 def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """(..., V) logits for hidden states (..., D), as the model's output head computes them."""
+    """(..., V) logits for hidden states (..., D), as the model's output head computes them.
+
+    Computed as W·hᵀ: for a few rows, CPU BLAS runs this 2-3x faster than `F.linear` (h·Wᵀ), which
+    repacks the whole vocabulary-sized weight on every call.
+    """
     head = model.get_output_embeddings()
-    logits = weight_times_input(head.weight, getattr(head, "bias", None), hidden)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    logits = torch.mm(head.weight, flat.T).T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return logits
-
-
-def weight_times_input(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """(..., O) = x·Wᵀ + b for x (..., I) and W (O, I), computed as (W·xᵀ)ᵀ: for a few rows of a
-    vocabulary-sized W, CPU BLAS runs this 2-3x faster than `F.linear`, which repacks the whole weight."""
-    flat = x.reshape(-1, x.shape[-1])
-    out = torch.mm(weight, flat.T).T
-    if bias is not None:
-        out = out + bias
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    return logits.reshape(*hidden.shape[:-1], logits.shape[-1])
 
 
 def _forward(model: PreTrainedModel, kw: str, cache: DynamicCache, keep: int | None = None, **inputs) -> torch.Tensor:

@@ -143,13 +143,13 @@ class Engine:
 
         def run(chunk: list[int]) -> list[tuple[int, int, object]]:
             rows = [
-                (h, p[common:] + self.layout.mid_ids, self.extractor_ids + self.answer_ids[b], n_answer[b])
+                (b, p[common:] + self.layout.mid_ids, self.extractor_ids + self.answer_ids[b], n_answer[b])
                 for p in prompts
-                for h, b in enumerate(chunk)
+                for b in chunk
             ]
             decoded = decode_shared(
                 self.model,
-                heads.rows(chunk),
+                heads,
                 rows,
                 max_new_tokens=max_new_tokens,
                 stop_ids=generator.stop_ids,
@@ -185,11 +185,9 @@ class Engine:
         selection chose instead of running it again."""
         rows = [h[0] + h[1] + tuple(prompt[:n]) for h in self.heads]
         done = self._prefix
-        grown = [len(r) - len(d) for r, d in zip(rows, done.ids, strict=True)] if done else []
-        if done and min(grown) >= 0 and all(r[: len(d)] == d for r, d in zip(rows, done.ids, strict=True)):
-            self._prefix = extend(
-                self.model, done, [r[len(d) :] for r, d in zip(rows, done.ids, strict=True)], self.counts
-            )
+        if done and all(r[: len(d)] == d and len(r) >= len(d) for r, d in zip(rows, done.ids, strict=True)):
+            more = [r[len(d) :] for r, d in zip(rows, done.ids, strict=True)]
+            self._prefix = extend(self.model, done, more, self.counts)
         else:
             self._prefix = prefill(self.model, rows, self.pad_id, n, self.counts, self.batch_size)
         return self._prefix
@@ -260,8 +258,8 @@ class Engine:
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=False,
             )[0]
-            starts = [0] * len(seqs)
-            terms, prompt_lp = self._loss_terms(hidden, input_ids, seqs, starts, leaf, nll_weight, [[] for _ in seqs])
+            no_shift, none_known = [0] * len(seqs), [[] for _ in seqs]
+            terms, prompt_lp = self._loss_terms(hidden, input_ids, seqs, no_shift, leaf, nll_weight, none_known)
         if leaf is not None:
             offsets = torch.tensor([0] + [s.prompt.stop - s.prompt.start for s in seqs], device=device).cumsum(0)[:-1]
             terms.proposal_logprobs = prompt_lp[offsets + position].cpu()
