@@ -15,7 +15,7 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -70,6 +70,7 @@ def main() -> int:
         f"task {args.task}, {len(train)} train examples, device {args.device}, torch threads {torch.get_num_threads()}"
     )
     report: dict = {"settings": vars(args) | {"json": None}}
+    arithmetic = Arithmetic(linear_parameters(model), matmul_rate(model, args.device))
     modes = [("off", False), ("on", True)] if args.compare else [("on", True)]
     runs = {}
     for label, on in modes:
@@ -91,7 +92,7 @@ def main() -> int:
         result = optimize(model, tokenizer, task, config, train=train, generator=generator)
         wall = time.perf_counter() - started
         runs[label] = result
-        report[label] = summarize(label, result, generator, wall, args.device)
+        report[label] = summarize(label, result, generator, wall, args.device, arithmetic)
     if args.compare:
         off, on = runs["off"], runs["on"]
         same = [a.chosen_ids for a in off.steps] == [b.chosen_ids for b in on.steps]
@@ -121,7 +122,48 @@ def random_model(folder: Path, device: str, dtype: torch.dtype):
     return model, AutoTokenizer.from_pretrained(folder)
 
 
-def summarize(label: str, result, generator, wall: float, device: str) -> dict:
+@dataclass
+class Arithmetic:
+    """What a step's token counts cost in matrix products on this machine, for a lower bound on time.
+
+    parameters: weights of the linear layers every token passes through (output head excluded).
+    rate: GFLOP/s this machine reaches on a prefill-sized product of the model's shapes.
+    """
+
+    parameters: int
+    rate: float
+
+    def gflop(self, counts: dict) -> float:
+        """GFLOP of the linear layers for one step's counts: 2 per weight per token forward, twice that
+        for a token run forward + backward (the backward computes input gradients only)."""
+        tokens = counts["forward_tokens"] + counts["padded_slots"] + 2 * counts["backward_tokens"]
+        return 2 * self.parameters * tokens / 1e9
+
+
+def linear_parameters(model) -> int:
+    head = model.get_output_embeddings()
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+
+
+def matmul_rate(model, device: str, rows: int = 512, repeats: int = 5) -> float:
+    """GFLOP/s of (rows × hidden) · (hidden × intermediate) products, best of `repeats`."""
+    hidden = model.config.hidden_size
+    wide = getattr(model.config, "intermediate_size", 4 * hidden)
+    x = torch.randn(rows, hidden, device=device, dtype=model.dtype)
+    w = torch.randn(wide, hidden, device=device, dtype=model.dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        torch.nn.functional.linear(x, w)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * rows * hidden * wide / best / 1e9
+
+
+def summarize(label: str, result, generator, wall: float, device: str, arithmetic: Arithmetic) -> dict:
     steps = result.steps
     per_phase = {p: [] for p in PHASES}
     for record in steps:
@@ -151,9 +193,18 @@ def summarize(label: str, result, generator, wall: float, device: str) -> dict:
         + "; "
         + ", ".join(f"{k} {v}" for k, v in peak.items())
     )
+    gflop = arithmetic.gflop(per_step)
+    floor = gflop / arithmetic.rate
+    print(
+        f"linear layers: {gflop:.0f} GFLOP per step; at {arithmetic.rate:.0f} GFLOP/s (a 512-row product here) "
+        f"that is {floor:.2f} s; the mean step reaches {gflop / mean_total:.0f} GFLOP/s"
+    )
     print("prompts: " + " | ".join(r.chosen for r in steps))
     return {
         "median_step_s": statistics.median(totals),
+        "linear_gflop_per_step": gflop,
+        "matmul_gflops": arithmetic.rate,
+        "arithmetic_floor_s": floor,
         "phases_s": phases,
         "counts_per_step": per_step,
         **peak,
