@@ -10,9 +10,10 @@ answer) are then scored together in one teacher-forced forward on their caches, 
 scored by extending the generation's cache instead of re-running the sequence, and no slot is spent
 on a finished row.
 
-Decoding is bound by reading the weights (a forward of one token costs about 65 ms on 2 CPU cores for
-the 135M model, each further token in it about 3 ms), and most of the loop runs for the few longest
-reasonings; prompt-lookup drafting (`draft_slots`) lets those rows produce several greedy tokens per
+Decoding pays mostly per forward, not per token (on 2 CPU cores a forward of one token costs about
+65 ms for the 135M model, each further token in it about 3 ms: matrix products of a few rows run at a
+small fraction of the large-product rate, see bench/README.md), and most of the loop runs for the few
+longest reasonings; prompt-lookup drafting (`draft_slots`) lets those rows produce several greedy tokens per
 forward when their text repeats earlier text."""
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def pack_rows(
 def padding_chunks(lengths: Sequence[int], max_rows: int, row_overhead: int = 32) -> list[list[int]]:
     """Indices of rows with `lengths`, shortest first, cut into consecutive chunks of at most
     `max_rows` so that padded slots (rows × longest row, summed over chunks) plus `row_overhead`
-    slots per chunk (what reading every weight once more costs, in tokens' worth) is smallest.
+    slots per chunk (what one more pass over the layers costs, in tokens' worth) is smallest.
 
     A pass over [46, 46, 46, 46, 46, 46, 103, 113] tokens in chunks of 4 pads 133 slots in input order
     and 67 sorted; allowed 8 rows, this gives [46 × 6] and [103, 113]: 10 padded slots, 2 chunks.
@@ -303,7 +304,7 @@ def decode_shared(
     `draft_slots` > 0 turns on prompt-lookup drafting: while few rows are generating, each row feeds
     its next token plus guessed tokens and keeps those that match the model's own argmax, so several
     tokens can come out of one forward; at most `draft_slots` slots are fed per step. Decoding one
-    row costs about as much as decoding a few (reading the weights dominates), so this shortens the
+    row costs about as much as decoding a few (the per-forward cost dominates), so this shortens the
     tail of the loop, where only the longest reasonings are still running.
     """
     stats = stats if stats is not None else DecodeStats()
