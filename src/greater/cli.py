@@ -10,11 +10,12 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from greater.errors import GreaterError
 from greater.methods import METHODS, ZS_COT_PROMPT
+from greater.optimizer import SELECTION_RULES
 from greater.tasks.answers import ANSWER_TYPES
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
@@ -78,8 +79,23 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--steps", type=_positive, default=None)
     opt.add_argument("--train", type=_positive, default=None, help="training examples")
     opt.add_argument("--test", type=_positive, default=None, help="test examples scored before and after")
-    opt.add_argument("--top-k", type=_positive, default=None)
-    opt.add_argument("--top-q", type=_positive, default=None)
+    opt.add_argument("--dev", type=_non_negative, default=None, help="dev examples for the final choice (0: none)")
+    opt.add_argument("--top-k", type=_positive, default=None, help="per-example top-k of the proposal (40)")
+    opt.add_argument("--top-q", type=_positive, default=None, help="intersections whose union are candidates (6)")
+    opt.add_argument(
+        "--selection",
+        choices=SELECTION_RULES,
+        default=None,
+        help="how shortlisted candidates are chosen (default errors-then-loss; see docs/fidelity.md)",
+    )
+    opt.add_argument(
+        "--candidate-nll",
+        action="store_true",
+        default=None,
+        help="add each candidate's own NLL at the position to its gradient (not in the reference)",
+    )
+    opt.add_argument("--filler", default=None, help="token appended when a prompt grows (default '_')")
+    opt.add_argument("--keep-top", type=_positive, default=None, help="best prompts scored on the dev set (10)")
     opt.add_argument("--patience", type=_positive, default=None, help="stop after N steps without improvement")
     opt.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<task>-<time>)")
     opt.add_argument("--resume", type=Path, default=None, help="continue the run in this directory")
@@ -91,8 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompt-file", type=Path, default=None, help="a file with one prompt per line")
     ev.add_argument("--baseline", action="append", choices=sorted(BASELINES), default=None, help="a baseline prompt")
     ev.add_argument("--run", type=Path, help="a run directory: its prompt on its own split (--model OTHER: transfer)")
-    ev.add_argument("--split", choices=["train", "test"], default="test")
+    ev.add_argument("--split", choices=["train", "dev", "test"], default="test")
     ev.add_argument("--train", type=_positive, default=None, help="size of the train split (to define the split)")
+    ev.add_argument("--dev", type=_non_negative, default=None, help="size of the dev split (to define the split)")
     ev.add_argument("--test", type=_positive, default=None, help="size of the test split")
     ev.add_argument("--limit", type=_positive, default=None, help="score at most N examples per task")
     ev.add_argument("--joiner", default=None, help="text between question and prompt (default: '. Use')")
@@ -130,6 +147,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", module="(transformers|torch|accelerate|gguf)")
@@ -155,8 +182,10 @@ BASELINES = {"zs-cot": (ZS_COT_PROMPT, ".")}
 
 # command-line flags that set GreaterConfig fields (flag dest -> config field)
 _CONFIG_FLAGS = ("steps", "init_prompt", "top_k", "top_q", "max_new_tokens", "patience", "seed", "batch_size")
+_CONFIG_FLAGS += ("selection", "candidate_nll", "filler", "keep_top")
 # flags that define the run but are not config fields, as stored in run.json
 _RUN_FLAGS = {"task": ("task",), "model": ("model",), "train": ("split", "train"), "test": ("split", "test")}
+_RUN_FLAGS |= {"dev": ("split", "dev")}
 _RUN_FLAGS |= {key: ("task_options", key) for key in TASK_OPTIONS}  # custom-task settings
 
 
@@ -206,7 +235,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
             "config": asdict(config),
             "data_dir": args.data_dir,
             "task_options": {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None},
-            "split": {"seed": config.seed, "train": args.train, "test": args.test},
+            "split": {"seed": config.seed, "train": args.train, "dev": args.dev, "test": args.test},
         }
         run_dir, state = None, None
     return _run_optimize(args, info, config, run_dir, state)
@@ -245,7 +274,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     from tqdm import tqdm
 
     from greater.layout import encode_prompt
-    from greater.optimizer import StepRecord, optimize
+    from greater.optimizer import StepRecord, filler_token, optimize
     from greater.runs import (
         append_jsonl,
         read_json,
@@ -259,12 +288,16 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
 
     task = resolve_task(info["task"], info.get("data_dir"), info.get("task_options"))
     split = info["split"]
-    train, test = task.split(split["train"], split["test"], split["seed"])
-    fingerprint = _fingerprint(train, test)
+    drawn = task.splits(*_split_sizes(split), split["seed"])
+    train, dev, test = drawn.train, drawn.dev, drawn.test
+    if drawn.note and run_dir is None:
+        print(f"greater: {drawn.note}", file=sys.stderr)
+    fingerprint = _fingerprint(train, test, dev)
     model, tokenizer = _load(None if info["model"].startswith("embedded:") else info["model"], args.trust_remote_code)
-    encode_prompt(tokenizer, config.init_prompt)  # a bad prompt fails before anything is written
+    encode_prompt(tokenizer, config.init_prompt)  # a bad prompt or filler fails before anything is written
+    filler_token(tokenizer, config.filler)
     if run_dir is None:
-        run_dir = _new_run(args, task, info, train, test)
+        run_dir = _new_run(args, task, info, train, test, dev)
     else:
         if split.get("fingerprint") != fingerprint:
             raise GreaterError(f"the data of task {info['task']!r} changed since {run_dir} started; cannot resume")
@@ -273,7 +306,8 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     def score(prompt: str, label: str) -> float:
         return _test_accuracy(model, tokenizer, task, test, prompt, config, label)
 
-    print(f"task {info['task']}: {len(train)} train / {len(test)} test examples; run directory {run_dir}")
+    sizes = f"{len(train)} train / " + (f"{len(dev)} dev / " if dev else "") + f"{len(test)} test"
+    print(f"task {info['task']}: {sizes} examples; run directory {run_dir}")
     initial_path = run_dir / "initial_eval.json"
     if initial_path.exists():
         initial_acc = read_json(initial_path)["accuracy"]
@@ -287,12 +321,20 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     def on_step(record: StepRecord, run_state) -> None:
         append_jsonl(run_dir / "steps.jsonl", asdict(record))
         write_checkpoint(run_dir, {"state": run_state.to_json()})
-        bar.set_postfix_str(f"best selection loss {record.best_score:.3f}")
+        bar.set_postfix_str(f"best selection score {record.best_score:.3f}")
         bar.update(1)
+        if run_state.step == config.steps and dev:
+            bar.close()
+            print(f"scoring the {config.keep_top} best prompts on {len(dev)} dev examples ...", file=sys.stderr)
+
+    def on_dev(run_state) -> None:
+        write_checkpoint(run_dir, {"state": run_state.to_json()})
 
     try:
         with _sigterm_interrupts():
-            result = optimize(model, tokenizer, task, config, train=train, on_step=on_step, state=state)
+            result = optimize(
+                model, tokenizer, task, config, train=train, dev=dev, on_step=on_step, on_dev=on_dev, state=state
+            )
     except (KeyboardInterrupt, _Terminated):
         bar.close()
         print(
@@ -302,6 +344,8 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
         )
         raise
     bar.close()
+    if result.dev_accuracy is not None:
+        print(f"dev accuracy of the chosen prompt: {result.dev_accuracy:.3f} (best of {len(result.finalists)})")
     print(f"optimized prompt: {result.prompt}")
     final_acc = score(result.prompt, "optimized prompt")
     write_atomic(run_dir / "prompt.txt", result.prompt + "\n")
@@ -316,6 +360,8 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
             "initial_score": result.initial_score,
             "steps": len(read_lines(run_dir / "steps.jsonl")),
             "stopped": result.stopped,
+            "dev_accuracy": result.dev_accuracy,
+            "finalists": result.finalists,
             "test_accuracy": {"initial": initial_acc, "optimized": final_acc},
         },
     )
@@ -323,7 +369,15 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     return 0
 
 
-def _new_run(args: argparse.Namespace, task, info: dict, train: list, test: list) -> Path:
+def _split_sizes(split: dict) -> tuple[int | None, int | None, int | None]:
+    """(train, dev, test) sizes of a stored split: as asked for, else as drawn (so a run resumes on the
+    examples it started with even if the task's defaults change); a run from before dev sets has none."""
+    train = split.get("train") or split.get("n_train")
+    dev = split["dev"] if split.get("dev") is not None else split.get("n_dev", 0 if "n_train" in split else None)
+    return train, dev, split.get("test") or split.get("n_test")
+
+
+def _new_run(args: argparse.Namespace, task, info: dict, train: list, test: list, dev: list = ()) -> Path:
     """A fresh run directory (never an existing run's) with run.json written into it."""
     from greater.evaluate import slug
     from greater.runs import new_run_dir, write_json
@@ -332,7 +386,8 @@ def _new_run(args: argparse.Namespace, task, info: dict, train: list, test: list
     run_dir, renamed = new_run_dir(requested)
     if renamed:
         print(f"greater: {requested} already holds a run; writing to {run_dir} instead", file=sys.stderr)
-    info["split"] |= {"n_train": len(train), "n_test": len(test), "fingerprint": _fingerprint(train, test)}
+    info["split"] |= {"n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
+    info["split"]["fingerprint"] = _fingerprint(train, test, dev)
     write_json(run_dir / "run.json", info)
     return run_dir
 
@@ -365,7 +420,11 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
     if not args.task:
         raise GreaterError("--task is required")
-    given = {k: getattr(args, k) for k in _CONFIG_FLAGS + ("evaluations",) if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in _CONFIG_FLAGS + ("evaluations", "dev") if getattr(args, k) is not None}
+    own = {f.name for f in fields(MethodConfig)}
+    foreign = [k for k in given if k not in own]
+    if foreign:
+        raise GreaterError(f"--{foreign[0].replace('_', '-')} applies to GReaTer runs only, not to {args.method}")
     config = MethodConfig(**given)
     config.validate()
     options = {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None}
@@ -463,11 +522,12 @@ def _names(text: str, flag: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _fingerprint(train, test) -> str:
+def _fingerprint(train, test, dev=()) -> str:
+    """A short hash of the examples of a split (with no dev set, the same as before dev sets existed)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for ex in [*train, None, *test]:
+    for ex in [*train, None, *test, *([None, *dev] if dev else [])]:
         digest.update(b"|" if ex is None else f"{ex.question}\x00{ex.answer}\n".encode())
     return digest.hexdigest()[:16]
 
@@ -519,11 +579,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         task = resolve_task(name, data_dir, (run.get("task_options", {}) if own else {}) | given)
         stored_split = run.get("split", {}) if own else {}
         seed = args.seed if args.seed is not None else stored_split.get("seed") or 0
-        n_train, n_test = args.train or stored_split.get("train"), args.test or stored_split.get("test")
-        train, test = task.split(n_train, n_test, seed)
-        examples = (train if args.split == "train" else test)[: args.limit]
-        record = {"split": args.split, "seed": seed, "train": n_train, "test": n_test, "limit": args.limit}
-        record |= {"n_train": len(train), "n_test": len(test), "fingerprint": _fingerprint(train, test)}
+        sizes = _split_sizes(stored_split)
+        n_train, n_test = args.train or sizes[0], args.test or sizes[2]
+        n_dev = args.dev if args.dev is not None else sizes[1] if own else 0 if args.split != "dev" else None
+        drawn = task.splits(n_train, n_dev, n_test, seed)
+        examples = getattr(drawn, args.split)[: args.limit]
+        if not examples:
+            raise GreaterError(f"task {task.name!r} has no {args.split} examples in this split; set --{args.split}")
+        record = {"split": args.split, "seed": seed, "train": n_train, "dev": n_dev, "test": n_test}
+        record |= {"limit": args.limit, "n_train": len(drawn.train), "n_dev": len(drawn.dev), "n_test": len(drawn.test)}
+        record["fingerprint"] = _fingerprint(drawn.train, drawn.test, drawn.dev)
         splits.append(TaskSplit(task, examples, record))
     model, tokenizer = _load(args.model, args.trust_remote_code)
     for prompt in prompts:  # a prompt the tokenizer cannot take fails before any scoring

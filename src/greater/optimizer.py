@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -19,36 +20,47 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from greater.decoding import DecodeStats
 from greater.engine import Engine, Ids, Terms
 from greater.errors import GreaterError
+from greater.evaluate import DEFAULT_JOINER, evaluate
 from greater.generation import Generator
-from greater.layout import check_roundtrip, decode, encode, encode_prompt
+from greater.layout import decode, encode, encode_prompt
 from greater.tasks import Example, Task
 
 DEFAULT_INIT_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."
 _SENTENCE_END = (".", "!", "?")
 _PUNCTUATION_CANDIDATES = {".", ",", ";", ":", "!", "?"}
+_log = logging.getLogger("greater")
+
+
+SELECTION_RULES = ("errors-then-loss", "reference", "loss")
 
 
 @dataclass
 class GreaterConfig:
-    """Every hyperparameter of a run. Defaults follow the paper (and its reference code where the
-    paper is silent); `max_new_tokens` caps reasoning, which the paper lets run to EOS."""
+    """Every hyperparameter of a run. Defaults are the reference's launch scripts for the paper's runs
+    (docs/fidelity.md lists each, the reference's value and where greater differs, and why)."""
 
     steps: int = 100
     init_prompt: str = DEFAULT_INIT_PROMPT
-    joiner: str = ". Use"  # the user turn is question + joiner + " " + prompt, as in the reference
-    top_k: int = 11  # per-example top-k for proposal
-    top_q: int = 5  # number of random intersections whose union forms the candidate set
+    joiner: str = DEFAULT_JOINER  # the user turn is question + joiner + " " + prompt, as in the reference
+    top_k: int = 40  # per-example top-k for proposal
+    top_q: int = 6  # number of random intersections whose union forms the candidate set
     intersect_size: int = 5  # examples per intersection
     min_candidates: int = 6  # grow k while fewer candidates than this
     k_growth: int = 2
     num_select: int = 3  # candidates (most negative gradient) re-scored with fresh reasoning
     nll_weight: float = 0.2  # λ: weight of the prompt's NLL in the loss
     answer_temperature: float = 0.2  # answer logits are divided by this before the cross-entropy
-    selection: str = "loss"  # "loss": CE + λ·NLL (paper); "accuracy": errors + selection_nll_weight·NLL
+    # "errors-then-loss": fewest training errors, ties broken by CE + λ·NLL; "reference": error rate +
+    # selection_nll_weight·NLL; "loss": CE + λ·NLL (see `selection_score`)
+    selection: str = "errors-then-loss"
     selection_nll_weight: float = 0.02
-    accept_period_after_half: bool = True  # past half the initial length, take a "." candidate at once
-    filler: str = " and"  # token appended when the position passes the end of an unfinished prompt
-    max_new_tokens: int = 256
+    # add λ·NLL of each candidate at the position to its gradient; the reference's NLL targets are the
+    # fixed prompt ids, so it has no such term
+    candidate_nll: bool = False
+    accept_period_after_half: bool = True  # past half the initial length, take a "." candidate once scored
+    filler: str = "_"  # token appended when the position passes the end of an unfinished prompt
+    max_new_tokens: int = 1024
+    keep_top: int = 10  # best distinct prompts (by selection score) scored on the dev set at the end
     batch_size: int = 32  # rows per generation / scoring batch
     grad_batch_size: int = 4  # rows per forward + backward chunk (bounds activation memory)
     patience: int | None = None  # stop when the best score has not improved for this many steps
@@ -61,6 +73,10 @@ class GreaterConfig:
     lookup_decoding: bool = True  # prompt-lookup drafts checked against greedy decoding (with cached_decoding)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.selection == "accuracy":  # the earlier name of the reference's rule
+            self.selection = "reference"
+
     def validate(self) -> None:
         checks = {
             "steps": self.steps >= 1,
@@ -71,9 +87,11 @@ class GreaterConfig:
             "max_new_tokens": self.max_new_tokens >= 1,
             "batch_size": self.batch_size >= 1,
             "grad_batch_size": self.grad_batch_size >= 1,
+            "keep_top": self.keep_top >= 1,
             "answer_temperature": self.answer_temperature > 0,
-            "selection": self.selection in ("loss", "accuracy"),
+            "selection": self.selection in SELECTION_RULES,
             "patience": self.patience is None or self.patience >= 1,
+            "filler": bool(self.filler.strip()),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -88,8 +106,9 @@ class StepRecord:
     position: int
     prompt: str
     loss: float
+    train_errors: int  # training examples the current prompt gets wrong (answer not the argmax)
     candidates: list[dict]  # {"token_id", "token", "grad"}, most negative gradient first
-    evaluated: list[dict]  # {"token", "prompt", "score", "cached"}
+    evaluated: list[dict]  # {"token", "prompt", "score", "cached"} (+ "accepted_period": True)
     chosen: str
     chosen_ids: list[int]
     best_score: float
@@ -100,16 +119,19 @@ class StepRecord:
 
 @dataclass
 class Result:
-    """The best prompt found (lowest selection score over all prompts scored) and the history."""
+    """The chosen prompt and the history. With a dev set, the `keep_top` best prompts by selection
+    score are scored on it and the best on dev is chosen; without one, the lowest selection score."""
 
     prompt: str
     prompt_ids: list[int]
-    score: float
+    score: float  # the chosen prompt's selection score on the training examples
     initial_prompt: str
     initial_score: float
     steps: list[StepRecord]  # the steps run by this call (a resumed run starts after its checkpoint)
     stopped: str  # "budget" or "plateau"
     counts: DecodeStats = field(default_factory=DecodeStats)  # model work done by this call
+    dev_accuracy: float | None = None  # the chosen prompt's, when a dev set was given
+    finalists: list[dict] = field(default_factory=list)  # {"prompt", "prompt_ids", "score", "dev_accuracy"}
 
 
 @dataclass
@@ -126,22 +148,32 @@ class RunState:
     since_best: int = 0
     scores: dict[Ids, float] = field(default_factory=dict)  # selection-score cache
     reasoning: list[list[int]] | None = None  # the current prompt's reasoning, when already generated
+    dev_accuracy: dict[Ids, float] = field(default_factory=dict)  # the dev pass so far
+    stopped: str = ""  # why the steps ended ("budget", "plateau"), once they have
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data["scores"] = [[list(k), v] for k, v in self.scores.items()]
+        for name in ("scores", "dev_accuracy"):
+            data[name] = [[list(k), v] for k, v in getattr(self, name).items()]
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> RunState:
         data = dict(data)
-        data["scores"] = {tuple(k): float(v) for k, v in data["scores"]}
+        for name in ("scores", "dev_accuracy"):
+            data[name] = {tuple(k): float(v) for k, v in data.get(name, [])}
         return cls(**data)
 
-    def record_score(self, prompt: Ids, score: float) -> None:
+    def record_score(self, prompt: Ids, score: float, returnable: bool = True) -> None:
+        """Cache a prompt's selection score; only a `returnable` prompt can become the best."""
         self.scores[prompt] = score
-        if score < self.best_score:
+        if returnable and score < self.best_score:
             self.best_score, self.best_prompt = score, list(prompt)
+
+    def finalists(self, n: int, returnable: Callable[[Ids], bool]) -> list[Ids]:
+        """The `n` returnable prompts with the lowest selection scores, best first."""
+        ranked = sorted((p for p, s in self.scores.items() if math.isfinite(s)), key=self.scores.__getitem__)
+        return [p for p in ranked if returnable(p)][:n]
 
 
 def optimize(
@@ -151,14 +183,18 @@ def optimize(
     config: GreaterConfig | None = None,
     *,
     train: list[Example] | None = None,
+    dev: list[Example] | None = None,
     on_step: Callable[[StepRecord, RunState], None] | None = None,
+    on_dev: Callable[[RunState], None] | None = None,
     generator: Generator | None = None,
     state: RunState | None = None,
 ) -> Result:
-    """Run GReaTer on `train` (default: the task's seeded train split) and return the best prompt.
+    """Run GReaTer on `train` (default: the task's seeded train split) and return the chosen prompt.
 
-    `on_step(record, state)` is called after every step (the CLI writes steps.jsonl and a checkpoint
-    there); passing a saved `state` continues that run exactly where it stopped.
+    With `dev` examples, the `keep_top` best prompts by selection score are scored on them at the
+    end (greedy reasoning, accuracy) and the best on dev is the result. `on_step(record, state)` is
+    called after every step and `on_dev(state)` after every prompt of the dev pass (the CLI writes a
+    checkpoint there); passing a saved `state` continues that run exactly where it stopped.
     """
     config = config or GreaterConfig()
     config.validate()
@@ -180,22 +216,24 @@ def optimize(
         batched_gradient=config.batched_gradient,
         lookup_decoding=config.lookup_decoding,
     )
-    filler = encode(tokenizer, config.filler)
-    if len(filler) != 1:
-        raise GreaterError(f"the filler {config.filler!r} must be a single token for this tokenizer")
+    filler = filler_token(tokenizer, config.filler)
     if state is None:
         init = encode_prompt(tokenizer, config.init_prompt)
         state = RunState(prompt=init, init_len=len(init), best_prompt=list(init))
-    step = _Step(engine, config, allowed_token_mask(tokenizer, model.get_input_embeddings().weight.shape[0]))
+    returnable = Returnable(tokenizer)
+    allowed = allowed_token_mask(tokenizer, model.get_input_embeddings().weight.shape[0])
+    step = _Step(engine, config, allowed, returnable)
     records: list[StepRecord] = []
-    stopped = "budget"
-    while state.step < config.steps:
-        if config.patience is not None and state.since_best >= config.patience:
-            stopped = "plateau"
+    while not state.stopped:
+        if state.step >= config.steps:
+            state.stopped = "budget"
+        elif config.patience is not None and state.since_best >= config.patience:
+            state.stopped = "plateau"
+        if state.stopped:
             break
         previous_best = state.best_score
         record = step.run(state)
-        position, prompt = advance(tokenizer, tuple(state.prompt), state.position, filler[0])
+        position, prompt = advance(tokenizer, tuple(state.prompt), state.position, filler)
         if list(prompt) != state.prompt:
             state.reasoning = None  # the prompt grew: its reasoning must be generated
         state.prompt, state.position = list(prompt), position
@@ -203,26 +241,91 @@ def optimize(
         records.append(record)
         if on_step is not None:
             on_step(record, state)
+    chosen, finalists = list(state.best_prompt), []
+    if dev:
+        chosen, finalists = _dev_choice(engine, config, dev, state, returnable, on_dev)
     return Result(
-        prompt=_text(tokenizer, state.best_prompt),
-        prompt_ids=list(state.best_prompt),
-        score=state.best_score,
+        prompt=prompt_text(tokenizer, chosen),
+        prompt_ids=chosen,
+        score=state.scores.get(tuple(chosen), state.best_score),
         initial_prompt=config.init_prompt,
         initial_score=state.initial_score,
         steps=records,
-        stopped=stopped,
+        stopped=state.stopped,
         counts=engine.counts,
+        dev_accuracy=state.dev_accuracy.get(tuple(chosen)) if dev else None,
+        finalists=finalists,
     )
+
+
+def _dev_choice(
+    engine: Engine,
+    config: GreaterConfig,
+    dev: list[Example],
+    state: RunState,
+    returnable: Returnable,
+    on_dev: Callable[[RunState], None] | None,
+) -> tuple[list[int], list[dict]]:
+    """Score the `keep_top` best prompts on `dev` (those not scored before a resume) and return the
+    best on dev (ties: the lower selection score) with every finalist's record."""
+    tokenizer = engine.tokenizer
+    finalists = state.finalists(config.keep_top, returnable) or [tuple(state.best_prompt)]
+    for ids in finalists:
+        if ids in state.dev_accuracy:
+            continue
+        text = prompt_text(tokenizer, ids)
+        state.dev_accuracy[ids] = evaluate(
+            engine.model,
+            tokenizer,
+            engine.task,
+            dev,
+            text,
+            joiner=config.joiner,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            generator=engine.generator,
+        ).accuracy
+        if on_dev is not None:
+            on_dev(state)
+    best = max(finalists, key=lambda ids: state.dev_accuracy[ids])  # max keeps the first of equals
+    records = [
+        {
+            "prompt": prompt_text(tokenizer, ids),
+            "prompt_ids": list(ids),
+            "score": state.scores.get(ids),
+            "dev_accuracy": state.dev_accuracy[ids],
+        }
+        for ids in finalists
+    ]
+    return list(best), records
+
+
+class Returnable:
+    """Whether a prompt's ids are exactly what its text encodes to (`encode_prompt(prompt_text(ids))`):
+    only such a prompt can be returned, since what is returned is text. Memoised."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self._known: dict[Ids, bool] = {}
+
+    def __call__(self, ids: Ids) -> bool:
+        if ids not in self._known:
+            try:
+                self._known[ids] = encode_prompt(self.tokenizer, prompt_text(self.tokenizer, ids)) == list(ids)
+            except GreaterError:
+                self._known[ids] = False
+        return self._known[ids]
 
 
 class _Step:
     """One GReaTer step at `state.position`; mutates the state and returns the step's record."""
 
-    def __init__(self, engine: Engine, config: GreaterConfig, allowed: torch.Tensor) -> None:
+    def __init__(self, engine: Engine, config: GreaterConfig, allowed: torch.Tensor, returnable: Returnable) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.config = config
         self.allowed = allowed
+        self.returnable = returnable
 
     def run(self, state: RunState) -> StepRecord:
         config, engine = self.config, self.engine
@@ -245,15 +348,16 @@ class _Step:
         t = time.perf_counter()
         loss = float((terms.ce + config.nll_weight * terms.nll).mean())
         if math.isfinite(loss):
-            state.record_score(prompt, selection_score(terms, config))
+            state.record_score(prompt, selection_score(terms, config), self.returnable(prompt))
         else:
             warnings.append(f"non-finite loss for the current prompt at step {state.step}")
         if state.step == 1:
             state.initial_score = state.scores.get(prompt, math.nan)
         exclude = {prompt[position - 1]} if position > 0 else set()
         candidates = propose_candidates(terms.proposal_logprobs, self.allowed, exclude, prompt[position], config, rng)
-        grads = candidate_gradient(terms, engine.candidate_embeddings(candidates), candidates, config.nll_weight)
-        ranked = [(candidates[j], float(grads[j])) for j in torch.argsort(grads).tolist()]
+        own_nll = config.nll_weight if config.candidate_nll else 0.0
+        grads = candidate_gradient(terms, engine.candidate_embeddings(candidates), candidates, own_nll)
+        ranked = [(candidates[j], float(grads[j])) for j in torch.argsort(grads, stable=True).tolist()]
         if not all(math.isfinite(g) for _, g in ranked):
             warnings.append("non-finite candidate gradients were dropped")
             ranked = [(c, g) for c, g in ranked if math.isfinite(g)]
@@ -272,14 +376,15 @@ class _Step:
         return StepRecord(
             step=state.step,
             position=position,
-            prompt=_text(self.tokenizer, prompt),
+            prompt=prompt_text(self.tokenizer, prompt),
             loss=loss,
+            train_errors=int((~terms.correct).sum()),
             candidates=[{"token_id": c, "token": decode(self.tokenizer, [c]), "grad": g} for c, g in ranked],
             evaluated=evaluated,
-            chosen=_text(self.tokenizer, chosen),
+            chosen=prompt_text(self.tokenizer, chosen),
             chosen_ids=list(chosen),
             best_score=state.best_score,
-            best_prompt=_text(self.tokenizer, state.best_prompt),
+            best_prompt=prompt_text(self.tokenizer, state.best_prompt),
             seconds=timing,
             warnings=warnings,
         )
@@ -287,19 +392,18 @@ class _Step:
     def _select(
         self, state: RunState, prompt: Ids, position: int, shortlist: list[Ids], warnings: list[str]
     ) -> tuple[Ids, list[dict]]:
-        """The chosen prompt and what was evaluated; sets `state.reasoning` to the chosen prompt's."""
+        """The chosen prompt and what was evaluated; sets `state.reasoning` to the chosen prompt's.
+
+        As in the reference, the shortlist is scored in gradient order and, past half the initial
+        length, the first candidate whose token holds a "." is taken once scored (later ones are not
+        scored); otherwise the lowest selection score wins ("reference": the last of equal scores,
+        as its `<=` comparison does; else the first)."""
         config, engine, tok = self.config, self.engine, self.tokenizer
-
-        def entry(p: Ids, cached: bool, **extra) -> dict:
-            token = decode(tok, [p[position]])
-            return {"token": token, "prompt": _text(tok, p), "score": state.scores.get(p), "cached": cached} | extra
-
+        period = None
         if config.accept_period_after_half and position >= state.init_len / 2:
             period = next((p for p in shortlist if "." in decode(tok, [p[position]])), None)
-            if period is not None:
-                if period != prompt:
-                    state.reasoning = None
-                return period, [entry(period, period in state.scores, accepted_period=True)]
+        if period is not None:
+            shortlist = shortlist[: shortlist.index(period) + 1]
         fresh = [p for p in shortlist if p not in state.scores]
         scored_fresh = engine.reason_and_score(fresh, config.max_new_tokens) if fresh else []
         fresh_reasoning = {p: reasoning for p, (reasoning, _) in zip(fresh, scored_fresh, strict=True)}
@@ -308,20 +412,42 @@ class _Step:
             if math.isfinite(score):
                 state.record_score(p, score)
             else:
-                warnings.append(f"non-finite score for {_text(tok, p)!r}; candidate skipped")
+                warnings.append(f"non-finite score for {prompt_text(tok, p)!r}; candidate skipped")
         scored = [p for p in shortlist if p in state.scores]
-        evaluated = [entry(p, p not in fresh) for p in scored]
-        chosen = min(scored, key=lambda p: state.scores[p]) if scored else prompt
+        evaluated = [
+            {"token": decode(tok, [p[position]]), "prompt": prompt_text(tok, p), "score": state.scores[p]}
+            | {"cached": p not in fresh}
+            | ({"accepted_period": True} if p == period else {})
+            for p in scored
+        ]
+        if period is not None and period in state.scores:
+            chosen = period
+        elif scored:
+            order = scored[::-1] if config.selection == "reference" else scored
+            chosen = min(order, key=state.scores.__getitem__)
+        else:
+            chosen = prompt
         if chosen != prompt:
             state.reasoning = fresh_reasoning.get(chosen)
         return chosen, evaluated
 
 
 def selection_score(terms: Terms, config: GreaterConfig) -> float:
-    """Lower is better. "loss": mean(CE + λ·NLL); "accuracy": error rate + selection_nll_weight·mean NLL."""
+    """Lower is better; n = number of examples, errors = examples whose answer is not the argmax.
+
+    "loss": mean(CE + λ·NLL). "reference": errors/n + selection_nll_weight·mean(NLL), the reference's
+    `mist_perc + (control_weight/10)·control_loss`. "errors-then-loss": (errors + L/(1+L))/n with
+    L = mean(CE + λ·NLL): the tie-break term is below one error, so fewer errors always wins and equal
+    error counts are ordered by the loss.
+    """
+    loss = float((terms.ce + config.nll_weight * terms.nll).mean())
     if config.selection == "loss":
-        return float((terms.ce + config.nll_weight * terms.nll).mean())
-    return float(1.0 - terms.correct.float().mean() + config.selection_nll_weight * terms.nll.mean())
+        return loss
+    n = len(terms.correct)
+    errors = float((~terms.correct).sum())
+    if config.selection == "reference":
+        return errors / n + config.selection_nll_weight * float(terms.nll.mean())
+    return (errors + loss / (1.0 + loss)) / n
 
 
 def allowed_token_mask(tokenizer: PreTrainedTokenizerBase, vocab_rows: int) -> torch.Tensor:
@@ -368,32 +494,32 @@ def propose_candidates(
 
 
 def candidate_gradient(
-    terms: Terms, cand_embeds: torch.Tensor, candidates: list[int], nll_weight: float
+    terms: Terms, cand_embeds: torch.Tensor, candidates: list[int], candidate_nll_weight: float = 0.0
 ) -> torch.Tensor:
     """(C,) L2-normalised dL/d one_hot over candidates, summed over examples.
 
-    With e = one_hot @ E[C] at the position, dL/d one_hot_c = E[c]·dL/de; the prompt-NLL term at the
-    position itself has the one-hot as its target, adding λ·(-log p(c | prefix)) / len(prompt).
+    With e = one_hot @ E[C] at the position, dL/d one_hot_c = E[c]·dL/de (the reference: the prompt-NLL
+    targets are the fixed prompt ids). A non-zero `candidate_nll_weight` w also gives the one-hot the
+    NLL target at the position itself, adding w·(-log p(c | prefix)) / len(prompt).
     """
     grad = cand_embeds @ terms.embed_grad.float()
-    candidate_nll = -terms.proposal_logprobs[:, candidates]  # (B, C)
-    grad = grad + nll_weight * candidate_nll.sum(0) / terms.prompt_len
+    if candidate_nll_weight:
+        candidate_nll = -terms.proposal_logprobs[:, candidates]  # (B, C)
+        grad = grad + candidate_nll_weight * candidate_nll.sum(0) / terms.prompt_len
     return grad / grad.norm().clamp(min=1e-12)
 
 
 def shortlist_candidates(
     tokenizer: PreTrainedTokenizerBase, prompt: Ids, position: int, ranked: list[int], limit: int
 ) -> list[Ids]:
-    """The first `limit` prompts, in gradient order, that survive tokenize→decode→tokenize."""
+    """The first `limit` prompts, in gradient order, whose ids are what their text encodes to
+    (`encode_prompt(prompt_text(ids)) == ids`), so the prompt scored is the prompt returned."""
+    returnable = Returnable(tokenizer)
     out: list[Ids] = []
     for token in ranked:
         candidate = prompt[:position] + (token,) + prompt[position + 1 :]
-        if token != prompt[position]:
-            try:
-                check_roundtrip(tokenizer, candidate)
-            except GreaterError:
-                continue
-        out.append(candidate)
+        if returnable(candidate):
+            out.append(candidate)
         if len(out) == limit:
             break
     return out
@@ -409,13 +535,22 @@ def advance(tokenizer: PreTrainedTokenizerBase, prompt: Ids, position: int, fill
     return position, prompt + (filler,)
 
 
-def _text(tokenizer: PreTrainedTokenizerBase, ids: Ids) -> str:
+def filler_token(tokenizer: PreTrainedTokenizerBase, filler: str) -> int:
+    """The filler's single token id; where `filler` is several tokens, the first single-token form of
+    it (without or with a leading space), named in the log."""
+    for text in dict.fromkeys((filler, filler.strip(), " " + filler.strip())):
+        ids = encode(tokenizer, text)
+        if len(ids) == 1:
+            if text != filler:
+                _log.warning("the filler %r is not one token for this tokenizer; using %r", filler, text)
+            return ids[0]
+    raise GreaterError(f"the filler {filler!r} is not a single token for this tokenizer; choose another with --filler")
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, ids: Ids) -> str:
+    """The text of prompt ids as returned to the user (it follows the joiner after one space)."""
     return decode(tokenizer, ids).strip()
 
 
 def _lap(since: float) -> float:
     return round(time.perf_counter() - since, 4)
-
-
-def config_dict(config: GreaterConfig) -> dict:
-    return asdict(config)

@@ -36,7 +36,7 @@ class MethodConfig:
     steps: int = 10  # GReaTer steps; also sets the baselines' budget
     num_select: int = 3  # GReaTer: candidates re-scored per step; baselines: candidates per round
     evaluations: int | None = None  # candidate prompts a baseline scores (default num_select × steps)
-    max_new_tokens: int = 256  # reasoning cap when scoring prompts
+    max_new_tokens: int = 1024  # reasoning cap when scoring prompts (the reference's, as GreaterConfig's)
     meta_max_new_tokens: int = 96  # cap on the optimizer model's replies to meta-prompts
     max_prompt_tokens: int = 48  # longer proposed prompts are cut at a sentence or word end
     demos: int = 4  # examples shown in a meta-prompt (APE demonstrations, APO/PE2/TextGrad cases)

@@ -1,6 +1,6 @@
 """Tasks: examples with gold answers, an extractor sentence and an answer normaliser."""
 
-from greater.tasks.base import Example, Task
+from greater.tasks.base import Example, Splits, Task
 from greater.tasks.registry import get_task, resolve_task, task_names
 
-__all__ = ["Example", "Task", "get_task", "resolve_task", "task_names"]
+__all__ = ["Example", "Splits", "Task", "get_task", "resolve_task", "task_names"]

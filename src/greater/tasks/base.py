@@ -24,7 +24,7 @@ class Task:
     `extractor` is the sentence appended after the model's reasoning that forces the answer
     into a parseable place; it ends right before the answer (the answer follows after one
     space, e.g. extractor "... is $" then " True").
-    `load` returns all examples in a fixed order; `split` cuts them into train/test. A task with its
+    `load` returns all examples in a fixed order; `splits` cuts them into train/dev/test. A task with its
     own test set (GSM8K, FOLIO) has `load_test` too: then `load` gives the training pool only.
     `normalize` maps a raw answer (gold or predicted) to a comparable canonical string.
     """
@@ -36,6 +36,8 @@ class Task:
     load: Callable[[], list[Example]] = field(repr=False)
     normalize: Callable[[str], str] = field(repr=False)
     default_train: int = 50
+    default_dev: int = 0  # the paper's BBH protocol: 50 train / 100 dev / 100 test
+    default_test: int | None = None  # None: every example left
     load_test: Callable[[], list[Example]] | None = field(default=None, repr=False)
 
     def answer_text(self, example: Example) -> str:
@@ -50,29 +52,69 @@ class Task:
         return self.extract(continuation) == self.normalize(example.answer)
 
     def split(self, train: int | None, test: int | None, seed: int) -> tuple[list[Example], list[Example]]:
-        """Seeded shuffle, then the first `train` examples for optimization and up to `test` of the rest.
+        """Train and test examples without a dev set: `splits(train, 0, test, seed)`."""
+        drawn = self.splits(train, 0, test, seed)
+        return drawn.train, drawn.test
 
-        With `load_test`, train is a seeded subset of `load()` and test one of `load_test()`.
+    def splits(self, train: int | None, dev: int | None, test: int | None, seed: int) -> Splits:
+        """Seeded shuffle cut into train / test / dev (None: the task's defaults).
+
+        Train is the first `train` examples, test follows it and dev is taken from the end, so the
+        test examples do not depend on whether a dev set is drawn (when both fit). With `load_test`,
+        train and dev come from a seeded shuffle of `load()` and test from one of `load_test()`.
+        When the default sizes do not fit, dev and test share what is left and `note` says so.
         """
         examples = self.load()
         if not examples:
             raise GreaterError(f"task {self.name!r} has no examples")
         n_train = self.default_train if train is None else train
+        n_dev = self.default_dev if dev is None else dev
         pool = len(examples) if self.load_test else len(examples) - 1  # without a test set, keep one for it
         if n_train < 1 or n_train > pool:
             kind = "training examples" if self.load_test else "examples"
             raise GreaterError(
                 f"task {self.name!r} has {len(examples)} {kind}; --train must be between 1 and {pool} (got {n_train})"
             )
+        if test is not None and test < 1:
+            raise GreaterError(f"--test must be at least 1 (got {test})")
+        if n_dev < 0:
+            raise GreaterError(f"--dev must be 0 or more (got {n_dev})")
+        n_test = self.default_test if test is None else test
+        note = ""
+        left = len(examples) - n_train  # what dev (and, without a test set, test) are drawn from
+        if not self.load_test and dev is None and n_dev and n_dev + (n_test or 1) > left:
+            if test is None:  # the defaults do not fit: dev and test share what is left
+                n_dev, n_test = left // 2, left - left // 2
+            else:  # the test size asked for comes first
+                n_dev = max(0, left - n_test)
+            note = (
+                f"task {self.name!r} has {len(examples)} examples, too few for "
+                f"{n_train} train / {self.default_dev} dev / {n_test if test else self.default_test or 'all'} test; "
+                f"using {n_train} train / {n_dev} dev / {min(n_test, left - n_dev)} test"
+            )
+        room = left if self.load_test else left - 1
+        if n_dev > room:
+            raise GreaterError(f"task {self.name!r}: --dev must be at most {room} with --train {n_train} (got {n_dev})")
         shuffled = _shuffled(examples, seed)
-        rest = _shuffled(self.load_test(), seed) if self.load_test else shuffled[n_train:]
+        if self.load_test:
+            rest = _shuffled(self.load_test(), seed)
+            dev_examples = shuffled[n_train : n_train + n_dev]
+        else:
+            rest = shuffled[n_train : len(shuffled) - n_dev]
+            dev_examples = shuffled[len(shuffled) - n_dev :]
         if not rest:
             raise GreaterError(f"task {self.name!r} has no test examples")
-        if test is not None:
-            if test < 1:
-                raise GreaterError(f"--test must be at least 1 (got {test})")
-            rest = rest[:test]
-        return shuffled[:n_train], rest
+        return Splits(shuffled[:n_train], dev_examples, rest[:n_test] if n_test is not None else rest, note)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A task's examples cut for one run; `note` is non-empty when the default sizes had to shrink."""
+
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+    note: str = ""
 
 
 def _shuffled(examples: list[Example], seed: int) -> list[Example]:

@@ -116,7 +116,9 @@ def _task(name: str, pairs: list[tuple[str, str]], source: object) -> Task:
         answer_type=answer_type,
         load=lambda: list(examples),
         normalize=normalizer_for(answer_type),
-        default_train=50,
+        default_train=50,  # the paper's protocol (following TextGrad): 50 / 100 / 100
+        default_dev=100,
+        default_test=100,
     )
 
 
