@@ -215,6 +215,8 @@ def test_every_chosen_and_returned_prompt_reencodes_to_its_ids(tiny_run, smol_to
     assert len(result.steps) == 6
     for record in result.steps:
         assert encode_prompt(smol_tokenizer, record.chosen) == record.chosen_ids
+        for entry in record.evaluated:  # every prompt scored in selection
+            assert encode_prompt(smol_tokenizer, entry["prompt"]) == entry["prompt_ids"]
     assert encode_prompt(smol_tokenizer, result.prompt) == result.prompt_ids
 
 

@@ -15,6 +15,7 @@ import torch
 
 from conftest import BBH_DIR
 from greater.cli import main
+from greater.layout import encode_prompt
 from greater.model import EMBEDDED_MODEL, load_model
 
 pytestmark = pytest.mark.slow
@@ -82,6 +83,16 @@ def test_one_step_on_embedded_model(embedded_run: Path) -> None:
     assert record["chosen"] in {e["prompt"] for e in record["evaluated"]} | {record["prompt"]}
     assert record["best_prompt"] == result["prompt"]
     assert record["seconds"]["total"] > 0
+
+
+def test_embedded_run_scored_the_ids_its_text_encodes_to(embedded_run: Path, smol_tokenizer) -> None:
+    """Position 0 is where a token without a leading space (e.g. "ful") would change when written out."""
+    result = read_json(embedded_run / "result.json")
+    assert encode_prompt(smol_tokenizer, result["prompt"]) == result["prompt_ids"]
+    for record in read_jsonl(embedded_run / "steps.jsonl"):
+        assert encode_prompt(smol_tokenizer, record["chosen"]) == record["chosen_ids"]
+        for entry in record["evaluated"]:
+            assert encode_prompt(smol_tokenizer, entry["prompt"]) == entry["prompt_ids"]
 
 
 def test_evaluate_embedded_run(embedded_run: Path, tmp_path: Path, capsys) -> None:

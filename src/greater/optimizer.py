@@ -108,7 +108,7 @@ class StepRecord:
     loss: float
     train_errors: int  # training examples the current prompt gets wrong (answer not the argmax)
     candidates: list[dict]  # {"token_id", "token", "grad"}, most negative gradient first
-    evaluated: list[dict]  # {"token", "prompt", "score", "cached"} (+ "accepted_period": True)
+    evaluated: list[dict]  # {"token", "prompt", "prompt_ids", "score", "cached"} (+ "accepted_period": True)
     chosen: str
     chosen_ids: list[int]
     best_score: float
@@ -415,8 +415,8 @@ class _Step:
                 warnings.append(f"non-finite score for {prompt_text(tok, p)!r}; candidate skipped")
         scored = [p for p in shortlist if p in state.scores]
         evaluated = [
-            {"token": decode(tok, [p[position]]), "prompt": prompt_text(tok, p), "score": state.scores[p]}
-            | {"cached": p not in fresh}
+            {"token": decode(tok, [p[position]]), "prompt": prompt_text(tok, p), "prompt_ids": list(p)}
+            | {"score": state.scores[p], "cached": p not in fresh}
             | ({"accepted_period": True} if p == period else {})
             for p in scored
         ]
