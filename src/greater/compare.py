@@ -85,7 +85,7 @@ def run_compare(
         existing = read_json(path) if path.exists() else None
         jobs.append(CellJob(task, method, seed, replace(config, seed=seed), path.stem, existing))
     bar = tqdm(total=len(jobs), desc="comparing", unit="cell", disable=not progress, file=sys.stderr)
-    if cluster is None:
+    if cluster is None or not jobs:  # (nothing left to run: no Ray needed)
         for job in jobs:
             bar.set_postfix_str(f"{job.task.name} {job.method} seed {job.seed}")
             _write_cell(out, job, *compute_cell(job, optimizer, transfer, split, fingerprint))
