@@ -173,22 +173,8 @@ def optimize(
         train, _ = task.split(None, None, config.seed)
     if not train:
         raise GreaterError(f"task {task.name!r}: no training examples")
-    config = resolve_batch_sizes(model, tokenizer, task, train, config)
-    engine = Engine(
-        model,
-        tokenizer,
-        task,
-        train,
-        joiner=config.joiner,
-        batch_size=config.batch_size,
-        grad_batch_size=config.grad_batch_size,
-        max_new_tokens=config.max_new_tokens,
-        answer_temperature=config.answer_temperature,
-        generator=generator,
-        cached_decoding=config.cached_decoding,
-        batched_gradient=config.batched_gradient,
-        lookup_decoding=config.lookup_decoding,
-    )
+    engine = _engine(model, tokenizer, task, train, config, generator)
+    config = replace(config, batch_size=engine.batch_size, grad_batch_size=engine.grad_batch_size)  # "auto" fitted
     filler = encode(tokenizer, config.filler)
     if len(filler) != 1:
         raise GreaterError(f"the filler {config.filler!r} must be a single token for this tokenizer")
@@ -231,7 +217,13 @@ def resolve_batch_sizes(
     examples (see greater.memory); the CLI stores the numbers in run.json, so a resumed run uses them."""
     if config.batch_size != "auto" and config.grad_batch_size != "auto":
         return config
-    engine = Engine(
+    engine = _engine(model, tokenizer, task, train, config)
+    return replace(config, batch_size=engine.batch_size, grad_batch_size=engine.grad_batch_size)
+
+
+def _engine(model, tokenizer, task: Task, train: list[Example], config: GreaterConfig, generator=None) -> Engine:
+    """The engine of a run with `config` (its "auto" batch sizes fitted to free memory by the engine)."""
+    return Engine(
         model,
         tokenizer,
         task,
@@ -240,8 +232,12 @@ def resolve_batch_sizes(
         batch_size=config.batch_size,
         grad_batch_size=config.grad_batch_size,
         max_new_tokens=config.max_new_tokens,
+        answer_temperature=config.answer_temperature,
+        generator=generator,
+        cached_decoding=config.cached_decoding,
+        batched_gradient=config.batched_gradient,
+        lookup_decoding=config.lookup_decoding,
     )
-    return replace(config, batch_size=engine.batch_size, grad_batch_size=engine.grad_batch_size)
 
 
 class _Step:
