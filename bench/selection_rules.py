@@ -26,7 +26,7 @@ from greater.optimizer import SELECTION_RULES, GreaterConfig, optimize  # noqa: 
 from greater.runs import write_json  # noqa: E402
 from greater.tasks import resolve_task  # noqa: E402
 
-TASKS = ("gen/number_comparison", "gen/boolean_expressions", "bbh/sports_understanding")
+TASKS = ("gen/boolean_expressions", "bbh/sports_understanding", "gen/number_comparison")
 
 
 def main() -> int:

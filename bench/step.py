@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from greater.decoding import DRAFT_SLOTS
+from greater.device import DTYPES, resolve_placement
+from greater.errors import GreaterError
 from greater.generation import TransformersGenerator
 from greater.model import load_model
 from greater.optimizer import GreaterConfig, optimize
@@ -45,8 +47,8 @@ def main() -> int:
     parser.add_argument("--top-q", type=int, default=6)
     parser.add_argument("--num-select", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    parser.add_argument("--dtype", default="float32", choices=["auto", *DTYPES], help="float32 (default), or auto")
     parser.add_argument("--compare", action="store_true", help="run with every speed-up off, then on")
     parser.add_argument(
         "--random-weights",
@@ -59,11 +61,16 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
+    try:
+        placement = resolve_placement(args.device, args.dtype)
+    except GreaterError as exc:
+        parser.error(str(exc))
+    args.device, args.dtype = placement.device, placement.dtype
     torch.manual_seed(0)
     if args.random_weights:
-        model, tokenizer = random_model(args.random_weights, args.device, getattr(torch, args.dtype))
+        model, tokenizer = random_model(args.random_weights, args.device, placement.torch_dtype)
     else:
-        model, tokenizer = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+        model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     task = get_task(args.task, str(BBH) if BBH.exists() else None)
     train, _ = task.split(args.train, None, 0)
     print(

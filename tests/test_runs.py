@@ -18,9 +18,11 @@ from greater.tasks import get_task
 
 
 def _steps_without_timing(path: Path) -> list[dict]:
+    """steps.jsonl without what a machine measures: seconds per phase and peak memory."""
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     for line in lines:
         line.pop("seconds")
+        assert line.pop("peak_memory")["mib"] > 0
     return lines
 
 

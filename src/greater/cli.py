@@ -13,12 +13,19 @@ import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from greater.device import DTYPES
 from greater.errors import GreaterError
 from greater.methods import METHODS, ZS_COT_PROMPT
 from greater.optimizer import SELECTION_RULES
 from greater.tasks.answers import ANSWER_TYPES
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
+GENERATORS = ("hf", "vllm")
+LOCAL_RAY = "local"  # --ray without an address: a Ray instance started on this machine
+# where and how the model runs, as run.json's "runtime" records it (flag dest -> stored key)
+_RUNTIME_FLAGS = ("device", "dtype", "device_map", "generator")
+# what a run from before these flags ran with
+_OLD_RUNTIME = {"device": "cpu", "dtype": "float32", "device_map": None, "generator": "hf"}
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -54,9 +61,34 @@ def _parser() -> argparse.ArgumentParser:
             "--data-dir", default=None, help="data root (bbh/, gsm8k/, folio/) or a BBH folder ($GREATER_DATA_DIR)"
         )
         p.add_argument("--max-new-tokens", type=_positive, default=None, help="cap on reasoning tokens")
-        p.add_argument("--batch-size", type=_positive, default=None, help="rows per forward/generation batch")
+        p.add_argument(
+            "--batch-size",
+            type=_size,
+            default=None,
+            help="rows per generation batch, or auto (default: from free GPU memory; 32 on a CPU)",
+        )
         p.add_argument("--seed", type=int, default=None, help="seed of the split and the proposal draws (0)")
         p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+        hw = p.add_argument_group("device and precision")
+        hw.add_argument("--device", default=None, help="auto (default: CUDA when available), cpu, cuda or cuda:N")
+        hw.add_argument(
+            "--dtype",
+            choices=["auto", *DTYPES],
+            default=None,
+            help="the weights' dtype (default auto: bfloat16 on a GPU that supports it, else float32)",
+        )
+        hw.add_argument(
+            "--device-map",
+            choices=["auto"],
+            default=None,
+            help="spread a model too large for one GPU over every visible GPU (accelerate)",
+        )
+        hw.add_argument(
+            "--generator",
+            choices=GENERATORS,
+            default=None,
+            help="reasoning generation: hf (transformers, default) or vllm (GPU only: pip install 'greater[vllm]')",
+        )
         custom = p.add_argument_group("custom tasks (--task data.jsonl|.csv|.json or task.toml)")
         custom.add_argument("--input-field", default=None, help="question field (default: input, else question)")
         custom.add_argument("--answer-field", default=None, help="gold answer field (default: target, else answer)")
@@ -96,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     opt.add_argument("--filler", default=None, help="token appended when a prompt grows (default '_')")
     opt.add_argument("--keep-top", type=_positive, default=None, help="best prompts scored on the dev set (10)")
+    opt.add_argument(
+        "--grad-batch-size",
+        type=_size,
+        default=None,
+        help="rows per forward + backward chunk, or auto (default: from free GPU memory; 4 on a CPU)",
+    )
     opt.add_argument("--patience", type=_positive, default=None, help="stop after N steps without improvement")
     opt.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<task>-<time>)")
     opt.add_argument("--resume", type=Path, default=None, help="continue the run in this directory")
@@ -129,6 +167,16 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--test", type=_positive, default=None, help="test examples per task")
     cmp.add_argument("--eval-model", action="append", default=None, help="also score every prompt with this model")
     cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
+    cmp.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL_RAY,
+        default=None,
+        metavar="ADDRESS",
+        help="run the cells as Ray tasks: "
+        "on a local Ray instance, or on the cluster at ADDRESS (e.g. ray://head:10001 or auto); pip install "
+        "'greater[ray]'",
+    )
     cmp.set_defaults(func=_cmd_compare)
 
     tasks = sub.add_parser("tasks", help="list known tasks")
@@ -156,6 +204,11 @@ _positive = _int_at_least(1, "a positive integer")
 _non_negative = _int_at_least(0, "a whole number (0 or more)")
 
 
+def _size(text: str) -> int | str:
+    """A batch size: a positive integer or "auto"."""
+    return "auto" if text.strip().lower() == "auto" else _positive(text)
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", module="(transformers|torch|accelerate|gguf)")
@@ -181,7 +234,7 @@ BASELINES = {"zs-cot": (ZS_COT_PROMPT, ".")}
 
 # command-line flags that set GreaterConfig fields (flag dest -> config field)
 _CONFIG_FLAGS = ("steps", "init_prompt", "top_k", "top_q", "max_new_tokens", "patience", "seed", "batch_size")
-_CONFIG_FLAGS += ("selection", "candidate_nll", "filler", "keep_top")
+_CONFIG_FLAGS += ("selection", "candidate_nll", "filler", "keep_top", "grad_batch_size")
 # flags that define the run but are not config fields, as stored in run.json
 _RUN_FLAGS = {"task": ("task",), "model": ("model",), "train": ("split", "train"), "test": ("split", "test")}
 _RUN_FLAGS |= {"dev": ("split", "dev")}
@@ -235,6 +288,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
             "data_dir": args.data_dir,
             "task_options": {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None},
             "split": {"seed": config.seed, "train": args.train, "dev": args.dev, "test": args.test},
+            "runtime": _runtime(args),
         }
         run_dir, state = None, None
     return _run_optimize(args, info, config, run_dir, state)
@@ -261,7 +315,36 @@ def _check_resume(args: argparse.Namespace) -> tuple[dict, dict]:
             given = str(Path(given).resolve())
         if given is not None and given != stored:
             raise GreaterError(_differs(flag, given, stored))
+    info["runtime"] = _runtime(args, info.get("runtime", {}))
     return info, checkpoint
+
+
+def _runtime(args: argparse.Namespace, stored: dict | None = None) -> dict:
+    """Device, dtype, device map and generator, resolved (greater.device): from the flags, or on resume
+    the run's stored ones; on resume a flag that resolves to something else is refused."""
+    from greater.device import resolve_placement
+
+    base = {} if stored is None else _OLD_RUNTIME | stored
+
+    def pick(key: str, default: object) -> object:
+        given = getattr(args, key, None)
+        return given if given is not None else base.get(key, default)
+
+    device_map = pick("device_map", None)
+    device = args.device if args.device is not None else "auto" if device_map else base.get("device", "auto")
+    generator = pick("generator", "hf")
+    if generator == "vllm":  # before any model is loaded
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise GreaterError("--generator vllm needs vLLM: pip install 'greater[vllm]' (GPU only)")
+    runtime = resolve_placement(device, pick("dtype", "auto"), device_map).to_json() | {"generator": generator}
+    if generator == "vllm" and not runtime["device"].startswith("cuda"):
+        raise GreaterError("--generator vllm runs on a GPU; use --device cuda, or --generator hf on a CPU")
+    for key in _RUNTIME_FLAGS if stored is not None else ():
+        if getattr(args, key, None) is not None and runtime[key] != base[key]:
+            raise GreaterError(_differs(key, getattr(args, key), base[key]))
+    return runtime
 
 
 def _differs(flag: str, given, stored) -> str:
@@ -273,7 +356,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     from tqdm import tqdm
 
     from greater.layout import encode_prompt
-    from greater.optimizer import StepRecord, filler_token, optimize
+    from greater.optimizer import StepRecord, filler_token, optimize, resolve_batch_sizes
     from greater.runs import (
         append_jsonl,
         read_json,
@@ -292,10 +375,15 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     if drawn.note and run_dir is None:
         print(f"greater: {drawn.note}", file=sys.stderr)
     fingerprint = _fingerprint(train, test, dev)
-    model, tokenizer = _load(None if info["model"].startswith("embedded:") else info["model"], args.trust_remote_code)
+    name = None if info["model"].startswith("embedded:") else info["model"]
+    model, tokenizer = _load(name, args.trust_remote_code, info["runtime"])
+    generator = _generator(name, model, tokenizer, info["runtime"], args.trust_remote_code)
     encode_prompt(tokenizer, config.init_prompt)  # a bad prompt or filler fails before anything is written
     filler_token(tokenizer, config.filler)
     if run_dir is None:
+        # "auto" batch sizes become numbers fitted to this device's free memory, stored for --resume
+        config = resolve_batch_sizes(model, tokenizer, task, train, config)
+        info["config"] = asdict(config)
         run_dir = _new_run(args, task, info, train, test, dev)
     else:
         if split.get("fingerprint") != fingerprint:
@@ -303,7 +391,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
         truncate_lines(run_dir / "steps.jsonl", state.step)
 
     def score(prompt: str, label: str) -> float:
-        return _test_accuracy(model, tokenizer, task, test, prompt, config, label)
+        return _test_accuracy(model, tokenizer, task, test, prompt, config, label, generator)
 
     sizes = f"{len(train)} train / " + (f"{len(dev)} dev / " if dev else "") + f"{len(test)} test"
     print(f"task {info['task']}: {sizes} examples; run directory {run_dir}")
@@ -332,7 +420,16 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     try:
         with _sigterm_interrupts():
             result = optimize(
-                model, tokenizer, task, config, train=train, dev=dev, on_step=on_step, on_dev=on_dev, state=state
+                model,
+                tokenizer,
+                task,
+                config,
+                train=train,
+                dev=dev,
+                on_step=on_step,
+                on_dev=on_dev,
+                state=state,
+                generator=generator,
             )
     except (KeyboardInterrupt, _Terminated):
         bar.close()
@@ -391,7 +488,7 @@ def _new_run(args: argparse.Namespace, task, info: dict, train: list, test: list
     return run_dir
 
 
-def _test_accuracy(model, tokenizer, task, test: list, prompt: str, config, label: str) -> float:
+def _test_accuracy(model, tokenizer, task, test: list, prompt: str, config, label: str, generator=None) -> float:
     """Score a prompt on the test examples (with progress) and print its accuracy."""
     from greater.evaluate import evaluate
 
@@ -404,6 +501,7 @@ def _test_accuracy(model, tokenizer, task, test: list, prompt: str, config, labe
         joiner=config.joiner,
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
+        generator=generator,
         progress=True,
     )
     print(f"{label} test accuracy: {ev.accuracy:.3f} ({sum(p['correct'] for p in ev.predictions)}/{ev.n})")
@@ -419,7 +517,11 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
     if not args.task:
         raise GreaterError("--task is required")
-    given = {k: getattr(args, k) for k in _CONFIG_FLAGS + ("evaluations", "dev") if getattr(args, k) is not None}
+    if args.grad_batch_size is not None:
+        raise GreaterError("--grad-batch-size sets GReaTer's backward chunks; baselines run no backward pass")
+    _no_vllm(args, f"the {args.method} baseline")
+    flags = [k for k in _CONFIG_FLAGS if k != "grad_batch_size"] + ["evaluations", "dev"]
+    given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     own = {f.name for f in fields(MethodConfig)}
     foreign = [k for k in given if k not in own]
     if foreign:
@@ -429,7 +531,8 @@ def _run_baseline(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None}
     task = resolve_task(args.task, args.data_dir, options)
     train, test = task.split(args.train, args.test, config.seed)
-    model, tokenizer = _load(args.model, args.trust_remote_code)
+    runtime = _runtime(args)
+    model, tokenizer = _load(args.model, args.trust_remote_code, runtime)
     encode_prompt(tokenizer, config.init_prompt)
     info = {
         "method": args.method,
@@ -439,6 +542,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
         "data_dir": args.data_dir,
         "task_options": options,
         "split": {"seed": config.seed, "train": args.train, "test": args.test},
+        "runtime": runtime,
     }
     run_dir = _new_run(args, task, info, train, test)
     print(f"task {info['task']}: {len(train)} train / {len(test)} test examples; run directory {run_dir}")
@@ -489,9 +593,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded
         task.split(args.train, args.test, seeds[0])
+    _no_vllm(args, "greater compare (its baselines)")
     label = args.model or "embedded:SmolLM2-135M-Instruct"
-    optimizer = Scorer(label, *_load(args.model, args.trust_remote_code))
-    transfer = [Scorer(m, *_load(m, args.trust_remote_code)) for m in dict.fromkeys(args.eval_model or [])]
+    eval_models = list(dict.fromkeys(args.eval_model or []))
+    cluster = None
+    if args.ray is not None:  # the workers load the models; this process only writes the cells
+        from greater.cluster import RaySettings, import_ray
+
+        import_ray()
+        if args.device_map:
+            raise GreaterError("--ray gives each cell one GPU; --device-map spreads one model over several")
+        address = None if args.ray == LOCAL_RAY else args.ray
+        cluster = RaySettings(address, args.device or "auto", args.dtype or "auto", args.trust_remote_code)
+        optimizer, transfer = Scorer(label, None, None), [Scorer(m, None, None) for m in eval_models]
+    else:
+        runtime = _runtime(args)
+        optimizer = Scorer(label, *_load(args.model, args.trust_remote_code, runtime))
+        transfer = [Scorer(m, *_load(m, args.trust_remote_code, runtime)) for m in eval_models]
     with _sigterm_interrupts():
         try:
             run_compare(
@@ -505,6 +623,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                 transfer=transfer,
                 fingerprint=_fingerprint,
                 progress=True,
+                cluster=cluster,
             )
         except (KeyboardInterrupt, _Terminated):
             print(f"greater: finished cells are kept in {args.out}; rerun the same command to go on", file=sys.stderr)
@@ -589,7 +708,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         record |= {"limit": args.limit, "n_train": len(drawn.train), "n_dev": len(drawn.dev), "n_test": len(drawn.test)}
         record["fingerprint"] = _fingerprint(drawn.train, drawn.test, drawn.dev)
         splits.append(TaskSplit(task, examples, record))
-    model, tokenizer = _load(args.model, args.trust_remote_code)
+    runtime = _runtime(args)
+    model, tokenizer = _load(args.model, args.trust_remote_code, runtime)
+    generator = _generator(args.model, model, tokenizer, runtime, args.trust_remote_code)
     for prompt in prompts:  # a prompt the tokenizer cannot take fails before any scoring
         encode_prompt(tokenizer, prompt.text)
     several = len(prompts) > 1
@@ -606,10 +727,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         prompts,
         max_new_tokens=max_new or defaults.max_new_tokens,
         batch_size=args.batch_size or defaults.batch_size,
+        generator=generator,
         progress=True,
         on_cell=report,
     )
-    meta = {"model": args.model or "embedded:SmolLM2-135M-Instruct", "split": args.split}
+    meta = {"model": args.model or "embedded:SmolLM2-135M-Instruct", "split": args.split, "runtime": runtime}
     meta |= {"max_new_tokens": max_new or defaults.max_new_tokens, "data_dir": data_dir}
     if args.out is None:
         print("\n" + table_markdown(table_data(cells, **meta)), end="")
@@ -642,11 +764,43 @@ def _prompt_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def _load(model: str | None, trust_remote_code: bool):
+def _load(model: str | None, trust_remote_code: bool, runtime: dict):
+    """The model and tokenizer, placed as `runtime` (see `_runtime`) says."""
     from greater.model import load_model
 
-    print("loading model ...", file=sys.stderr)
-    return load_model(model, trust_remote_code=trust_remote_code)
+    where = runtime["device"] + (" + device map" if runtime["device_map"] else "")
+    print(f"loading model ... ({where}, {runtime['dtype']})", file=sys.stderr)
+    return load_model(
+        model,
+        trust_remote_code=trust_remote_code,
+        device=runtime["device"],
+        dtype=runtime["dtype"],
+        device_map=runtime["device_map"],
+    )
+
+
+def _generator(name: str | None, model, tokenizer, runtime: dict, trust_remote_code: bool):
+    """The reasoning generator `runtime` names: None for transformers (the engine builds its own), or vLLM."""
+    if runtime["generator"] != "vllm":
+        return None
+    from greater.backends.vllm import VLLMGenerator
+    from greater.generation import stop_token_ids
+    from greater.model import model_source
+
+    print("starting vLLM ...", file=sys.stderr)
+    return VLLMGenerator(
+        model_source(name, runtime["dtype"]),
+        stop_ids=stop_token_ids(model, tokenizer),
+        dtype=runtime["dtype"],
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def _no_vllm(args: argparse.Namespace, what: str) -> None:
+    if getattr(args, "generator", None) == "vllm":
+        raise GreaterError(
+            f"--generator vllm serves GReaTer runs and greater evaluate; {what} samples with transformers"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
 
 A cell file is written last and atomically, so it exists only for a finished cell: a rerun of the
 same command skips those and computes the rest (and any transfer scores a cell still lacks).
+
+Cells run one after the other in this process, or as Ray tasks (`cluster=`, see greater.cluster):
+either way this process writes every finished cell, as it finishes, into the same folder.
 """
 
 from __future__ import annotations
@@ -34,8 +37,21 @@ class Scorer:
     """A model that scores prompts on test splits: the optimizing model, or a transfer target."""
 
     label: str  # as given on the command line (the embedded model: "embedded:SmolLM2-135M-Instruct")
-    model: object
+    model: object  # None where the cells run elsewhere (Ray workers load the model by its label)
     tokenizer: object
+
+
+@dataclass
+class CellJob:
+    """One cell to compute: a method on a task with a seed; `record` is the cell's file when it exists
+    and only lacks transfer scores."""
+
+    task: Task
+    method: str
+    seed: int
+    config: MethodConfig
+    name: str  # the cell file's stem
+    record: dict | None = None
 
 
 def run_compare(
@@ -50,8 +66,12 @@ def run_compare(
     transfer: Sequence[Scorer] = (),
     fingerprint: Callable[[list[Example], list[Example]], str] | None = None,
     progress: bool = False,
+    cluster: object | None = None,
 ) -> dict:
-    """Run the missing cells, then write table.json, table.md and chart.png; returns the table."""
+    """Run the missing cells, then write table.json, table.md and chart.png; returns the table.
+
+    `cluster` (a `greater.cluster.RaySettings`) runs the cells as Ray tasks; the models of `optimizer`
+    and `transfer` are then loaded by the workers from their labels, and may be None here."""
     settings = {"model": optimizer.label, "split": {"train": split[0], "test": split[1]}, "config": asdict(config)}
     settings["config"].pop("seed")
     _check_settings(out, settings)
@@ -59,10 +79,25 @@ def run_compare(
     todo = [c for c in cells if _missing(out, *c, transfer)]
     if len(todo) < len(cells):
         print(f"greater: {len(cells) - len(todo)} of {len(cells)} cells already done in {out}", file=sys.stderr)
-    bar = tqdm(todo, desc="comparing", unit="cell", disable=not progress, file=sys.stderr)
-    for task, method, seed in bar:
-        bar.set_postfix_str(f"{task.name} {method} seed {seed}")
-        _run_cell(out, optimizer, task, method, seed, replace(config, seed=seed), split, transfer, fingerprint)
+    jobs = []
+    for task, method, seed in todo:
+        path = cell_path(out, task.name, method, seed)
+        existing = read_json(path) if path.exists() else None
+        jobs.append(CellJob(task, method, seed, replace(config, seed=seed), path.stem, existing))
+    bar = tqdm(total=len(jobs), desc="comparing", unit="cell", disable=not progress, file=sys.stderr)
+    if cluster is None or not jobs:  # (nothing left to run: no Ray needed)
+        for job in jobs:
+            bar.set_postfix_str(f"{job.task.name} {job.method} seed {job.seed}")
+            _write_cell(out, job, *compute_cell(job, optimizer, transfer, split, fingerprint))
+            bar.update(1)
+    else:
+        from greater.cluster import run_on_ray
+
+        labels = (optimizer.label, [s.label for s in transfer])
+        for job, record, predictions in run_on_ray(jobs, cluster, *labels, split, fingerprint):
+            _write_cell(out, job, record, predictions)
+            bar.set_postfix_str(f"{job.task.name} {job.method} seed {job.seed} done")
+            bar.update(1)
     bar.close()
     records = [read_json(cell_path(out, task.name, method, seed)) for task, method, seed in cells]
     table = summarize(records, settings, [s.label for s in transfer])
@@ -109,23 +144,22 @@ def _missing(out: Path, task: Task, method: str, seed: int, transfer: Sequence[S
     return any(s.label not in done for s in transfer)
 
 
-def _run_cell(
-    out: Path,
+def compute_cell(
+    job: CellJob,
     optimizer: Scorer,
-    task: Task,
-    method: str,
-    seed: int,
-    config: MethodConfig,
-    split: tuple[int | None, int | None],
     transfer: Sequence[Scorer],
+    split: tuple[int | None, int | None],
     fingerprint,
-) -> None:
-    """Optimize (unless the cell exists and only lacks transfer scores), score on test, write the cell."""
-    path = cell_path(out, task.name, method, seed)
+) -> tuple[dict, dict[str, list[dict]]]:
+    """Optimize (unless the job has its record and only lacks transfer scores) and score on test.
+
+    Returns the cell's record and its predictions files (path relative to the output folder -> rows);
+    nothing is written here, so a Ray worker can compute a cell for the driver to write."""
+    task, method, seed, config = job.task, job.method, job.seed, job.config
     train, test = task.split(split[0], split[1], seed)
-    if path.exists():
-        record = read_json(path)
-    else:
+    predictions: dict[str, list[dict]] = {}
+    record = job.record
+    if record is None:
         result = run_method(method, optimizer.model, optimizer.tokenizer, task, train, config)
         record = {
             "task": task.name,
@@ -134,22 +168,38 @@ def _run_cell(
             "split": {"n_train": len(train), "n_test": len(test)}
             | ({"fingerprint": fingerprint(train, test)} if fingerprint else {}),
             "result": result.to_json(),
-            "test": _score(out, optimizer, task, test, result.prompt, result.joiner, config, path.stem),
+            "test": _score(predictions, optimizer, task, test, result.prompt, result.joiner, config, job.name),
             "transfer": {},
+            "runtime": {"device": str(optimizer.model.device), "dtype": str(optimizer.model.dtype).split(".")[-1]},
         }
     prompt, joiner = record["result"]["prompt"], record["result"]["joiner"]
     for scorer in transfer:
         if scorer.label not in record["transfer"]:
-            name = f"{path.stem}__on_{slug(scorer.label)}"
-            record["transfer"][scorer.label] = _score(out, scorer, task, test, prompt, joiner, config, name)
+            name = f"{job.name}__on_{slug(scorer.label)}"
+            record["transfer"][scorer.label] = _score(predictions, scorer, task, test, prompt, joiner, config, name)
+    return record, predictions
+
+
+def _write_cell(out: Path, job: CellJob, record: dict, predictions: dict[str, list[dict]]) -> None:
+    """The predictions files, then the cell file (last, atomically: it marks the cell finished)."""
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    for relative, rows in predictions.items():
+        write_predictions(out / relative, rows)
     (out / "cells").mkdir(parents=True, exist_ok=True)
-    write_json(path, record)
+    write_json(out / "cells" / f"{job.name}.json", record)
 
 
 def _score(
-    out: Path, scorer: Scorer, task: Task, test: list[Example], prompt: str, joiner: str, config, name: str
+    predictions: dict[str, list[dict]],
+    scorer: Scorer,
+    task: Task,
+    test: list[Example],
+    prompt: str,
+    joiner: str,
+    config,
+    name: str,
 ) -> dict:
-    """Test accuracy of a prompt; the per-example predictions go to predictions/<name>.jsonl."""
+    """Test accuracy of a prompt; its per-example predictions go into `predictions` as predictions/<name>.jsonl."""
     ev = evaluate(
         scorer.model,
         scorer.tokenizer,
@@ -160,9 +210,8 @@ def _score(
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
     )
-    (out / "predictions").mkdir(parents=True, exist_ok=True)
     relative = f"predictions/{name}.jsonl"
-    write_predictions(out / relative, ev.predictions)
+    predictions[relative] = ev.predictions
     correct = sum(p["correct"] for p in ev.predictions)
     return {"accuracy": ev.accuracy, "correct": correct, "n": ev.n, "predictions": relative}
 

@@ -145,20 +145,41 @@ def cache_kwarg(model: PreTrainedModel) -> str:
 
 
 def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """(..., V) logits for hidden states (..., D), as the model's output head computes them.
+    """(..., V) float32 logits for hidden states (..., D), as the model's output head computes them.
 
     Computed as W·hᵀ: for a few rows, CPU BLAS runs this 2-3x faster than `F.linear` (h·Wᵀ), which
-    repacks the whole vocabulary-sized weight on every call.
+    repacks the whole vocabulary-sized weight on every call. With bfloat16/float16 weights the
+    product still comes out in float32 (`_mm_float32`), not rounded to the weights' dtype: a bfloat16
+    logit of 20 is only known to ±0.06, ±0.3 after the answer temperature of 0.2, which the loss,
+    the proposal log-probs and the selection scores would inherit.
     """
     head = model.get_output_embeddings()
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    logits = torch.mm(head.weight, flat.T).T
+    weight = head.weight
+    flat = hidden.reshape(-1, hidden.shape[-1]).to(weight.device, weight.dtype)  # a device map may split them
+    logits = torch.mm(weight, flat.T).T if weight.dtype == torch.float32 else _mm_float32(weight, flat)
     if getattr(head, "bias", None) is not None:
-        logits = logits + head.bias
+        logits = logits + head.bias.float()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits.reshape(*hidden.shape[:-1], logits.shape[-1])
+
+
+def _mm_float32(weight: torch.Tensor, rows: torch.Tensor, slice_rows: int = 8192) -> torch.Tensor:
+    """(N, V) float32 product rows · weightᵀ of low-precision (V, D) `weight` and (N, D) `rows`.
+
+    On CUDA the product accumulates in float32 and is written in float32 (`torch.mm(..., out_dtype=)`);
+    elsewhere, where that is missing, or when the product must be differentiated (`out_dtype` has no
+    derivative), the weight is upcast `slice_rows` vocabulary rows at a time,
+    so no float32 copy of the whole head is ever held.
+    """
+    if weight.is_cuda and not (torch.is_grad_enabled() and rows.requires_grad):  # out_dtype has no backward
+        try:
+            return torch.mm(weight, rows.T, out_dtype=torch.float32).T
+        except (RuntimeError, TypeError):
+            pass
+    wide = rows.float().T
+    return torch.cat([torch.mm(part.float(), wide) for part in weight.split(slice_rows)]).T
 
 
 def _forward(model: PreTrainedModel, kw: str, cache: DynamicCache, keep: int | None = None, **inputs) -> torch.Tensor:
@@ -169,6 +190,7 @@ def _forward(model: PreTrainedModel, kw: str, cache: DynamicCache, keep: int | N
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """(..., K) log-probs of `tokens` (..., K) under `logits` (..., K, V) divided by `temperature`."""
+    tokens = tokens.to(logits.device)
     return torch.log_softmax(logits.float() / temperature, -1).gather(-1, tokens[..., None])[..., 0]
 
 
@@ -195,7 +217,7 @@ class Prefilled:
             ids=[self.ids[i] for i in idx],
             cache=_cache_rows(self.cache, index),
             mask=self.mask[index],
-            last_logits=self.last_logits[index],
+            last_logits=self.last_logits[index.to(self.last_logits.device)],
             scored=[self.scored[i] for i in idx],
         )
 
@@ -324,7 +346,7 @@ def decode_shared(
     stats.count_forward(tail_mask)
     positions = positions + tail_mask.sum(-1)
     for r, (_, tail, *_) in enumerate(rows):
-        lp = token_logprobs(start.last_logits[r], torch.tensor(tail[0], device=device))[None]
+        lp = token_logprobs(start.last_logits[r], torch.tensor(tail[0]))[None]
         rest = token_logprobs(tail_logits[r, tail_width - len(tail) : -1], tail_ids[r, tail_width - len(tail) + 1 :])
         results[r].tail_logprobs = torch.cat([lp, rest]).tolist()
     logits = tail_logits[:, -1]  # (R, V) predicts each row's first reasoning token
@@ -395,9 +417,10 @@ def decode_shared(
             stats.drafted_tokens += len(tokens) - 1
             mask[slot, mask.shape[1] - width + n + 1 :] = 0
             accepted.append(n)
-        taken = torch.tensor(accepted, device=device)
-        positions = positions + 1 + taken
-        logits = step_logits[torch.arange(len(active), device=device), taken]  # (R, V) predicts each next token
+        taken = torch.tensor(accepted)
+        positions = positions + 1 + taken.to(device)
+        picked = torch.arange(len(active)).to(step_logits.device), taken.to(step_logits.device)
+        logits = step_logits[picked]  # (R, V) predicts each next token
     if finished:
         _score_finished(model, kw, finished, rows, results, follow_temperature, stats)
     return results
@@ -491,5 +514,6 @@ def _cache_rows(cache: DynamicCache, idx: torch.Tensor) -> DynamicCache:
     """A new cache holding rows `idx` of `cache` (which is left as it is)."""
     rows = DynamicCache()
     for layer, entry in enumerate(cache.layers):
-        rows.update(entry.keys.index_select(0, idx), entry.values.index_select(0, idx), layer)
+        at = idx.to(entry.keys.device)  # with a device map, each layer's cache is on its layer's GPU
+        rows.update(entry.keys.index_select(0, at), entry.values.index_select(0, at), layer)
     return rows

@@ -24,9 +24,11 @@ from greater.decoding import (
 )
 from greater.generation import Generator, TransformersGenerator
 from greater.layout import ChatLayout, Sequence, build_sequence, encode
+from greater.memory import AUTO, fit_batch_sizes
 from greater.tasks import Example, Task
 
 Ids = tuple[int, ...]
+PROMPT_TOKENS = 64  # prompt length assumed when sizing batches (optimized prompts grow a token at a time)
 
 
 @dataclass
@@ -59,8 +61,9 @@ class Engine:
         examples: list[Example],
         *,
         joiner: str,
-        batch_size: int = 32,
-        grad_batch_size: int = 4,
+        batch_size: int | str = AUTO,
+        grad_batch_size: int | str = AUTO,
+        max_new_tokens: int = 256,
         answer_temperature: float = 1.0,
         generator: Generator | None = None,
         cached_decoding: bool = True,
@@ -75,11 +78,22 @@ class Engine:
         self.heads = [self.layout.encode_head(tokenizer, ex.question + joiner) for ex in examples]
         self.answer_ids: list[Ids] = [tuple(encode(tokenizer, " " + task.answer_text(ex))) for ex in examples]
         self.extractor_ids: Ids = tuple(encode(tokenizer, " " + task.extractor))
-        self.batch_size = batch_size
-        self.grad_batch_size = grad_batch_size
+        # "auto": from free GPU memory for rows this long (CPU: 32 and 4)
+        self.batch_size, self.grad_batch_size = fit_batch_sizes(
+            model,
+            self.row_tokens(max_new_tokens),
+            len(examples),
+            batch_size,
+            grad_batch_size,
+            prefix_tokens=self.row_tokens(0),
+        )
         self.answer_temperature = answer_temperature
         self.generator = generator or TransformersGenerator(
-            model, tokenizer, batch_size=batch_size, cached=cached_decoding, draft_slots=DRAFT_SLOTS * lookup_decoding
+            model,
+            tokenizer,
+            batch_size=self.batch_size,
+            cached=cached_decoding,
+            draft_slots=DRAFT_SLOTS * lookup_decoding,
         )
         # selection with one shared-prefix KV cache needs greater's own decoding loop on this model
         self.shared_cache = (
@@ -91,6 +105,12 @@ class Engine:
         self.clock: dict[str, float] = {"selection_generation": 0.0, "selection_scoring": 0.0}
         self.pad_id = getattr(self.generator, "pad_id", tokenizer.pad_token_id or 0)
         self._prefix: Prefilled | None = None  # see `prefix`
+
+    def row_tokens(self, max_new_tokens: int, prompt_tokens: int = PROMPT_TOKENS) -> int:
+        """Tokens of the longest row with a prompt of `prompt_tokens` and a reasoning of `max_new_tokens`."""
+        head = max(len(h[0]) + len(h[1]) for h in self.heads) if self.heads else 0
+        follow = len(self.extractor_ids) + max(map(len, self.answer_ids), default=0)
+        return head + prompt_tokens + len(self.layout.mid_ids) + max_new_tokens + follow
 
     # -- sequences and generation ---------------------------------------------------------
 
@@ -249,7 +269,8 @@ class Engine:
         leaf = None
         if position is not None:
             cols = torch.tensor([s.prompt.start + position for s in seqs], device=device)
-            leaf = embeds[0, int(cols[0])].detach().clone().requires_grad_(True)
+            # float32 whatever the weights' dtype: see _put_at
+            leaf = embeds[0, int(cols[0])].detach().to(torch.float32, copy=True).requires_grad_(True)
             embeds = _put_at(embeds, leaf, cols)
         with torch.set_grad_enabled(leaf is not None):
             hidden = self.model.base_model(
@@ -277,7 +298,7 @@ class Engine:
         cuts = [s.prompt.start + position for s in seqs]
         input_ids, mask = pack_rows([s.ids[c:] for s, c in zip(seqs, cuts, strict=True)], self.pad_id, device)
         embeds = self.model.get_input_embeddings()(input_ids)
-        leaf = embeds[0, 0].detach().clone().requires_grad_(True)
+        leaf = embeds[0, 0].detach().to(torch.float32, copy=True).requires_grad_(True)  # float32: see _put_at
         embeds = _put_at(embeds, leaf, torch.zeros(len(seqs), dtype=torch.long, device=device))
         positions = before.mask.sum(-1, keepdim=True) + (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.enable_grad():
@@ -337,7 +358,7 @@ class Engine:
         terms = Terms(ce=ce.detach().cpu(), nll=nll.detach().cpu(), correct=correct.cpu())
         if leaf is not None:
             (grad,) = torch.autograd.grad((ce + nll_weight * nll).sum(), leaf)
-            terms.embed_grad = grad.float().cpu()
+            terms.embed_grad = grad.cpu()  # float32, like the leaf
         return terms, pr_lp.detach()
 
     def _gathered_logprobs(
@@ -347,10 +368,12 @@ class Engine:
 
         Returns (P, V) log-probs, (P,) the next token at each position, (P,) the row of each position.
         """
-        rows = torch.cat([torch.full((len(p),), b) for b, p in enumerate(positions)]).to(hidden.device)
-        cols = torch.cat(positions).to(hidden.device)
-        logits = output_logits(self.model, hidden[rows, cols]).float()
-        return torch.log_softmax(logits / temperature, dim=-1), input_ids[rows, cols + 1], rows
+        rows = torch.cat([torch.full((len(p),), b) for b, p in enumerate(positions)])
+        cols = torch.cat(positions)
+        # a device map may put the last layer, the output head and the inputs on different GPUs
+        logits = output_logits(self.model, hidden[rows.to(hidden.device), cols.to(hidden.device)])
+        targets = input_ids[rows.to(input_ids.device), (cols + 1).to(input_ids.device)]
+        return torch.log_softmax(logits / temperature, dim=-1), targets.to(logits.device), rows.to(logits.device)
 
     def candidate_embeddings(self, token_ids: list[int]) -> torch.Tensor:
         """(C, D) input embeddings of candidate tokens, as the model sees them."""
@@ -374,10 +397,15 @@ def _merge(parts: list[tuple[list[int], Terms]]) -> Terms:
 
 
 def _put_at(embeds: torch.Tensor, leaf: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """`embeds` (B, W, D) with row b's column cols[b] replaced by `leaf` (D,), differentiably."""
+    """`embeds` (B, W, D) with row b's column cols[b] replaced by `leaf` (D,), differentiably.
+
+    The leaf may be float32 over low-precision embeddings: it is expanded to one copy per row before
+    the cast, so each row's gradient is rounded to the embeddings' dtype once and the sum over rows
+    (the gradient w.r.t. the leaf) runs in float32."""
     at = torch.zeros(embeds.shape[:2] + (1,), dtype=torch.bool, device=embeds.device)
     at[torch.arange(len(cols), device=embeds.device), cols] = True
-    return torch.where(at, leaf, embeds)
+    rows = leaf.expand(len(cols), -1).to(embeds.dtype)[:, None, :]  # (B, 1, D)
+    return torch.where(at, rows, embeds)
 
 
 def _row_mean(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:

@@ -39,13 +39,22 @@ def evaluate(
     *,
     joiner: str = DEFAULT_JOINER,
     max_new_tokens: int = 256,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
     generator: Generator | None = None,
     progress: bool = False,
     desc: str = "evaluating",
 ) -> Evaluation:
     """Score `prompt` on `examples` with greedy reasoning capped at `max_new_tokens`."""
-    engine = Engine(model, tokenizer, task, examples, joiner=joiner, batch_size=batch_size, generator=generator)
+    engine = Engine(
+        model,
+        tokenizer,
+        task,
+        examples,
+        joiner=joiner,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        generator=generator,
+    )
     prompt_ids = tuple(encode_prompt(tokenizer, prompt))
     with tqdm(total=2 * len(examples), desc=desc, unit="gen", disable=not progress, file=sys.stderr) as bar:
         if hasattr(engine.generator, "progress"):
@@ -106,7 +115,8 @@ def evaluate_table(
     prompts: Sequence[PromptSpec],
     *,
     max_new_tokens: int = 256,
-    batch_size: int = 32,
+    batch_size: int | str = "auto",
+    generator: Generator | None = None,
     progress: bool = False,
     on_cell: Callable[[Cell], None] | None = None,
 ) -> list[Cell]:
@@ -123,6 +133,7 @@ def evaluate_table(
                 joiner=prompt.joiner,
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
+                generator=generator,
                 progress=progress,
                 desc=f"evaluating {split.task.name} [{prompt.label}]",
             )

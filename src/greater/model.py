@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from greater.device import DTYPES, resolve_placement
 from greater.errors import GreaterError
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
@@ -54,24 +55,43 @@ def load_model(
     name: str | None = None,
     *,
     trust_remote_code: bool = False,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = "auto",
+    device: str | torch.device = "auto",
+    device_map: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load `name` (None = the embedded SmolLM2) for inference and gradients w.r.t. inputs only.
 
-    Parameters never require grad: the optimizer differentiates w.r.t. input embeddings.
+    `device` auto|cpu|cuda|cuda:N and `dtype` auto|float32|bfloat16|float16 (or torch objects) are
+    resolved by `greater.device.resolve_placement` (auto: the GPU in bfloat16 when there is one, else
+    the CPU in float32); `device_map="auto"` lets accelerate spread the layers over every visible GPU.
+    Weights go straight to a GPU (no CPU copy first). Parameters never require grad: the optimizer
+    differentiates w.r.t. input embeddings.
     """
+    placement = resolve_placement(device, dtype, device_map)
+    dtype = placement.torch_dtype
+    on_gpu = placement.device.startswith("cuda")
+    place = {"device_map": device_map or placement.device} if on_gpu else {}
     source = _resolve(name)
     if isinstance(source, Path) and source.suffix == ".gguf":
         folder = _converted_gguf(source, dtype)
-        model, tokenizer = _from_pretrained(str(folder), dtype=dtype, trust_remote_code=False)
+        model, tokenizer = _from_pretrained(str(folder), dtype=dtype, trust_remote_code=False, **place)
     else:
-        model, tokenizer = _from_pretrained(str(source), dtype=dtype, trust_remote_code=trust_remote_code)
+        model, tokenizer = _from_pretrained(str(source), dtype=dtype, trust_remote_code=trust_remote_code, **place)
     model.requires_grad_(False)
     model.eval()
-    model.to(device)
+    if not on_gpu:
+        model.to(placement.device)
     model.name_or_path = name or EMBEDDED_MODEL
     return model, tokenizer
+
+
+def model_source(name: str | None, dtype: str = "float32") -> str:
+    """What another engine (vLLM) can load for `name`: a hub id or a folder as it is; a .gguf file (or
+    the embedded model) as its converted safetensors folder."""
+    source = _resolve(name)
+    if isinstance(source, Path) and source.suffix == ".gguf":
+        return str(_converted_gguf(source, DTYPES[dtype]))
+    return str(source)
 
 
 def _resolve(name: str | None) -> Path | str:
@@ -95,7 +115,12 @@ def _resolve(name: str | None) -> Path | str:
 
 
 def _from_pretrained(
-    source: str, *, dtype: torch.dtype, trust_remote_code: bool, gguf_file: str | None = None
+    source: str,
+    *,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    gguf_file: str | None = None,
+    device_map: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     kwargs = {"trust_remote_code": trust_remote_code}
     shown = source
@@ -104,7 +129,8 @@ def _from_pretrained(
         shown = str(Path(source) / gguf_file)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        placed = {"device_map": device_map} if device_map else {}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **placed)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GreaterError(

@@ -12,17 +12,19 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.decoding import DecodeStats
+from greater.device import peak_memory, reset_peak_memory
 from greater.engine import Engine, Ids, Terms
 from greater.errors import GreaterError
 from greater.evaluate import DEFAULT_JOINER, evaluate
 from greater.generation import Generator
 from greater.layout import decode, encode, encode_prompt
+from greater.memory import is_size
 from greater.tasks import Example, Task
 
 DEFAULT_INIT_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."
@@ -61,8 +63,10 @@ class GreaterConfig:
     filler: str = "_"  # token appended when the position passes the end of an unfinished prompt
     max_new_tokens: int = 1024
     keep_top: int = 10  # best distinct prompts (by selection score) scored on the dev set at the end
-    batch_size: int = 32  # rows per generation / scoring batch
-    grad_batch_size: int = 4  # rows per forward + backward chunk (bounds activation memory)
+    # rows per generation / scoring batch, and per forward + backward chunk (bounds activation memory);
+    # "auto": from free GPU memory (greater.memory), 32 and 4 on a CPU
+    batch_size: int | str = "auto"
+    grad_batch_size: int | str = "auto"
     patience: int | None = None  # stop when the best score has not improved for this many steps
     # speed-ups; each gives the same result as when off (see tests/test_speedups.py)
     reuse_reasoning: bool = True  # the chosen candidate's reasoning is the next step's reasoning
@@ -85,8 +89,8 @@ class GreaterConfig:
             "intersect_size": self.intersect_size >= 1,
             "num_select": self.num_select >= 1,
             "max_new_tokens": self.max_new_tokens >= 1,
-            "batch_size": self.batch_size >= 1,
-            "grad_batch_size": self.grad_batch_size >= 1,
+            "batch_size": is_size(self.batch_size),
+            "grad_batch_size": is_size(self.grad_batch_size),
             "keep_top": self.keep_top >= 1,
             "answer_temperature": self.answer_temperature > 0,
             "selection": self.selection in SELECTION_RULES,
@@ -115,6 +119,9 @@ class StepRecord:
     best_prompt: str
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # the step's peak memory in MiB and what it measures (greater.device.peak_memory): on CUDA
+    # torch.cuda.max_memory_allocated, on a CPU the process's peak RSS
+    peak_memory: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -202,20 +209,8 @@ def optimize(
         train, _ = task.split(None, None, config.seed)
     if not train:
         raise GreaterError(f"task {task.name!r}: no training examples")
-    engine = Engine(
-        model,
-        tokenizer,
-        task,
-        train,
-        joiner=config.joiner,
-        batch_size=config.batch_size,
-        grad_batch_size=config.grad_batch_size,
-        answer_temperature=config.answer_temperature,
-        generator=generator,
-        cached_decoding=config.cached_decoding,
-        batched_gradient=config.batched_gradient,
-        lookup_decoding=config.lookup_decoding,
-    )
+    engine = _engine(model, tokenizer, task, train, config, generator)
+    config = replace(config, batch_size=engine.batch_size, grad_batch_size=engine.grad_batch_size)  # "auto" fitted
     filler = filler_token(tokenizer, config.filler)
     if state is None:
         init = encode_prompt(tokenizer, config.init_prompt)
@@ -317,6 +312,36 @@ class Returnable:
         return self._known[ids]
 
 
+def resolve_batch_sizes(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: list[Example], config: GreaterConfig
+) -> GreaterConfig:
+    """`config` with "auto" batch sizes replaced by numbers fitted to the free device memory for these
+    examples (see greater.memory); the CLI stores the numbers in run.json, so a resumed run uses them."""
+    if config.batch_size != "auto" and config.grad_batch_size != "auto":
+        return config
+    engine = _engine(model, tokenizer, task, train, config)
+    return replace(config, batch_size=engine.batch_size, grad_batch_size=engine.grad_batch_size)
+
+
+def _engine(model, tokenizer, task: Task, train: list[Example], config: GreaterConfig, generator=None) -> Engine:
+    """The engine of a run with `config` (its "auto" batch sizes fitted to free memory by the engine)."""
+    return Engine(
+        model,
+        tokenizer,
+        task,
+        train,
+        joiner=config.joiner,
+        batch_size=config.batch_size,
+        grad_batch_size=config.grad_batch_size,
+        max_new_tokens=config.max_new_tokens,
+        answer_temperature=config.answer_temperature,
+        generator=generator,
+        cached_decoding=config.cached_decoding,
+        batched_gradient=config.batched_gradient,
+        lookup_decoding=config.lookup_decoding,
+    )
+
+
 class _Step:
     """One GReaTer step at `state.position`; mutates the state and returns the step's record."""
 
@@ -329,6 +354,8 @@ class _Step:
 
     def run(self, state: RunState) -> StepRecord:
         config, engine = self.config, self.engine
+        device = engine.model.device
+        reset_peak_memory(device)
         started = time.perf_counter()
         state.step += 1
         timing: dict[str, float] = {}
@@ -387,6 +414,7 @@ class _Step:
             best_prompt=prompt_text(self.tokenizer, state.best_prompt),
             seconds=timing,
             warnings=warnings,
+            peak_memory=peak_memory(device),
         )
 
     def _select(

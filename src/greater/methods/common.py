@@ -17,6 +17,7 @@ from greater.engine import Engine
 from greater.errors import GreaterError
 from greater.generation import TransformersGenerator
 from greater.layout import ChatLayout, decode, encode, encode_prompt
+from greater.memory import is_size
 from greater.tasks import Example, Task
 
 ZS_COT_PROMPT = "Let's think step by step."
@@ -44,7 +45,7 @@ class MethodConfig:
     temperature: float = 0.7  # sampling temperature of meta-prompt replies
     init_prompt: str = ZS_COT_PROMPT  # where APO, PE2 and TextGrad start (GReaTer keeps its own)
     joiner: str = "."  # between question and prompt for the baselines' prompts (GReaTer keeps ". Use")
-    batch_size: int = 32
+    batch_size: int | str = "auto"  # rows per generation batch; "auto": from free GPU memory (CPU: 32)
     seed: int = 0
 
     @property
@@ -53,7 +54,9 @@ class MethodConfig:
 
     def validate(self) -> None:
         numbers = ("steps", "num_select", "max_new_tokens", "meta_max_new_tokens", "max_prompt_tokens", "demos")
-        bad = [name for name in numbers + ("beam", "batch_size") if getattr(self, name) < 1]
+        bad = [name for name in numbers + ("beam",) if getattr(self, name) < 1]
+        if not is_size(self.batch_size):
+            bad.append("batch_size")
         if self.evaluations is not None and self.evaluations < 1:
             bad.append("evaluations")
         if not self.temperature > 0:
@@ -132,11 +135,17 @@ class Workbench:
         config: MethodConfig,
     ) -> None:
         self.model, self.tokenizer, self.task, self.train, self.config = model, tokenizer, task, train, config
-        self.generator = TransformersGenerator(model, tokenizer, batch_size=config.batch_size)
         self.layout = ChatLayout.from_tokenizer(tokenizer)
         self.engine = Engine(
-            model, tokenizer, task, train, joiner=config.joiner, batch_size=config.batch_size, generator=self.generator
+            model,
+            tokenizer,
+            task,
+            train,
+            joiner=config.joiner,
+            batch_size=config.batch_size,
+            max_new_tokens=max(config.max_new_tokens, config.meta_max_new_tokens),
         )
+        self.generator: TransformersGenerator = self.engine.generator  # also samples the meta-prompt replies
         self.scores: dict[str, Scored] = {}
         self.evaluated = 0  # distinct candidate prompts scored, against `config.budget`
         self.replies = 0  # meta-prompt calls, to vary the sampling seed

@@ -1,0 +1,134 @@
+"""`greater compare --ray [ADDRESS]`: the cells of a comparison as Ray tasks.
+
+Each cell (task × method × seed) is one Ray task asking for one GPU when the run is on GPUs (one CPU
+otherwise). The task carries its `Task` (with its examples: workers need no data folder), loads the
+model by its label (a hub id, or a path every worker can read; loaded models are kept per worker
+process and reused by its later cells), computes the cell and returns its record and predictions;
+this process — the driver — writes each cell into the output folder as it finishes, so a killed
+driver loses only the cells in flight and a rerun skips the finished ones.
+
+Ray is optional (`pip install 'greater[ray]'`) and imported only here, only when `--ray` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from greater.compare import CellJob, Scorer, compute_cell
+from greater.errors import GreaterError
+
+LOCAL_OBJECT_STORE = 256 * 2**20  # bytes: cells return small records, so a local instance needs little
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where the cells run and how their workers load the models.
+
+    address: None for a local Ray instance (the one this process already started, if any), else the
+        address of an existing cluster ("auto", "HOST:PORT" or "ray://HOST:10001").
+    device, dtype: as the command line gives them; "auto" is resolved by each worker.
+    """
+
+    address: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+
+def import_ray():
+    """The `ray` module, or one clear error naming the extra to install."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise GreaterError("--ray needs Ray: pip install 'greater[ray]'") from exc
+    return ray
+
+
+def run_on_ray(
+    jobs: Sequence[CellJob],
+    settings: RaySettings,
+    model: str,
+    transfer: Sequence[str],
+    split: tuple[int | None, int | None],
+    fingerprint: Callable | None,
+) -> Iterator[tuple[CellJob, dict, dict[str, list[dict]]]]:
+    """Submit every job, then yield (job, record, predictions) in the order the cells finish.
+
+    Leaving the loop early (an error, Ctrl-C) cancels the cells still running; a local Ray instance
+    started here is shut down at the end."""
+    ray = import_ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            if settings.address is None:
+                ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE, log_to_driver=False)
+            else:
+                ray.init(address=settings.address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise GreaterError(
+                f"cannot start or reach Ray at {settings.address or 'a local instance'}: {first}"
+            ) from exc
+    gpu = _on_gpus(ray, settings.device)
+    remote = (
+        ray.remote(_cell_task).options(num_gpus=1, num_cpus=1) if gpu else ray.remote(_cell_task).options(num_cpus=1)
+    )
+    pending = {remote.remote(job, settings, gpu, model, list(transfer), split, fingerprint): job for job in jobs}
+    try:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ref)
+            try:
+                record, predictions = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, GreaterError):
+                    raise GreaterError(f"cell {job.name}: {cause}") from None
+                raise
+            yield job, record, predictions
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started_here:
+            ray.shutdown()
+
+
+def _on_gpus(ray, device: str) -> bool:
+    """Whether each cell asks for a GPU: --device cuda[:N], or auto on a cluster that has GPUs."""
+    if device.startswith("cuda"):
+        if not ray.cluster_resources().get("GPU", 0):
+            raise GreaterError(f"--device {device} with --ray, but the Ray cluster has no GPUs")
+        return True
+    return device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1
+
+
+_MODELS: dict[tuple, tuple] = {}  # per worker process: (label, device, dtype, trust) -> (model, tokenizer)
+
+
+def _cell_task(
+    job: CellJob,
+    settings: RaySettings,
+    gpu: bool,
+    model: str,
+    transfer: list[str],
+    split: tuple[int | None, int | None],
+    fingerprint: Callable | None,
+) -> tuple[dict, dict[str, list[dict]]]:
+    """Runs in a Ray worker: one cell, computed with models loaded (once per worker) by their labels."""
+    # Ray hands a GPU task its GPU as the only visible one
+    device = "cuda" if gpu else "cpu"
+    scorers = [Scorer(label, *_model(label, device, settings)) for label in [model, *transfer]]
+    return compute_cell(job, scorers[0], scorers[1:], split, fingerprint)
+
+
+def _model(label: str, device: str, settings: RaySettings) -> tuple:
+    from greater.model import load_model
+
+    key = (label, device, settings.dtype, settings.trust_remote_code)
+    if key not in _MODELS:
+        name = None if label.startswith("embedded:") else label
+        _MODELS[key] = load_model(
+            name, trust_remote_code=settings.trust_remote_code, device=device, dtype=settings.dtype
+        )
+    return _MODELS[key]
