@@ -1,8 +1,10 @@
 """Answer normalisers per answer type, and default extractor sentences.
 
 Each normaliser maps a raw answer (gold, or the first line the model wrote after the extractor)
-to a canonical string; two answers match when their normal forms are equal. Text that cannot be
-read as an answer of the type comes back (nearly) as-is, so it will not match a canonical gold.
+to a canonical string; two answers match when their normal forms are equal. Every type first takes
+off the wrapping the extractors invite (`unwrap`: quotes, `$`, `**`, parentheses, trailing
+punctuation). Text that cannot be read as an answer of the type comes back unwrapped, so it will
+not match a canonical gold.
 """
 
 from __future__ import annotations
@@ -15,23 +17,56 @@ from greater.errors import GreaterError
 
 CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQR"
 
-_CHOICE = re.compile(
-    r"^\$?\s*(?:\(([A-Ra-r])\)|([A-Ra-r])\)|([A-R])(?![\w'’]))"
-)  # "(b)", "b)", or a bare capital letter not starting a word
+_QUOTES = "\"'`“”‘’"
+_LETTER_END = r"(?!\w|['’]\w)"  # a letter is a whole word: not "Because", "A's", "I'm" (a closing quote may follow)
+_CHOICE = re.compile(rf"^(?:\(([A-Ra-r])\)|([A-Ra-r])\)|([A-R]){_LETTER_END})")  # "(b)", "b)", or a bare capital
+_OR_LETTER = re.compile(  # right after the letter: " and C", ", (C)", "' or '$ C'" (an answer naming two options)
+    rf"[\s{_QUOTES}$*.)]*(?:(?:,|/|&|\band\b|\bor\b)[\s{_QUOTES}$*(]*)+[A-R]{_LETTER_END}"
+)
+_OPTION_MARK = re.compile(r"\(([A-R])\)")  # "(C)" anywhere in an answer
+_WRAPPING = _QUOTES + "$* "  # around an answer: quotes, "$ B$", "**B**"
+_TRAILING = ".,;:!"  # after an answer
+_BRACKETS = "()[]{}<>"
 _NUMBER = re.compile(r"(-?)(?:\$\s*)?((?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)")  # sign, "$", number
 _OPTION = re.compile(r"^\s*\(([A-R])\)", re.MULTILINE)  # an option line of a multiple-choice question
 _CANONICAL_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 FINAL_ANSWER_MARK = "####"
-_QUOTES = "\"'`“”‘’"
+
+
+def unwrap(text: str) -> str:
+    """The answer without the wrapping an extractor invites, whitespace collapsed; inner text kept.
+
+    Takes off, repeatedly: surrounding whitespace, quotes (' " ` ‘ ’ “ ”), `$` and `*` ("$ B$", "**B**"),
+    trailing . , ; : !, and parentheses around the whole answer when what is inside is not blank and
+    has no bracket (so Dyck sequences like "( ] )" and "( )" stay as written).
+    `"'$ B'."` -> "B", `"(apple pear)"` -> "apple pear".
+    """
+    text = " ".join(text.split())
+    previous = None
+    while text != previous:
+        previous = text
+        text = text.strip(_WRAPPING).rstrip(_TRAILING)
+        inner = text[1:-1]
+        if text[:1] == "(" and text[-1:] == ")" and inner.strip() and not any(char in _BRACKETS for char in inner):
+            text = inner
+    return text
 
 
 def normalize_choice(text: str) -> str:
-    """`(B)`, `B`, `$ B`, `B)`, `(b)`, `B.`, `$B$`, "(B) text" -> "B"; anything else: stripped, upper-cased."""
-    text = text.strip()
+    """`(B)`, `B`, `$ B`, `B)`, `(b)`, `B.`, `$B$`, `'B'`, `B'`, `**B**`, "(B) text" -> "B".
+
+    Anything else comes back unwrapped and upper-cased; so does an answer naming a second option
+    ("B and C", "B or C", "'$ A' or '$ B'", "(A) ... (B) ...").
+    """
+    text = unwrap(text)
     match = _CHOICE.match(text)
     if match is None:
         return text.upper()
-    return next(group for group in match.groups() if group).upper()
+    letter = next(group for group in match.groups() if group).upper()
+    rest = text[match.end() :]
+    if _OR_LETTER.match(rest) or any(other != letter for other in _OPTION_MARK.findall(rest)):
+        return text.upper()
+    return letter
 
 
 def option_letters(question: str) -> list[str]:
@@ -42,9 +77,10 @@ def option_letters(question: str) -> list[str]:
 def normalize_number(text: str) -> str:
     """The first number in the text, canonical.
 
-    "1,234"/"$1234"/"1234.0" -> "1234", "−7"/"-$7" -> "-7", "2.50" -> "2.5", ".5" -> "0.5".
+    "1,234"/"$1234"/"1234.0" -> "1234", "−7"/"-$7" -> "-7", "2.50" -> "2.5", ".5" -> "0.5"; without a number,
+    the unwrapped text.
     """
-    text = text.strip()
+    text = unwrap(text)
     match = _NUMBER.search(text.replace("\u2212", "-"))
     if match is None:
         return text
@@ -65,9 +101,9 @@ def _first_word(words: Sequence[str]) -> Callable[[str], str]:
 
     def normalize(text: str) -> str:
         match = pattern.search(text)
-        return canonical[match.group(1).lower()] if match else text.strip()
+        return canonical[match.group(1).lower()] if match else unwrap(text)
 
-    normalize.__doc__ = f"The first of {', '.join(words)} in the text (any case), else the stripped text."
+    normalize.__doc__ = f"The first of {', '.join(words)} in the text (any case), else the unwrapped text."
     return normalize
 
 
@@ -84,14 +120,7 @@ normalize_valid_invalid = _first_word(LABELS["valid_invalid"])
 normalize_true_false_uncertain = _first_word(LABELS["true_false_uncertain"])
 
 
-def normalize_text(text: str) -> str:
-    """Whitespace collapsed; surrounding `$`, quotes and a trailing period removed; case kept."""
-    text = " ".join(text.split())
-    previous = None
-    while text != previous:
-        previous = text
-        text = text.strip("$ ").strip(_QUOTES).removesuffix(".").strip()
-    return text
+normalize_text = unwrap  # free text: only the wrapping comes off; case and inner punctuation stay
 
 
 NORMALIZERS: dict[str, Callable[[str], str]] = {
