@@ -309,9 +309,17 @@ def export_promptfoo(data: dict, artifact_path: Path, config_path: Path, model: 
             }
         ],
         "defaultTest": {
-            "assert": [{"type": "python", "value": "file://greater_assert.py", "config": {"pythonExecutable": python}}]
+            "assert": [
+                {
+                    "type": "python",
+                    "value": "file://greater_assert.py",
+                    "config": {"prompt_json": str(artifact_path.resolve()), "pythonExecutable": python},
+                }
+            ]
         },
         "tests": tests,
+        # the provider scores all test questions in one batch, once per worker process
+        "evaluateOptions": {"maxConcurrency": 1},
     }
     write_atomic(folder / "greater_provider.py", _PROVIDER_SHIM)
     write_atomic(folder / "greater_assert.py", _ASSERT_SHIM)

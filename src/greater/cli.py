@@ -316,8 +316,10 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     model, tokenizer = _load(None if info["model"].startswith("embedded:") else info["model"], args.trust_remote_code)
     prompt_ids = encode_prompt(tokenizer, config.init_prompt)  # a bad prompt or filler fails before anything is written
     filler_token(tokenizer, config.filler)
+    # the prompt grows by at most one token a step (the filler), so that is the longest it can get
+    longest = len(prompt_ids) + config.steps
     train, dev, test = _fitting_splits(
-        model, tokenizer, task, drawn, info, len(prompt_ids), config.joiner, config.max_new_tokens
+        model, tokenizer, task, drawn, info, longest, config.joiner, config.max_new_tokens
     )
     fingerprint = _fingerprint(train, test, dev)
     if run_dir is None:
@@ -552,9 +554,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     label = args.model or "embedded:SmolLM2-135M-Instruct"
     optimizer = Scorer(label, *_load(args.model, args.trust_remote_code))
     transfer = [Scorer(m, *_load(m, args.trust_remote_code)) for m in dict.fromkeys(args.eval_model or [])]
+    for scorer in (optimizer, *transfer):  # every row of every task, before any generation
+        _check_all_rows_fit(scorer, tasks, config)
+    tracker = _compare_tracker(args, {"model": label, "methods": methods, "seeds": seeds} | asdict(config))
     with _sigterm_interrupts():
         try:
-            run_compare(
+            table = run_compare(
                 optimizer,
                 tasks,
                 methods,
@@ -569,6 +574,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         except (KeyboardInterrupt, _Terminated):
             print(f"greater: finished cells are kept in {args.out}; rerun the same command to go on", file=sys.stderr)
             raise
+    _log_compare(tracker, args.out, table)
     print((args.out / "table.md").read_text(encoding="utf-8"), end="")
     print(f"table written to {args.out / 'table.md'}, {args.out / 'table.json'} and {args.out / 'chart.png'}")
     return 0
@@ -651,8 +657,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         record["fingerprint"] = _fingerprint(drawn.train, drawn.test, drawn.dev)
         splits.append(TaskSplit(task, examples, record))
     model, tokenizer = _load(model_name, args.trust_remote_code)
-    for prompt in prompts:  # a prompt the tokenizer cannot take fails before any scoring
-        encode_prompt(tokenizer, prompt.text)
+    longest = max(len(encode_prompt(tokenizer, p.text)) for p in prompts)  # a bad prompt fails before any scoring
+    skip = bool(options.get("skip_bad_rows"))
+    cap = max_new or defaults.max_new_tokens
+    splits = [_fitting_task_split(model, tokenizer, ts, longest, prompts, cap, skip) for ts in splits]
     several = len(prompts) > 1
 
     def report(cell: Cell) -> None:
@@ -882,6 +890,80 @@ def _add_artifact_commands(sub) -> None:
     rep.set_defaults(func=_cmd_report)
 
 
+def _fitting_task_split(model, tokenizer, split, prompt_tokens: int, prompts, max_new: int, skip: bool):
+    """`greater evaluate`'s examples of one task without rows that cannot fit the model's context
+    (refused unless the task skips bad rows; then the split record counts them)."""
+    from dataclasses import replace
+
+    from greater.fit import context_length, fitting_rows
+
+    kept, left_out = fitting_rows(
+        tokenizer,
+        split.task,
+        {split.split["split"]: split.examples},
+        context=context_length(model, tokenizer),
+        prompt_tokens=prompt_tokens,
+        joiner=max((p.joiner for p in prompts), key=len),
+        max_new_tokens=max_new,
+        skip=skip,
+    )
+    if not left_out:
+        return split
+    return replace(split, examples=kept[split.split["split"]], split=split.split | {"left_out": left_out})
+
+
+_GREATER_PROMPT_TOKENS = 20  # the default initial prompt's length, rounded up
+DEFAULT_JOINER_TEXT = ". Use"  # the longer of GReaTer's and the baselines' joiners
+
+
+def _check_all_rows_fit(scorer, tasks, config) -> None:
+    """`greater compare`: every example of every task must fit each scoring model's context (splits are
+    drawn per seed inside the comparison, so rows are refused, not left out)."""
+    from greater.fit import context_length, fitting_rows
+
+    for task in tasks:
+        rows = {"examples": task.load()} | ({"test file": task.load_test()} if task.load_test else {})
+        fitting_rows(
+            scorer.tokenizer,
+            task,
+            rows,
+            context=context_length(scorer.model, scorer.tokenizer),
+            # a baseline's prompt is cut at max_prompt_tokens; GReaTer's grows by at most one token a step
+            prompt_tokens=max(config.max_prompt_tokens, _GREATER_PROMPT_TOKENS + config.steps),
+            joiner=DEFAULT_JOINER_TEXT,
+            max_new_tokens=config.max_new_tokens,
+        )
+
+
+def _compare_tracker(args: argparse.Namespace, params: dict):
+    """`greater compare --mlflow`: one MLflow run per output folder (its id in mlflow.json there, so a
+    rerun that resumes the comparison logs into the same MLflow run)."""
+    from greater.runs import read_json, write_json
+    from greater.tracking import MlflowTracker, NoTracker, default_uri
+
+    path = args.out / "mlflow.json"
+    stored = read_json(path) if path.exists() else None
+    if args.mlflow is None and stored is None:
+        return NoTracker()
+    uri = (args.mlflow or default_uri()) if args.mlflow is not None else stored["tracking_uri"]
+    tracker = MlflowTracker(uri, run_id=stored["run_id"] if stored else None, name=f"compare {args.out.name}")
+    if stored is None:
+        tracker.log_params(params)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"tracking_uri": tracker.uri, "run_id": tracker.run_id})
+    return tracker
+
+
+def _log_compare(tracker, out: Path, table: dict) -> None:
+    """Per task and method: mean test accuracy, its sd, calls, tokens and seconds; then the folder."""
+    metrics = {}
+    for row in table.get("results", []):
+        name = f"{row['task']}/{row['method']}"
+        metrics |= {f"{name}/test_accuracy": row["mean"], f"{name}/test_accuracy_sd": row["sd"]}
+        metrics |= {f"{name}/{key}": row[key] for key in ("calls", "generated_tokens", "seconds")}
+    tracker.finish(out, metrics)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from greater import artifact
     from greater.runs import write_atomic
@@ -892,6 +974,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out = args.out or (source.parent / "promptfoo" / "config.yaml")
         model = args.model or artifact.as_run(data)["model"]
         model = None if model and model.startswith("embedded:") else model
+        if model and Path(model).exists():  # the provider runs in the config's folder
+            model = str(Path(model).resolve())
         artifact.export_promptfoo(data, source, out, model, sys.executable)
         print(f"promptfoo config written to {out}")
         print(f"run it with: PROMPTFOO_PYTHON={sys.executable} npx promptfoo@{PROMPTFOO_VERSION} eval -c {out}")
