@@ -318,9 +318,9 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     filler_token(tokenizer, config.filler)
     # the prompt grows by at most one token a step (the filler), so that is the longest it can get
     longest = len(prompt_ids) + config.steps
-    train, dev, test = _fitting_splits(
-        model, tokenizer, task, drawn, info, longest, config.joiner, config.max_new_tokens
-    )
+    task = _fitting_task(model, tokenizer, task, info, longest, config.joiner, config.max_new_tokens)
+    drawn = task.splits(*_split_sizes(split), split["seed"])
+    train, dev, test = drawn.train, drawn.dev, drawn.test
     fingerprint = _fingerprint(train, test, dev)
     if run_dir is None:
         info["threads"] = args.threads_used
@@ -476,14 +476,14 @@ def _run_baseline(args: argparse.Namespace) -> int:
     config.validate()
     options = {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None}
     task = resolve_task(args.task, args.data_dir, options)
-    drawn = task.splits(args.train, 0, args.test, config.seed)
+    task.split(args.train, args.test, config.seed)  # a split that cannot be drawn fails before loading
     model, tokenizer = _load(args.model, args.trust_remote_code)
     prompt_ids = encode_prompt(tokenizer, config.init_prompt)
-    fit_info = {"task_options": options}
-    train, _, test = _fitting_splits(
-        model, tokenizer, task, drawn, fit_info, max(len(prompt_ids), config.max_prompt_tokens), config.joiner,
-        config.max_new_tokens,
-    )  # fmt: skip
+    longest = max(len(prompt_ids), config.max_prompt_tokens)  # proposals are cut at max_prompt_tokens
+    task = _fitting_task(
+        model, tokenizer, task, {"task_options": options}, longest, config.joiner, config.max_new_tokens
+    )
+    train, test = task.split(args.train, args.test, config.seed)
     info = {
         "method": args.method,
         "model": args.model or "embedded:SmolLM2-135M-Instruct",
@@ -658,9 +658,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         splits.append(TaskSplit(task, examples, record))
     model, tokenizer = _load(model_name, args.trust_remote_code)
     longest = max(len(encode_prompt(tokenizer, p.text)) for p in prompts)  # a bad prompt fails before any scoring
-    skip = bool(options.get("skip_bad_rows"))
     cap = max_new or defaults.max_new_tokens
-    splits = [_fitting_task_split(model, tokenizer, ts, longest, prompts, cap, skip) for ts in splits]
+    for ts in splits:  # every row of every task, before any generation (evaluate never skips rows)
+        joiner_ = max((p.joiner for p in prompts), key=len)
+        _fitting_task(model, tokenizer, ts.task, {}, longest, joiner_, cap)
     several = len(prompts) > 1
 
     def report(cell: Cell) -> None:
@@ -801,24 +802,20 @@ def _budget(args: argparse.Namespace) -> _RunClock:
     return _RunClock(limit, getattr(args, "started", time.monotonic()), args.resume is not None)
 
 
-def _fitting_splits(model, tokenizer, task, drawn, info: dict, prompt_tokens: int, joiner: str, max_new: int):
-    """(train, dev, test) without the rows that cannot fit the model's context: refused (exit 2) unless
-    the task's skip_bad_rows is set, then left out and counted. Runs before any generation."""
-    from greater.fit import context_length, fitting_rows
+def _fitting_task(model, tokenizer, task, info: dict, prompt_tokens: int, joiner: str, max_new: int):
+    """`task` with every row checked against the model's context before any generation: a row that
+    cannot fit is refused (exit 2) unless the task's skip_bad_rows is set, then left out and counted."""
+    from greater.fit import context_length, fitting_task
 
-    skip = bool((info.get("task_options") or {}).get("skip_bad_rows"))
-    splits = {"train": drawn.train, "dev": drawn.dev, "test": drawn.test}
-    kept, _ = fitting_rows(
+    return fitting_task(
         tokenizer,
         task,
-        splits,
         context=context_length(model, tokenizer),
         prompt_tokens=prompt_tokens,
         joiner=joiner,
         max_new_tokens=max_new,
-        skip=skip,
+        skip=bool((info.get("task_options") or {}).get("skip_bad_rows")),
     )
-    return kept["train"], kept["dev"], kept["test"]
 
 
 def _write_artifact(run_dir, info, prompt, prompt_ids, joiner, task, model, tokenizer, scores, method="greater"):
@@ -890,49 +887,17 @@ def _add_artifact_commands(sub) -> None:
     rep.set_defaults(func=_cmd_report)
 
 
-def _fitting_task_split(model, tokenizer, split, prompt_tokens: int, prompts, max_new: int, skip: bool):
-    """`greater evaluate`'s examples of one task without rows that cannot fit the model's context
-    (refused unless the task skips bad rows; then the split record counts them)."""
-    from dataclasses import replace
-
-    from greater.fit import context_length, fitting_rows
-
-    kept, left_out = fitting_rows(
-        tokenizer,
-        split.task,
-        {split.split["split"]: split.examples},
-        context=context_length(model, tokenizer),
-        prompt_tokens=prompt_tokens,
-        joiner=max((p.joiner for p in prompts), key=len),
-        max_new_tokens=max_new,
-        skip=skip,
-    )
-    if not left_out:
-        return split
-    return replace(split, examples=kept[split.split["split"]], split=split.split | {"left_out": left_out})
-
-
 _GREATER_PROMPT_TOKENS = 20  # the default initial prompt's length, rounded up
 DEFAULT_JOINER_TEXT = ". Use"  # the longer of GReaTer's and the baselines' joiners
 
 
 def _check_all_rows_fit(scorer, tasks, config) -> None:
-    """`greater compare`: every example of every task must fit each scoring model's context (splits are
-    drawn per seed inside the comparison, so rows are refused, not left out)."""
-    from greater.fit import context_length, fitting_rows
-
+    """`greater compare`: every example of every task must fit each scoring model's context (the
+    comparison draws its splits per seed itself, so rows are refused, not left out)."""
+    # a baseline's prompt is cut at max_prompt_tokens; GReaTer's grows by at most one token a step
+    longest = max(config.max_prompt_tokens, _GREATER_PROMPT_TOKENS + config.steps)
     for task in tasks:
-        rows = {"examples": task.load()} | ({"test file": task.load_test()} if task.load_test else {})
-        fitting_rows(
-            scorer.tokenizer,
-            task,
-            rows,
-            context=context_length(scorer.model, scorer.tokenizer),
-            # a baseline's prompt is cut at max_prompt_tokens; GReaTer's grows by at most one token a step
-            prompt_tokens=max(config.max_prompt_tokens, _GREATER_PROMPT_TOKENS + config.steps),
-            joiner=DEFAULT_JOINER_TEXT,
-            max_new_tokens=config.max_new_tokens,
-        )
+        _fitting_task(scorer.model, scorer.tokenizer, task, {}, longest, DEFAULT_JOINER_TEXT, config.max_new_tokens)
 
 
 def _compare_tracker(args: argparse.Namespace, params: dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -50,7 +51,7 @@ def fitting_rows(
     """The examples of each split that fit `context`, and how many were left out.
 
     A row that does not fit raises GreaterError naming it (file and line where known, else the task,
-    split and index) unless `skip`, in which case it is left out and counted (and logged). Every
+    the group's name and the index) unless `skip`, in which case it is left out and counted (and logged). Every
     split left empty by skipping is refused too.
     """
     if context is None:
@@ -69,7 +70,7 @@ def fitting_rows(
             if used <= room:
                 kept[name].append(ex)
                 continue
-            where = ex.where or f"task {task.name}, {name} example {index}"
+            where = ex.where or f"task {task.name}, {name} {index}"
             bad.append(f"{where} ({used} tokens; room for {max(room, 0)})")
     if not bad:
         return kept, 0
@@ -83,3 +84,36 @@ def fitting_rows(
         raise GreaterError(f"no {empty[0]} example fits {budget} ({shown})")
     log.warning("left out %d row(s) that do not fit %s: %s", len(bad), budget, shown)
     return kept, len(bad)
+
+
+def fitting_task(
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    *,
+    context: int | None,
+    prompt_tokens: int,
+    joiner: str,
+    max_new_tokens: int,
+    skip: bool = False,
+) -> Task:
+    """`task` checked row by row (every example, and its test file's) before any split is drawn; with
+    `skip`, the task without the rows that do not fit (so splits are drawn from the rows that do)."""
+    rows = {"example": task.load()} | ({"test-file example": task.load_test()} if task.load_test else {})
+    kept, left_out = fitting_rows(
+        tokenizer,
+        task,
+        rows,
+        context=context,
+        prompt_tokens=prompt_tokens,
+        joiner=joiner,
+        max_new_tokens=max_new_tokens,
+        skip=skip,
+    )
+    if not left_out:
+        return task
+    test_rows = kept.get("test-file example")
+    return replace(
+        task,
+        load=lambda: list(kept["example"]),
+        load_test=(lambda: list(test_rows)) if test_rows is not None else None,
+    )
