@@ -361,6 +361,10 @@ def bar_chart(tasks: list[str], methods: list[str], by: dict, width: int = 900, 
                 f"<rect class='bar' x='{x:.1f}' y='{sy(r['mean']):.1f}' width='{bar * 0.9:.1f}' height='{h:.1f}' "
                 f"fill='{color}'><title>{escape(task)} · {escape(m)}: {100 * r['mean']:.1f}%</title></rect>"
             )
+            parts.append(  # the value above the bar: a bar at 0 is still readable
+                f"<text x='{x + bar * 0.45:.1f}' y='{sy(r['mean']) - 4:.1f}' font-size='10' text-anchor='middle'>"
+                f"{100 * r['mean']:.1f}</text>"
+            )
             lo, hi = max(0.0, r["mean"] - r["sd"]), min(1.0, r["mean"] + r["sd"])
             cx = x + bar * 0.45
             parts.append(f"<path d='M{cx:.1f},{sy(lo):.1f} V{sy(hi):.1f}' stroke='#333' stroke-width='1'/>")
