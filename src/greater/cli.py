@@ -350,8 +350,10 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
 
     def on_step(record: StepRecord, run_state) -> None:
         append_jsonl(run_dir / "steps.jsonl", asdict(record))
-        write_checkpoint(run_dir, {"state": run_state.to_json()})
+        # logged before the checkpoint: a kill between the two repeats the step (and its metrics) on
+        # resume, rather than leaving a checkpointed step that MLflow never saw
         tracker.log_step(record)
+        write_checkpoint(run_dir, {"state": run_state.to_json()})
         bar.set_postfix_str(f"best selection score {record.best_score:.3f}")
         bar.update(1)
         budget.after_step(bar, record, run_state.step, config, len(dev), len(test))
@@ -843,7 +845,7 @@ def _add_mlflow_flag(p: argparse.ArgumentParser) -> None:
         const="",
         default=None,
         metavar="TRACKING_URI",
-        help="log to MLflow (default URI: $MLFLOW_TRACKING_URI, else ./mlruns); needs greater[mlflow]",
+        help="log to MLflow (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db); needs greater[mlflow]",
     )
 
 

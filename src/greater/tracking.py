@@ -39,9 +39,17 @@ class NoTracker:
 
 
 def default_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else a file store in ./mlruns (as an absolute file: URI, so a resumed run
-    started from another directory logs to the same store)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").resolve().as_uri()
+    """$MLFLOW_TRACKING_URI, else an SQLite store ./mlflow.db (MLflow's own default; its file store is
+    deprecated), by absolute path, so a resumed run started elsewhere logs to the same store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + str(Path("mlflow.db").resolve())
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside an SQLite store's file (mlartifacts/), not in the
+    current directory, which is MLflow's default; other stores decide for themselves (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    return None
 
 
 class MlflowTracker(NoTracker):
@@ -51,16 +59,21 @@ class MlflowTracker(NoTracker):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise GreaterError(
-                "--mlflow needs the mlflow package: pip install 'greater[mlflow]' (or mlflow-skinny)"
-            ) from None
+            raise GreaterError("--mlflow needs the mlflow package: pip install 'greater[mlflow]'") from None
+        import logging
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its "creating tables" notices
         self.uri = uri
         try:
             self.client = MlflowClient(tracking_uri=uri)
             if run_id is None:
                 experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
                 found = self.client.get_experiment_by_name(experiment)
-                experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+                experiment_id = (
+                    found.experiment_id
+                    if found
+                    else self.client.create_experiment(experiment, artifact_location=artifact_location(uri))
+                )
                 run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
             else:
                 self.client.get_run(run_id)  # fails clearly when the store lost it
