@@ -47,25 +47,18 @@ def model_identity(name: str | None, model: object = None) -> dict:
     from greater.model import EMBEDDED_MODEL, embedded_gguf_path
 
     label = name or f"embedded:{EMBEDDED_MODEL}"
-    if name is None or name in ("", EMBEDDED_MODEL, "embedded") or name.startswith("embedded:"):
-        path = embedded_gguf_path()
-        return {"id": label, "kind": "gguf", "file": path.name, "sha256": file_sha256(path), "hash_of": "the GGUF file"}
-    path = Path(name).expanduser()
-    if path.is_file():
+    embedded = name is None or name in ("", EMBEDDED_MODEL, "embedded") or name.startswith("embedded:")
+    path = embedded_gguf_path() if embedded else Path(name).expanduser()
+    if path.is_file() or path.is_dir():
+        gguf = path.is_file()
         return {
             "id": label,
-            "kind": "gguf",
+            "kind": "gguf" if gguf else "folder",
             "path": str(path.resolve()),
-            "sha256": file_sha256(path),
-            "hash_of": "the GGUF file",
-        }
-    if path.is_dir():
-        return {
-            "id": label,
-            "kind": "folder",
-            "path": str(path.resolve()),
-            "sha256": folder_sha256(path),
-            "hash_of": "config.json, the weights index and each weight file's name and size",
+            "sha256": file_sha256(path) if gguf else folder_sha256(path),
+            "hash_of": "the GGUF file"
+            if gguf
+            else "config.json, the weights index and each weight file's name and size",
         }
     revision = getattr(getattr(model, "config", None), "_commit_hash", None)
     return {"id": label, "kind": "hub", "revision": revision}
