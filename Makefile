@@ -4,8 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_TASK ?= gen/number_comparison
+# the promptfoo version `greater export --format promptfoo` is tested with (greater.cli.PROMPTFOO_VERSION);
+# 0.121.x is the last line that runs on Node 20 (0.122 needs Node >= 22.22)
+PROMPTFOO := 0.121.20
+TOOLS := .tools
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-deps lint bench clean
 
 install: $(STAMP)
 
@@ -22,7 +26,17 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/greater optimize --task $(DEMO_TASK) --steps 4 --train 8 --test 40 --max-new-tokens 96 --out runs/demo
 
-test: install
+# tools the tests drive for real: Chromium (report pages) and promptfoo (exported configs); each step is
+# skipped when already installed, so a second `make test` starts at once
+test-deps:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
+	@command -v npm >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm)
+	@grep -qs '"version": "$(PROMPTFOO)"' $(TOOLS)/node_modules/promptfoo/package.json || \
+		npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error promptfoo@$(PROMPTFOO)
+
+test: install test-deps
 	$(PY) -m pytest -q
 
 lint: install
@@ -32,4 +46,4 @@ bench: install
 	$(PY) bench/step.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs $(TOOLS)

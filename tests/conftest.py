@@ -71,3 +71,18 @@ def tiny_run(tiny_model, smol_tokenizer):
         return optimize(tiny_model, smol_tokenizer, task, config, train=task.load()[:4])
 
     return run
+
+
+TOOLS = Path(__file__).resolve().parents[1] / ".tools"  # Makefile `test-deps` installs promptfoo here
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """One finished 2-step GReaTer run of the tiny model with a dev set (prompt.json, result.json, steps)."""
+    from greater.cli import main
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    argv = ["optimize", "--model", str(tiny_model_dir), "--task", "gen/boolean_expressions", "--steps", "2"]
+    argv += ["--train", "4", "--dev", "2", "--test", "3", "--max-new-tokens", "6", "--top-k", "6", "--out", str(out)]
+    assert main(argv) == 0
+    return out

@@ -124,7 +124,9 @@ def test_signal_saves_and_says_how_to_resume(tiny_model_dir, tmp_path, sig, code
     assert len((run / "steps.jsonl").read_text().splitlines()) >= step >= 1
 
 
-def _make_interrupted_run(tiny_model_dir: Path, run: Path, monkeypatch, steps: int = 4, after: int = 2) -> None:
+def _make_interrupted_run(
+    tiny_model_dir: Path, run: Path, monkeypatch, steps: int = 4, after: int = 2, extra: list[str] = ()
+) -> None:
     """A run of `steps` steps interrupted (Ctrl-C) right after the checkpoint of step `after`."""
     import greater.runs as runs
 
@@ -138,7 +140,7 @@ def _make_interrupted_run(tiny_model_dir: Path, run: Path, monkeypatch, steps: i
             raise KeyboardInterrupt
 
     monkeypatch.setattr(runs, "write_checkpoint", interrupt_after)
-    assert main(_optimize_args(tiny_model_dir, run, steps=steps)) == 130
+    assert main([*_optimize_args(tiny_model_dir, run, steps=steps), *extra]) == 130
     monkeypatch.setattr(runs, "write_checkpoint", real)
 
 

@@ -27,6 +27,7 @@ _RUNTIME_FLAGS = ("device", "dtype", "device_map", "generator")
 # what a run from before these flags ran with
 _OLD_RUNTIME = {"device": "cpu", "dtype": "float32", "device_map": None, "generator": "hf"}
 EXIT_BAD_INPUT = 2
+EXIT_OUT_OF_TIME = 3  # --max-time spent: the run is checkpointed; `--resume` finishes it
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _quiet_libraries()
     try:
+        _apply_threads(args)
         return args.func(args)
     except GreaterError as exc:
         print(f"greater: error: {exc}", file=sys.stderr)
@@ -89,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="reasoning generation: hf (transformers, default) or vllm (GPU only: pip install 'greater[vllm]')",
         )
+        p.add_argument(
+            "--threads", type=_positive, default=None, help="torch threads ($OMP_NUM_THREADS, else physical cores)"
+        )
         custom = p.add_argument_group("custom tasks (--task data.jsonl|.csv|.json or task.toml)")
         custom.add_argument("--input-field", default=None, help="question field (default: input, else question)")
         custom.add_argument("--answer-field", default=None, help="gold answer field (default: target, else answer)")
@@ -137,12 +142,18 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--patience", type=_positive, default=None, help="stop after N steps without improvement")
     opt.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<task>-<time>)")
     opt.add_argument("--resume", type=Path, default=None, help="continue the run in this directory")
+    opt.add_argument(
+        "--max-time", default=None, help="stop after the step in progress once this is spent (90s, 45m, 2h); resumable"
+    )
+    _add_mlflow_flag(opt)
     opt.set_defaults(func=_cmd_optimize)
 
     ev = sub.add_parser("evaluate", help="accuracy of prompts on tasks, as a table")
     common(ev, many_tasks=True)
     ev.add_argument("--prompt", action="append", default=None, help="a prompt to score (repeat for more)")
-    ev.add_argument("--prompt-file", type=Path, default=None, help="a file with one prompt per line")
+    ev.add_argument(
+        "--prompt-file", type=Path, default=None, help="one prompt per line, or a run's prompt.json (its own split)"
+    )
     ev.add_argument("--baseline", action="append", choices=sorted(BASELINES), default=None, help="a baseline prompt")
     ev.add_argument("--run", type=Path, help="a run directory: its prompt on its own split (--model OTHER: transfer)")
     ev.add_argument("--split", choices=["train", "dev", "test"], default="test")
@@ -177,7 +188,10 @@ def _parser() -> argparse.ArgumentParser:
         "on a local Ray instance, or on the cluster at ADDRESS (e.g. ray://head:10001 or auto); pip install "
         "'greater[ray]'",
     )
+    _add_mlflow_flag(cmp)
     cmp.set_defaults(func=_cmd_compare)
+
+    _add_artifact_commands(sub)
 
     tasks = sub.add_parser("tasks", help="list known tasks")
     tasks.add_argument("--data-dir", default=None)
@@ -272,8 +286,12 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         run_dir = args.resume
         info, checkpoint = _check_resume(args)
         config = GreaterConfig(**info["config"])
-        state = RunState.from_json(checkpoint["state"])
-        print(f"resuming {run_dir} after step {state.step}", file=sys.stderr)
+        if checkpoint is None:  # killed before its first step ended: start it again from its settings
+            state = None
+            print(f"resuming {run_dir} from its start (it stopped before its first step)", file=sys.stderr)
+        else:
+            state = RunState.from_json(checkpoint["state"])
+            print(f"resuming {run_dir} after step {state.step}", file=sys.stderr)
     else:
         if not args.task:
             raise GreaterError("--task is required (or --resume DIR to continue a run)")
@@ -294,14 +312,17 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     return _run_optimize(args, info, config, run_dir, state)
 
 
-def _check_resume(args: argparse.Namespace) -> tuple[dict, dict]:
-    """The stored run info and checkpoint; refuses when the command line contradicts them."""
-    from greater.runs import read_checkpoint, read_json
+def _check_resume(args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """The stored run info and checkpoint (None: the run stopped before its first step ended);
+    refuses when the command line contradicts them."""
+    from greater.runs import CHECKPOINT, read_checkpoint, read_json
 
     info = read_json(args.resume / "run.json")
+    if info.get("method", "greater") != "greater":
+        raise GreaterError(f"{args.resume} is a {info['method']} run; --resume continues GReaTer runs only")
     if (args.resume / "result.json").exists():
         raise GreaterError(f"{args.resume} is a finished run (result.json exists); nothing to resume")
-    checkpoint = read_checkpoint(args.resume)
+    checkpoint = read_checkpoint(args.resume) if (args.resume / CHECKPOINT).exists() else None
     for flag in _CONFIG_FLAGS:
         given = getattr(args, flag)
         if given is not None and given != info["config"].get(flag):
@@ -368,27 +389,34 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     from greater.runs import write_json as write_run_json
     from greater.tasks import resolve_task
 
+    budget = _budget(args)
     task = resolve_task(info["task"], info.get("data_dir"), info.get("task_options"))
     split = info["split"]
     drawn = task.splits(*_split_sizes(split), split["seed"])
-    train, dev, test = drawn.train, drawn.dev, drawn.test
     if drawn.note and run_dir is None:
         print(f"greater: {drawn.note}", file=sys.stderr)
-    fingerprint = _fingerprint(train, test, dev)
     name = None if info["model"].startswith("embedded:") else info["model"]
     model, tokenizer = _load(name, args.trust_remote_code, info["runtime"])
     generator = _generator(name, model, tokenizer, info["runtime"], args.trust_remote_code)
-    encode_prompt(tokenizer, config.init_prompt)  # a bad prompt or filler fails before anything is written
+    prompt_ids = encode_prompt(tokenizer, config.init_prompt)  # a bad prompt or filler fails before anything is written
     filler_token(tokenizer, config.filler)
+    # the prompt grows by at most one token a step (the filler), so that is the longest it can get
+    longest = len(prompt_ids) + config.steps
+    task = _fitting_task(model, tokenizer, task, info, longest, config.joiner, config.max_new_tokens)
+    drawn = task.splits(*_split_sizes(split), split["seed"])
+    train, dev, test = drawn.train, drawn.dev, drawn.test
+    fingerprint = _fingerprint(train, test, dev)
     if run_dir is None:
         # "auto" batch sizes become numbers fitted to this device's free memory, stored for --resume
         config = resolve_batch_sizes(model, tokenizer, task, train, config)
         info["config"] = asdict(config)
+        info["threads"] = args.threads_used
         run_dir = _new_run(args, task, info, train, test, dev)
     else:
         if split.get("fingerprint") != fingerprint:
             raise GreaterError(f"the data of task {info['task']!r} changed since {run_dir} started; cannot resume")
-        truncate_lines(run_dir / "steps.jsonl", state.step)
+        truncate_lines(run_dir / "steps.jsonl", state.step if state else 0)
+    tracker = _tracker(args, run_dir, info)
 
     def score(prompt: str, label: str) -> float:
         return _test_accuracy(model, tokenizer, task, test, prompt, config, label, generator)
@@ -400,22 +428,29 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
         initial_acc = read_json(initial_path)["accuracy"]
         print(f"initial prompt test accuracy: {initial_acc:.3f} (from {initial_path.name})")
     else:
+        eval_started = time.monotonic()
         initial_acc = score(config.init_prompt, "initial prompt")
         write_run_json(initial_path, {"prompt": config.init_prompt, "accuracy": initial_acc})
+        budget.test_seconds = time.monotonic() - eval_started
 
     bar = tqdm(total=config.steps, initial=state.step if state else 0, desc="optimizing", unit="step", file=sys.stderr)
 
     def on_step(record: StepRecord, run_state) -> None:
         append_jsonl(run_dir / "steps.jsonl", asdict(record))
+        # logged before the checkpoint: a kill between the two repeats the step (and its metrics) on
+        # resume, rather than leaving a checkpointed step that MLflow never saw
+        tracker.log_step(record)
         write_checkpoint(run_dir, {"state": run_state.to_json()})
         bar.set_postfix_str(f"best selection score {record.best_score:.3f}")
         bar.update(1)
+        budget.after_step(bar, record, run_state.step, config, len(dev), len(test))
         if run_state.step == config.steps and dev:
             bar.close()
             print(f"scoring the {config.keep_top} best prompts on {len(dev)} dev examples ...", file=sys.stderr)
 
     def on_dev(run_state) -> None:
         write_checkpoint(run_dir, {"state": run_state.to_json()})
+        budget.check(run_state.step)
 
     try:
         with _sigterm_interrupts():
@@ -439,12 +474,24 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
             file=sys.stderr,
         )
         raise
+    except _OutOfTime as stop:
+        bar.close()
+        print(
+            f"greater: --max-time {args.max_time} spent after step {stop.step} of {config.steps}; "
+            f"the run is saved in {run_dir}\nresume with: greater optimize --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return EXIT_OUT_OF_TIME
     bar.close()
     if result.dev_accuracy is not None:
         print(f"dev accuracy of the chosen prompt: {result.dev_accuracy:.3f} (best of {len(result.finalists)})")
     print(f"optimized prompt: {result.prompt}")
     final_acc = score(result.prompt, "optimized prompt")
+    test_accuracy = {"initial": initial_acc, "optimized": final_acc}
     write_atomic(run_dir / "prompt.txt", result.prompt + "\n")
+    scores = {"score": result.score, "score_name": f"selection score ({config.selection}, lower is better)"}
+    scores |= {"dev_accuracy": result.dev_accuracy, "test_accuracy": test_accuracy}
+    _write_artifact(run_dir, info, result.prompt, result.prompt_ids, config.joiner, task, model, tokenizer, scores)
     write_run_json(
         run_dir / "result.json",
         info
@@ -458,9 +505,11 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
             "stopped": result.stopped,
             "dev_accuracy": result.dev_accuracy,
             "finalists": result.finalists,
-            "test_accuracy": {"initial": initial_acc, "optimized": final_acc},
+            "test_accuracy": test_accuracy,
         },
     )
+    finals = {"train_score": result.score, "dev_accuracy": result.dev_accuracy} | _prefixed(test_accuracy)
+    tracker.finish(run_dir, finals)
     print(f"run written to {run_dir}")
     return 0
 
@@ -530,10 +579,15 @@ def _run_baseline(args: argparse.Namespace) -> int:
     config.validate()
     options = {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None}
     task = resolve_task(args.task, args.data_dir, options)
-    train, test = task.split(args.train, args.test, config.seed)
+    task.split(args.train, args.test, config.seed)  # a split that cannot be drawn fails before loading
     runtime = _runtime(args)
     model, tokenizer = _load(args.model, args.trust_remote_code, runtime)
-    encode_prompt(tokenizer, config.init_prompt)
+    prompt_ids = encode_prompt(tokenizer, config.init_prompt)
+    longest = max(len(prompt_ids), config.max_prompt_tokens)  # proposals are cut at max_prompt_tokens
+    task = _fitting_task(
+        model, tokenizer, task, {"task_options": options}, longest, config.joiner, config.max_new_tokens
+    )
+    train, test = task.split(args.train, args.test, config.seed)
     info = {
         "method": args.method,
         "model": args.model or "embedded:SmolLM2-135M-Instruct",
@@ -543,8 +597,10 @@ def _run_baseline(args: argparse.Namespace) -> int:
         "task_options": options,
         "split": {"seed": config.seed, "train": args.train, "test": args.test},
         "runtime": runtime,
+        "threads": args.threads_used,
     }
     run_dir = _new_run(args, task, info, train, test)
+    tracker = _tracker(args, run_dir, info)
     print(f"task {info['task']}: {len(train)} train / {len(test)} test examples; run directory {run_dir}")
     print(f"running {args.method} (budget: {config.budget} candidate prompts) ...", file=sys.stderr)
     with _sigterm_interrupts():
@@ -554,6 +610,13 @@ def _run_baseline(args: argparse.Namespace) -> int:
     print(f"optimized prompt: {result.prompt}")
     final_acc = _test_accuracy(model, tokenizer, task, test, result.prompt, config, "optimized prompt")
     write_atomic(run_dir / "prompt.txt", result.prompt + "\n")
+    scores = {"score": result.score, "score_name": result.score_name, "dev_accuracy": None}
+    scores["test_accuracy"] = {"optimized": final_acc}
+    ids = encode_prompt(tokenizer, result.prompt)
+    _write_artifact(run_dir, info, result.prompt, ids, result.joiner, task, model, tokenizer, scores, args.method)
+    for index, entry in enumerate(result.history, 1):  # every candidate prompt the baseline scored
+        tracker.log_metrics({k: v for k, v in entry.items() if k in ("accuracy", "ce")}, index)
+    tracker.finish(run_dir, {"train_score": result.score, "test_accuracy_optimized": final_acc})
     write_json(
         run_dir / "result.json",
         info
@@ -610,9 +673,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         runtime = _runtime(args)
         optimizer = Scorer(label, *_load(args.model, args.trust_remote_code, runtime))
         transfer = [Scorer(m, *_load(m, args.trust_remote_code, runtime)) for m in eval_models]
+        for scorer in (optimizer, *transfer):  # every row of every task, before any generation
+            _check_all_rows_fit(scorer, tasks, config)
+    tracker = _compare_tracker(args, {"model": label, "methods": methods, "seeds": seeds} | asdict(config))
     with _sigterm_interrupts():
         try:
-            run_compare(
+            table = run_compare(
                 optimizer,
                 tasks,
                 methods,
@@ -628,6 +694,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         except (KeyboardInterrupt, _Terminated):
             print(f"greater: finished cells are kept in {args.out}; rerun the same command to go on", file=sys.stderr)
             raise
+    _log_compare(tracker, args.out, table)
     print((args.out / "table.md").read_text(encoding="utf-8"), end="")
     print(f"table written to {args.out / 'table.md'}, {args.out / 'table.json'} and {args.out / 'chart.png'}")
     return 0
@@ -664,7 +731,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from greater.layout import encode_prompt
     from greater.optimizer import GreaterConfig
-    from greater.runs import read_json, write_json
+    from greater.runs import write_json
     from greater.tasks import resolve_task
     from greater.tasks.custom import is_custom_task
 
@@ -674,17 +741,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     prompts += [PromptSpec(name, *BASELINES[name]) for name in dict.fromkeys(args.baseline or [])]
     task_names, data_dir, max_new = list(dict.fromkeys(args.task or [])), args.data_dir, args.max_new_tokens
     options = {key: getattr(args, key) for key in TASK_OPTIONS if getattr(args, key) is not None}
-    run: dict = {}
-    if args.run is not None:  # the run's prompt, scored on the run's own split unless told otherwise
-        run = read_json(args.run / "result.json")
-        if not isinstance(run.get("prompt"), str):
-            raise GreaterError(f"{args.run / 'result.json'} has no 'prompt'")
+    run, run_label = _run_prompt(args)
+    model_name, batch_size = args.model, args.batch_size
+    if run:  # the run's prompt, scored on the run's own split unless told otherwise
         stored = run.get("config", {})
         run_joiner = args.joiner if args.joiner is not None else stored.get("joiner", DEFAULT_JOINER)
-        prompts.append(PromptSpec("run", run["prompt"], run_joiner))
+        prompts.append(PromptSpec(run_label, run["prompt"], run_joiner))
         max_new = max_new or stored.get("max_new_tokens")
+        batch_size = batch_size or stored.get("batch_size")  # the run's batches: the same padding, the same numbers
         task_names = task_names or [run.get("task")]
         data_dir = data_dir or run.get("data_dir")
+        if run_label == "prompt.json" and model_name is None and not str(run.get("model")).startswith("embedded:"):
+            model_name = run.get("model")  # a prompt.json names its model
     if not prompts:
         raise GreaterError("nothing to score: give --prompt, --prompt-file, --baseline or --run")
     if not task_names or not all(task_names):
@@ -709,10 +777,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         record["fingerprint"] = _fingerprint(drawn.train, drawn.test, drawn.dev)
         splits.append(TaskSplit(task, examples, record))
     runtime = _runtime(args)
-    model, tokenizer = _load(args.model, args.trust_remote_code, runtime)
-    generator = _generator(args.model, model, tokenizer, runtime, args.trust_remote_code)
-    for prompt in prompts:  # a prompt the tokenizer cannot take fails before any scoring
-        encode_prompt(tokenizer, prompt.text)
+    model, tokenizer = _load(model_name, args.trust_remote_code, runtime)
+    generator = _generator(model_name, model, tokenizer, runtime, args.trust_remote_code)
+    longest = max(len(encode_prompt(tokenizer, p.text)) for p in prompts)  # a bad prompt fails before any scoring
+    cap = max_new or defaults.max_new_tokens
+    for ts in splits:  # every row of every task, before any generation (evaluate never skips rows)
+        joiner_ = max((p.joiner for p in prompts), key=len)
+        _fitting_task(model, tokenizer, ts.task, {}, longest, joiner_, cap)
     several = len(prompts) > 1
 
     def report(cell: Cell) -> None:
@@ -726,12 +797,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         splits,
         prompts,
         max_new_tokens=max_new or defaults.max_new_tokens,
-        batch_size=args.batch_size or defaults.batch_size,
+        batch_size=batch_size or defaults.batch_size,
         generator=generator,
         progress=True,
         on_cell=report,
     )
-    meta = {"model": args.model or "embedded:SmolLM2-135M-Instruct", "split": args.split, "runtime": runtime}
+    meta = {"model": model_name or "embedded:SmolLM2-135M-Instruct", "split": args.split, "runtime": runtime}
     meta |= {"max_new_tokens": max_new or defaults.max_new_tokens, "data_dir": data_dir}
     if args.out is None:
         print("\n" + table_markdown(table_data(cells, **meta)), end="")
@@ -749,10 +820,33 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_prompt(args: argparse.Namespace) -> tuple[dict, str]:
+    """(run, label): a finished run's result.json (--run) or a prompt.json given as --prompt-file, in
+    result.json's shape; ({}, "") when neither is given."""
+    from greater import artifact
+    from greater.runs import read_json
+
+    from_file = args.prompt_file is not None and artifact.is_artifact_file(args.prompt_file)
+    if from_file and args.run is not None:
+        raise GreaterError("give --run DIR or a prompt.json as --prompt-file, not both")
+    if from_file:
+        data = artifact.read(args.prompt_file)
+        return artifact.as_run(data), "prompt.json"
+    if args.run is None:
+        return {}, ""
+    run = read_json(args.run / "result.json")
+    if not isinstance(run.get("prompt"), str):
+        raise GreaterError(f"{args.run / 'result.json'} has no 'prompt'")
+    return run, "run"
+
+
 def _prompt_texts(args: argparse.Namespace) -> list[str]:
-    """The prompts of --prompt (in order), then those of --prompt-file (one per non-blank line)."""
+    """The prompts of --prompt (in order), then those of --prompt-file (one per non-blank line; a
+    prompt.json is not read here: see `_run_prompt`)."""
+    from greater.artifact import is_artifact_file
+
     texts = list(args.prompt or [])
-    if args.prompt_file is not None:
+    if args.prompt_file is not None and not is_artifact_file(args.prompt_file):
         try:
             lines = args.prompt_file.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
@@ -801,6 +895,229 @@ def _no_vllm(args: argparse.Namespace, what: str) -> None:
         raise GreaterError(
             f"--generator vllm serves GReaTer runs and greater evaluate; {what} samples with transformers"
         )
+
+
+# --- threads, budgets, inputs that fit, prompt.json, export, report, MLflow (issue 15) ------------
+
+
+def _apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's threads for a command that runs a model (--threads, OMP_NUM_THREADS, else physical
+    cores); `args.threads_used` records the choice for run.json."""
+    if hasattr(args, "threads"):
+        from greater.runtime import set_threads
+
+        args.threads_used = set_threads(args.threads)
+    args.started = time.monotonic()
+
+
+class _OutOfTime(Exception):
+    """--max-time was spent; raised after a checkpoint, so the run resumes where it stopped."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
+
+
+class _RunClock:
+    """--max-time and the projection printed after the first step of this process."""
+
+    def __init__(self, limit: float | None, started: float, resumed: bool) -> None:
+        self.limit, self.started, self.resumed = limit, started, resumed
+        self.test_seconds: float | None = None  # the initial test evaluation, when it ran in this process
+        self.projected = False
+
+    def after_step(self, bar, record, step: int, config, n_dev: int, n_test: int) -> None:
+        from greater.runtime import format_duration
+
+        if not self.projected:
+            self.projected = True
+            per_step = float(record.seconds.get("total", 0.0))
+            rest = per_step * (config.steps - step)
+            if self.test_seconds:  # the final test evaluation, and the dev pass scaled by its size
+                rest += self.test_seconds * (1 + config.keep_top * n_dev / max(n_test, 1))
+            whole = "the rest of the run" if self.resumed else "the whole run"
+            total = rest if self.resumed else time.monotonic() - self.started + rest
+            finish = time.strftime("%H:%M", time.localtime(time.time() + rest))
+            bar.write(
+                f"projected time for {whole}: about {format_duration(total)} "
+                f"(first step {format_duration(per_step)}, {config.steps - step} more; done around {finish})",
+                file=sys.stdout,
+            )
+        self.check(step)
+
+    def check(self, step: int) -> None:
+        if self.limit is not None and time.monotonic() - self.started >= self.limit:
+            raise _OutOfTime(step)
+
+
+def _budget(args: argparse.Namespace) -> _RunClock:
+    from greater.runtime import parse_duration
+
+    limit = parse_duration(args.max_time) if args.max_time is not None else None
+    return _RunClock(limit, getattr(args, "started", time.monotonic()), args.resume is not None)
+
+
+def _fitting_task(model, tokenizer, task, info: dict, prompt_tokens: int, joiner: str, max_new: int):
+    """`task` with every row checked against the model's context before any generation: a row that
+    cannot fit is refused (exit 2) unless the task's skip_bad_rows is set, then left out and counted."""
+    from greater.fit import context_length, fitting_task
+
+    return fitting_task(
+        tokenizer,
+        task,
+        context=context_length(model, tokenizer),
+        prompt_tokens=prompt_tokens,
+        joiner=joiner,
+        max_new_tokens=max_new,
+        skip=bool((info.get("task_options") or {}).get("skip_bad_rows")),
+    )
+
+
+def _write_artifact(run_dir, info, prompt, prompt_ids, joiner, task, model, tokenizer, scores, method="greater"):
+    """prompt.json (written before result.json: a folder with result.json is a finished run)."""
+    from greater import artifact
+
+    data = artifact.build(
+        info=info,
+        prompt=prompt,
+        prompt_ids=prompt_ids,
+        joiner=joiner,
+        task=task,
+        model=model,
+        tokenizer=tokenizer,
+        scores=scores,
+        method=method,
+    )
+    artifact.write(run_dir, data)
+
+
+def _add_mlflow_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="TRACKING_URI",
+        help="log to MLflow (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db); needs greater[mlflow]",
+    )
+
+
+def _tracker(args: argparse.Namespace, run_dir: Path, info: dict):
+    """The run's MLflow tracker: a new MLflow run for --mlflow (its id stored in run.json), the stored
+    one for a resumed run that had one, else a no-op."""
+    from greater.tracking import MlflowTracker, NoTracker, default_uri
+
+    stored = info.get("mlflow")
+    given = getattr(args, "mlflow", None)
+    if given is None and not stored:
+        return NoTracker()
+    uri = given or default_uri() if given is not None else stored["tracking_uri"]
+    if stored and given is not None and uri != stored["tracking_uri"]:
+        raise GreaterError(_differs("mlflow", uri, stored["tracking_uri"]))
+    tracker = MlflowTracker(uri, run_id=stored["run_id"] if stored else None, name=run_dir.name)
+    if not stored:
+        from greater.runs import write_json
+
+        tracker.log_params({k: v for k, v in info.items() if k not in ("split",)} | {"split": info.get("split")})
+        info["mlflow"] = {"tracking_uri": tracker.uri, "run_id": tracker.run_id}
+        write_json(run_dir / "run.json", info)
+    return tracker
+
+
+def _prefixed(test_accuracy: dict) -> dict:
+    return {f"test_accuracy_{key}": value for key, value in test_accuracy.items()}
+
+
+def _add_artifact_commands(sub) -> None:
+    exp = sub.add_parser("export", help="a run's prompt as text, chat messages or a promptfoo config")
+    exp.add_argument("run", type=Path, help="a finished run directory (or its prompt.json)")
+    exp.add_argument("--format", choices=("messages", "promptfoo", "text"), default="text")
+    exp.add_argument("--out", type=Path, default=None, help="file to write (promptfoo: RUN/promptfoo/config.yaml)")
+    exp.add_argument("--model", default=None, help="promptfoo: the model its provider runs (default: the run's)")
+    exp.set_defaults(func=_cmd_export)
+
+    rep = sub.add_parser("report", help="one self-contained report.html of a run or a comparison")
+    rep.add_argument("run", type=Path, help="a run directory, or a `greater compare` output folder")
+    rep.add_argument("--out", type=Path, default=None, help="where to write it (default: RUN/report.html)")
+    rep.set_defaults(func=_cmd_report)
+
+
+_GREATER_PROMPT_TOKENS = 20  # the default initial prompt's length, rounded up
+DEFAULT_JOINER_TEXT = ". Use"  # the longer of GReaTer's and the baselines' joiners
+
+
+def _check_all_rows_fit(scorer, tasks, config) -> None:
+    """`greater compare`: every example of every task must fit each scoring model's context (the
+    comparison draws its splits per seed itself, so rows are refused, not left out)."""
+    # a baseline's prompt is cut at max_prompt_tokens; GReaTer's grows by at most one token a step
+    longest = max(config.max_prompt_tokens, _GREATER_PROMPT_TOKENS + config.steps)
+    for task in tasks:
+        _fitting_task(scorer.model, scorer.tokenizer, task, {}, longest, DEFAULT_JOINER_TEXT, config.max_new_tokens)
+
+
+def _compare_tracker(args: argparse.Namespace, params: dict):
+    """`greater compare --mlflow`: one MLflow run per output folder (its id in mlflow.json there, so a
+    rerun that resumes the comparison logs into the same MLflow run)."""
+    from greater.runs import read_json, write_json
+    from greater.tracking import MlflowTracker, NoTracker, default_uri
+
+    path = args.out / "mlflow.json"
+    stored = read_json(path) if path.exists() else None
+    if args.mlflow is None and stored is None:
+        return NoTracker()
+    uri = (args.mlflow or default_uri()) if args.mlflow is not None else stored["tracking_uri"]
+    tracker = MlflowTracker(uri, run_id=stored["run_id"] if stored else None, name=f"compare {args.out.name}")
+    if stored is None:
+        tracker.log_params(params)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"tracking_uri": tracker.uri, "run_id": tracker.run_id})
+    return tracker
+
+
+def _log_compare(tracker, out: Path, table: dict) -> None:
+    """Per task and method: mean test accuracy, its sd, calls, tokens and seconds; then the folder."""
+    metrics = {}
+    for row in table.get("results", []):
+        name = f"{row['task']}/{row['method']}"
+        metrics |= {f"{name}/test_accuracy": row["mean"], f"{name}/test_accuracy_sd": row["sd"]}
+        metrics |= {f"{name}/{key}": row[key] for key in ("calls", "generated_tokens", "seconds")}
+    tracker.finish(out, metrics)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from greater import artifact
+    from greater.runs import write_atomic
+
+    source = args.run / artifact.FILE if args.run.is_dir() else args.run
+    data = artifact.read(source)
+    if args.format == "promptfoo":
+        out = args.out or (source.parent / "promptfoo" / "config.yaml")
+        model = args.model or artifact.as_run(data)["model"]
+        model = None if model and model.startswith("embedded:") else model
+        if model and Path(model).exists():  # the provider runs in the config's folder
+            model = str(Path(model).resolve())
+        artifact.export_promptfoo(data, source, out, model, sys.executable)
+        print(f"promptfoo config written to {out}")
+        print(f"run it with: PROMPTFOO_PYTHON={sys.executable} npx promptfoo@{PROMPTFOO_VERSION} eval -c {out}")
+        return 0
+    text = artifact.export_text(data) if args.format == "text" else artifact.export_messages(data)
+    if args.out is None:
+        print(text, end="")
+    else:
+        write_atomic(args.out, text)
+        print(f"{args.format} written to {args.out}", file=sys.stderr)
+    return 0
+
+
+PROMPTFOO_VERSION = "0.121.20"  # the version the export is tested with (Makefile: test-deps)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from greater.report import write_report
+
+    out = write_report(args.run, args.out)
+    print(f"report written to {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -104,6 +105,8 @@ def _resolve(name: str | None) -> Path | str:
     if not path.exists():
         raise GreaterError(f"model path does not exist: {name}")
     if path.is_file():
+        if path.stat().st_size == 0:
+            raise GreaterError(f"model file {name} is empty; is the download complete?")
         if path.suffix != ".gguf":
             raise GreaterError(f"model file {name} is not a .gguf file; pass a .gguf file, a model folder or a hub id")
         with path.open("rb") as fh:
@@ -137,10 +140,28 @@ def _from_pretrained(
             f"could not load model {shown!r}: {first} — if you are offline, pass a local folder or "
             ".gguf file with --model"
         ) from exc
-    except (ValueError, KeyError, RuntimeError) as exc:  # e.g. an unsupported GGUF architecture
+    except _CORRUPT_FILE_ERRORS as exc:  # e.g. an unsupported GGUF architecture, or a truncated file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise GreaterError(f"could not load model {shown!r}: {first}") from exc
+        hint = " — the file looks truncated or corrupt; download it again" if gguf_file or _is_short(exc) else ""
+        raise GreaterError(f"could not load model {shown!r}: {first}{hint}") from exc
+    except Exception as exc:
+        # readers of model files (safetensors, gguf, tokenizers) raise their own exception types on
+        # damaged files; any of them at load time means the files cannot be used, never a greater bug
+        if type(exc).__module__.split(".")[0] not in _FILE_READERS:
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GreaterError(f"could not load model {shown!r}: {first} — are its files complete?") from exc
     return model, tokenizer
+
+
+# what a damaged or truncated model file raises while it is read (struct.error: a GGUF cut inside its
+# header; ValueError/IndexError: tensor data shorter than the header says)
+_CORRUPT_FILE_ERRORS = (ValueError, KeyError, RuntimeError, IndexError, EOFError, OverflowError, struct.error)
+_FILE_READERS = {"safetensors", "safetensors_rust", "gguf", "tokenizers"}
+
+
+def _is_short(exc: BaseException) -> bool:
+    return isinstance(exc, struct.error | EOFError | IndexError)
 
 
 def _converted_gguf(path: Path, dtype: torch.dtype) -> Path:

@@ -11,10 +11,15 @@ from greater.errors import GreaterError
 
 @dataclass(frozen=True)
 class Example:
-    """One question with its gold answer in the task's canonical form (e.g. "B", "True", "42")."""
+    """One question with its gold answer in the task's canonical form (e.g. "B", "True", "42").
+
+    `where` names the row it came from ("data.jsonl, line 12") when it was read from a file; it takes
+    no part in equality, so the same question and answer are the same example wherever they were read.
+    """
 
     question: str
     answer: str
+    where: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,8 @@ def read_task_file(path: Path) -> dict[str, object]:
     """The settings of a task.toml, checked; `data` resolved against the task file's folder."""
     try:
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        raise GreaterError(f"{path}: reading task.toml files needs Python 3.11 or newer") from None
+    except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` package (a dependency there)
+        import tomli as tomllib
     try:
         settings = tomllib.loads(read_text(path))
     except tomllib.TOMLDecodeError as err:
@@ -157,7 +157,7 @@ def examples_from_records(
     for record in records:
         example = _example(record, input_field, answer_field, answer_type, choices, normalize)
         if isinstance(example, Example):
-            examples.append(example)
+            examples.append(Example(example.question, example.answer, f"{source}, {unit} {record.line}"))
         else:
             bad.append(f"{unit} {record.line}: {example}")
     if bad:

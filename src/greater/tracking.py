@@ -1,0 +1,135 @@
+"""Optional MLflow tracking (`--mlflow [URI]`, `pip install 'greater[mlflow]'`).
+
+mlflow is imported only when tracking is asked for, so greater works without it. A run's MLflow run id
+is stored in its run.json (`"mlflow": {"tracking_uri", "run_id"}`): `--resume` logs into the same
+MLflow run. Logging goes through `MlflowClient` with explicit run ids (no global "active run"), so
+several runs in one process do not interfere.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from greater.errors import GreaterError
+
+EXPERIMENT = "greater"  # MLFLOW_EXPERIMENT_NAME overrides it
+_PARAM_CHARS = 500
+
+
+class NoTracker:
+    """What a run logs to when tracking is off: nothing."""
+
+    uri: str | None = None
+    run_id: str | None = None
+
+    def log_params(self, params: dict) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        pass
+
+    def log_step(self, record: object) -> None:
+        pass
+
+    def finish(self, folder: Path, metrics: dict) -> None:
+        pass
+
+
+def default_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else an SQLite store ./mlflow.db (MLflow's own default; its file store is
+    deprecated), by absolute path, so a resumed run started elsewhere logs to the same store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///" + str(Path("mlflow.db").resolve())
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside an SQLite store's file (mlartifacts/), not in the
+    current directory, which is MLflow's default; other stores decide for themselves (None)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    return None
+
+
+class MlflowTracker(NoTracker):
+    """Logs one greater run (or one comparison) to one MLflow run."""
+
+    def __init__(self, uri: str, run_id: str | None = None, name: str | None = None) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise GreaterError("--mlflow needs the mlflow package: pip install 'greater[mlflow]'") from None
+        import logging
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its "creating tables" notices
+        self.uri = uri
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+            if run_id is None:
+                experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+                found = self.client.get_experiment_by_name(experiment)
+                experiment_id = (
+                    found.experiment_id
+                    if found
+                    else self.client.create_experiment(experiment, artifact_location=artifact_location(uri))
+                )
+                run_id = self.client.create_run(experiment_id, run_name=name).info.run_id
+            else:
+                self.client.get_run(run_id)  # fails clearly when the store lost it
+                self.client.update_run(run_id, status="RUNNING")
+        except GreaterError:
+            raise
+        except Exception as exc:  # mlflow's own errors (bad URI, unreachable server, missing run)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise GreaterError(f"MLflow tracking at {uri!r} failed: {first}") from None
+        self.run_id = run_id
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        flat = {key: str(value)[:_PARAM_CHARS] for key, value in _flatten(params).items()}
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in sorted(flat.items())])
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(key, float(value), now, step or 0)
+            for key, value in _flatten(metrics).items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_step(self, record: object) -> None:
+        """A GReaTer step: its loss, training errors, the best evaluated candidate's selection score,
+        the best score so far and the step's seconds, at the step's index."""
+        evaluated = [e["score"] for e in getattr(record, "evaluated", []) if isinstance(e.get("score"), float)]
+        metrics = {
+            "loss": record.loss,  # type: ignore[attr-defined]
+            "train_errors": record.train_errors,  # type: ignore[attr-defined]
+            "best_score": record.best_score,  # type: ignore[attr-defined]
+            "seconds": record.seconds.get("total"),  # type: ignore[attr-defined]
+        }
+        if evaluated:
+            metrics["selection_score"] = min(evaluated)
+        self.log_metrics(metrics, record.step)  # type: ignore[attr-defined]
+
+    def finish(self, folder: Path, metrics: dict) -> None:
+        """Final metrics, the folder's files as artifacts, and the run marked finished."""
+        self.log_metrics(metrics)
+        self.client.log_artifacts(self.run_id, str(folder))
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= _flatten(value, name + ".")
+        elif value is not None:
+            out[name] = value
+    return out
