@@ -15,10 +15,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from greater.cli import main
-from greater.decoding import output_logits
 from greater.device import resolve_placement
 from greater.engine import Engine
 from greater.errors import GreaterError
+from greater.logits import output_logits
 from greater.memory import activation_bytes_per_token, fit_batch_sizes, kv_bytes_per_token, shape
 from greater.tasks import get_task
 from test_cli import message_lines, run_cli

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from greater.decoding import DecodeStats, decode_shared, extend, lookup_draft, pack_rows, padding_chunks, prefill
+from greater.batching import DecodeStats, pack_rows, padding_chunks
+from greater.decoding import DecodeRequest, decode_shared, lookup_draft
 from greater.engine import Engine
 from greater.generation import TransformersGenerator
+from greater.kvcache import extend, prefill
 from greater.layout import encode_prompt
 from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import get_task
@@ -59,7 +63,7 @@ def _repeating_rows(tok):
 def test_lookup_drafting_gives_greedy_output_and_follow_scores(tiny_model, smol_tokenizer, slots):
     contexts = _repeating_rows(smol_tokenizer)
     follow = tuple(smol_tokenizer(" so the answer is 7")["input_ids"])
-    rows = [(i, c[-2:], follow, len(follow)) for i, c in enumerate(contexts)]
+    rows = [DecodeRequest(i, c[-2:], follow, len(follow)) for i, c in enumerate(contexts)]
     heads = prefill(tiny_model, [c[:-2] for c in contexts], pad_id=0)
     args = dict(max_new_tokens=40, stop_ids={2}, pad_id=0)
     plain_stats, drafted_stats = DecodeStats(), DecodeStats()
@@ -74,7 +78,7 @@ def test_lookup_drafting_gives_greedy_output_and_follow_scores(tiny_model, smol_
     assert drafted_stats.accepted_tokens > 0  # drafts were checked and some taken, so fewer forwards ran
     assert plain_stats.drafted_tokens == 0
     # scoring only the last two follow tokens gives exactly those two of the full scoring
-    last_two = decode_shared(tiny_model, heads, [(*row[:3], 2) for row in rows], draft_slots=slots, **args)
+    last_two = decode_shared(tiny_model, heads, [replace(row, scored=2) for row in rows], draft_slots=slots, **args)
     for a, b in zip(last_two, drafted, strict=True):
         assert a.reasoning == b.reasoning
         assert a.follow_logprobs == pytest.approx(b.follow_logprobs[-2:], abs=1e-5)
@@ -212,7 +216,7 @@ def test_rows_ending_at_different_steps_score_their_follow_tokens_exactly(tiny_m
     contexts = _repeating_rows(smol_tokenizer)
     follow = tuple(smol_tokenizer(" so the answer is 7")["input_ids"])
     heads = prefill(tiny_model, [c[:-2] for c in contexts], pad_id=0)
-    rows = [(i, c[-2:], follow, 3) for i, c in enumerate(contexts)]
+    rows = [DecodeRequest(i, c[-2:], follow, 3) for i, c in enumerate(contexts)]
     free = decode_shared(tiny_model, heads, rows, max_new_tokens=12, stop_ids=set(), pad_id=0)
     stop = free[0].reasoning[2]  # ends the first row after two tokens, the others later or at the cap
     decoded = decode_shared(tiny_model, heads, rows, max_new_tokens=12, stop_ids={stop}, pad_id=0, draft_slots=16)

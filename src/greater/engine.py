@@ -9,21 +9,12 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import (
-    DRAFT_SLOTS,
-    DecodeStats,
-    Prefilled,
-    cache_kwarg,
-    decode_shared,
-    extend,
-    output_logits,
-    pack_rows,
-    padding_chunks,
-    prefill,
-    run_chunked,
-)
+from greater.batching import DecodeStats, pack_rows, padding_chunks, run_chunked
+from greater.decoding import DRAFT_SLOTS, DecodeRequest, decode_shared
 from greater.generation import Generator, TransformersGenerator
-from greater.layout import ChatLayout, Sequence, build_sequence, encode
+from greater.kvcache import Prefilled, cache_kwarg, extend, prefill
+from greater.layout import ChatLayout, TokenSequence, build_sequence, encode
+from greater.logits import output_logits
 from greater.memory import AUTO, fit_batch_sizes
 from greater.tasks import Example, Task
 
@@ -114,7 +105,7 @@ class Engine:
 
     # -- sequences and generation ---------------------------------------------------------
 
-    def sequences(self, prompt: Ids, reasonings: list[list[int]] | None = None) -> list[Sequence]:
+    def sequences(self, prompt: Ids, reasonings: list[list[int]] | None = None) -> list[TokenSequence]:
         """Full teacher-forcing sequences (or bare generation contexts when `reasonings` is None)."""
         if reasonings is None:
             return [build_sequence(self.layout, h, prompt) for h in self.heads]
@@ -163,7 +154,7 @@ class Engine:
 
         def run(chunk: list[int]) -> list[tuple[int, int, object]]:
             rows = [
-                (b, p[common:] + self.layout.mid_ids, self.extractor_ids + self.answer_ids[b], n_answer[b])
+                DecodeRequest(b, p[common:] + self.layout.mid_ids, self.extractor_ids + self.answer_ids[b], n_answer[b])
                 for p in prompts
                 for b in chunk
             ]
@@ -224,7 +215,7 @@ class Engine:
 
     # -- the teacher-forced pass -----------------------------------------------------------
 
-    def terms(self, seqs: list[Sequence], *, position: int | None = None, nll_weight: float = 0.0) -> Terms:
+    def terms(self, seqs: list[TokenSequence], *, position: int | None = None, nll_weight: float = 0.0) -> Terms:
         """Loss terms for `seqs`, in chunks of `batch_size`; with `position`, also proposal log-probs
         and the summed embedding gradient at prompt index `position`.
 
@@ -261,7 +252,7 @@ class Engine:
         merged.prompt_len = seqs[0].prompt.stop - seqs[0].prompt.start
         return merged
 
-    def _full_terms(self, seqs: list[Sequence], position: int | None, nll_weight: float) -> Terms:
+    def _full_terms(self, seqs: list[TokenSequence], position: int | None, nll_weight: float) -> Terms:
         """Loss terms of whole sequences in one forward (+ backward to the embedding at `position`)."""
         device = self.model.device
         input_ids, mask = pack_rows([s.ids for s in seqs], self.pad_id, device)
@@ -291,7 +282,7 @@ class Engine:
         self.counts.scored_sequences += len(seqs)
         return terms
 
-    def _suffix_terms(self, seqs: list[Sequence], before: Prefilled, position: int, nll_weight: float) -> Terms:
+    def _suffix_terms(self, seqs: list[TokenSequence], before: Prefilled, position: int, nll_weight: float) -> Terms:
         """Loss terms and the embedding gradient at prompt index `position`, running forward + backward
         only from the position on, on top of `before` (the rows' no-gradient prefix up to it)."""
         device = self.model.device
@@ -326,7 +317,7 @@ class Engine:
         self,
         hidden: torch.Tensor,
         input_ids: torch.Tensor,
-        seqs: list[Sequence],
+        seqs: list[TokenSequence],
         shifts: list[int],
         leaf: torch.Tensor | None,
         nll_weight: float,

@@ -7,7 +7,9 @@ from typing import Protocol
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DRAFT_SLOTS, DecodeStats, decode_shared, pack_rows, prefill, run_chunked
+from greater.batching import DecodeStats, pack_rows, run_chunked
+from greater.decoding import DRAFT_SLOTS, DecodeRequest, decode_shared
+from greater.kvcache import prefill
 
 
 class Generator(Protocol):
@@ -82,7 +84,7 @@ class TransformersGenerator:
         rows = decode_shared(
             self.model,
             prefill(self.model, [c[:-1] for c in contexts], self.pad_id, stats=self.stats),
-            [(i, c[-1:], (), 0) for i, c in enumerate(contexts)],
+            [DecodeRequest(i, c[-1:]) for i, c in enumerate(contexts)],
             max_new_tokens=max_new_tokens,
             stop_ids=self.stop_ids,
             pad_id=self.pad_id,

@@ -14,7 +14,7 @@ per weight):
                                   input gradients; Llama-3-8B, bf16: 5.1 MiB)
 
 Half the remainder is left for the allocator's fragmentation and transient copies. Whatever the
-estimate, a batch that does not fit halves on out-of-memory (`decoding.run_chunked`).
+estimate, a batch that does not fit halves on out-of-memory (`batching.run_chunked`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DecodeStats
+from greater.batching import DecodeStats
 from greater.device import peak_memory, reset_peak_memory
 from greater.engine import Engine, Ids, Terms
 from greater.errors import GreaterError
