@@ -187,8 +187,10 @@ def test_period_candidate_is_scored_before_it_is_taken(tiny_model, smol_tokenize
     chosen, evaluated = step._select(state, prompt, position, shortlist, [])
     assert chosen == shortlist[1]
     assert [e["prompt"] for e in evaluated] == [decode(tok, p).strip() for p in shortlist[:2]]
-    assert evaluated[1]["accepted_period"] is True and math.isfinite(evaluated[1]["score"])
-    assert shortlist[1] in state.scores and shortlist[2] not in state.scores  # later ones are not scored
+    assert evaluated[1]["accepted_period"] is True
+    assert math.isfinite(evaluated[1]["score"])
+    assert shortlist[1] in state.scores
+    assert shortlist[2] not in state.scores  # later ones are not scored
 
 
 def test_filler_is_one_underscore_token_or_the_closest_single_token(smol_tokenizer):
@@ -238,7 +240,8 @@ def test_dev_choice_scores_the_best_prompts_and_returns_the_best_on_dev(tiny_mod
         assert f["dev_accuracy"] == ev.accuracy
     best = max(f["dev_accuracy"] for f in finalists)
     first_best = next(f for f in finalists if f["dev_accuracy"] == best)
-    assert result.prompt == first_best["prompt"] and result.dev_accuracy == best
+    assert result.prompt == first_best["prompt"]
+    assert result.dev_accuracy == best
     assert result.score == first_best["score"]
 
 
@@ -259,7 +262,8 @@ def test_interrupted_dev_pass_resumes_to_the_same_result(tiny_model, smol_tokeni
     with pytest.raises(Killed):
         optimize(tiny_model, smol_tokenizer, TASK, config, train=train, dev=dev, on_dev=kill_after_first)
     state = RunState.from_json(saved[-1])
-    assert len(state.dev_accuracy) == 1 and state.step == 2
+    assert len(state.dev_accuracy) == 1
+    assert state.step == 2
     rest = optimize(tiny_model, smol_tokenizer, TASK, config, train=train, dev=dev, state=state)
     assert rest.steps == []  # nothing re-run but the dev pass
     assert (rest.prompt, rest.dev_accuracy, rest.finalists) == (full.prompt, full.dev_accuracy, full.finalists)
@@ -273,11 +277,13 @@ def test_bbh_default_split_is_50_100_100_and_test_does_not_depend_on_dev():
 
     task = load_bbh_task("boolean_expressions", BBH_DIR)
     drawn = task.splits(None, None, None, seed=3)
-    assert (len(drawn.train), len(drawn.dev), len(drawn.test)) == (50, 100, 100) and drawn.note == ""
+    assert (len(drawn.train), len(drawn.dev), len(drawn.test)) == (50, 100, 100)
+    assert drawn.note == ""
     questions = [{ex.question for ex in part} for part in (drawn.train, drawn.dev, drawn.test)]
     assert not (questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2])
     no_dev = task.splits(None, 0, None, seed=3)
-    assert no_dev.test == drawn.test and no_dev.dev == []
+    assert no_dev.test == drawn.test
+    assert no_dev.dev == []
     assert task.split(None, None, 3) == (drawn.train, drawn.test)
 
 
@@ -287,9 +293,11 @@ def test_small_bbh_task_shares_what_is_left_and_says_so():
     task = load_bbh_task("penguins_in_a_table", BBH_DIR)
     n = len(task.load())
     drawn = task.splits(None, None, None, seed=0)
-    assert len(drawn.train) == 50 and len(drawn.dev) + len(drawn.test) == n - 50
+    assert len(drawn.train) == 50
+    assert len(drawn.dev) + len(drawn.test) == n - 50
     assert abs(len(drawn.dev) - len(drawn.test)) <= 1
-    assert f"has {n} examples" in drawn.note and f"{len(drawn.dev)} dev / {len(drawn.test)} test" in drawn.note
+    assert f"has {n} examples" in drawn.note
+    assert f"{len(drawn.dev)} dev / {len(drawn.test)} test" in drawn.note
     with pytest.raises(GreaterError, match="--dev must be at most"):
         task.splits(50, n, None, seed=0)
 
@@ -304,7 +312,8 @@ def test_cli_dev_choice_is_recorded_and_an_interrupted_dev_pass_resumes(capsys, 
     extra = ("--dev", "3", "--keep-top", "2")
     code, out, err = run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "full", *extra))
     assert code == 0, err
-    assert "4 train / 3 dev / 3 test" in out and "dev accuracy of the chosen prompt" in out
+    assert "4 train / 3 dev / 3 test" in out
+    assert "dev accuracy of the chosen prompt" in out
     full = json.loads((tmp_path / "full" / "result.json").read_text())
     run = json.loads((tmp_path / "full" / "run.json").read_text())
     assert (run["split"]["n_dev"], run["split"]["dev"]) == (3, 3)
@@ -326,7 +335,8 @@ def test_cli_dev_choice_is_recorded_and_an_interrupted_dev_pass_resumes(capsys, 
     if len(full["finalists"]) == 1:  # one finalist: nothing to interrupt
         assert code == 0
         return
-    assert code == 130 and "resume with" in err
+    assert code == 130
+    assert "resume with" in err
     checkpoint = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())
     assert len(checkpoint["state"]["dev_accuracy"]) == 1
     monkeypatch.setattr(optimizer, "evaluate", real_evaluate)
@@ -362,5 +372,6 @@ def test_cli_bad_fidelity_settings_exit_2(capsys, tiny_model_dir, tmp_path, extr
 
     code, out, err = run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "run", *extra))
     assert code == 2
-    assert message in err and "Traceback" not in err
+    assert message in err
+    assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # refused before a run directory is made

@@ -3,7 +3,6 @@ terms (and the gradient w.r.t. one prompt position) in one batched teacher-force
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ from greater.layout import ChatLayout, TokenSequence, build_sequence, encode
 from greater.logits import output_logits
 from greater.memory import AUTO, fit_batch_sizes
 from greater.tasks import Example, Task
+from greater.timing import PhaseTimer
 
 Ids = tuple[int, ...]
 PROMPT_TOKENS = 64  # prompt length assumed when sizing batches (optimized prompts grow a token at a time)
@@ -91,9 +91,8 @@ class Engine:
             cached_decoding and isinstance(self.generator, TransformersGenerator) and self.generator.cached
         )
         self.batched_gradient = batched_gradient
-        # what the teacher-forced passes cost, for the benchmark; seconds per selection sub-phase
+        # what the teacher-forced passes cost, for the benchmark
         self.counts: DecodeStats = getattr(self.generator, "stats", None) or DecodeStats()
-        self.clock: dict[str, float] = {"selection_generation": 0.0, "selection_scoring": 0.0}
         self.pad_id = getattr(self.generator, "pad_id", tokenizer.pad_token_id or 0)
         self._prefix: Prefilled | None = None  # see `prefix`
 
@@ -130,21 +129,27 @@ class Engine:
         outs = self.generator.generate(contexts, max_new_tokens)
         return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
 
-    def reason_and_score(self, prompts: list[Ids], max_new_tokens: int) -> list[tuple[list[list[int]], Terms]]:
-        """Reasoning and loss terms (no gradient) for each prompt on every example.
+    def reason_and_score(
+        self, prompts: list[Ids], max_new_tokens: int, timer: PhaseTimer | None = None
+    ) -> list[tuple[list[list[int]], Terms]]:
+        """Reasoning and loss terms (no gradient) for each prompt on every example; `timer` gets the
+        seconds of the selection_generation and selection_scoring phases.
 
         With the shared cache, the part of the context common to all prompts is prefilled once per
         example and answers are scored by extending the generation's cache; otherwise reasoning is
         generated, then every full sequence is run through the model again.
         """
-        started = time.perf_counter()
-        if not self.shared_cache:
+        timer = timer or PhaseTimer()
+        if self.shared_cache:
+            with timer("selection_generation"):  # scoring is fused into decoding
+                return self._decode_and_score(prompts, max_new_tokens)
+        with timer("selection_generation"):
             reasonings = self.reason(prompts, max_new_tokens)
-            self.clock["selection_generation"] += time.perf_counter() - started
-            started = time.perf_counter()
-            out = [(r, self.terms(self.sequences(p, r))) for p, r in zip(prompts, reasonings, strict=True)]
-            self.clock["selection_scoring"] += time.perf_counter() - started
-            return out
+        with timer("selection_scoring"):
+            return [(r, self.terms(self.sequences(p, r))) for p, r in zip(prompts, reasonings, strict=True)]
+
+    def _decode_and_score(self, prompts: list[Ids], max_new_tokens: int) -> list[tuple[list[list[int]], Terms]]:
+        """`reason_and_score` on the shared cache: one `decode_shared` pass generates and scores."""
         common = self._shared_len(prompts)
         heads = self.prefix(prompts[0], common)
         generator = self.generator
@@ -187,7 +192,6 @@ class Engine:
                 correct.append(all(row.follow_hits))
             terms = Terms(ce=torch.tensor(ce), nll=torch.tensor(nll), correct=torch.tensor(correct))
             out.append((reasoning, terms))
-        self.clock["selection_generation"] += time.perf_counter() - started  # scoring is fused into decoding
         return out
 
     def prefix(self, prompt: Ids, n: int) -> Prefilled:
@@ -275,8 +279,7 @@ class Engine:
         if leaf is not None:
             offsets = torch.tensor([0] + [s.prompt.stop - s.prompt.start for s in seqs], device=device).cumsum(0)[:-1]
             terms.proposal_logprobs = prompt_lp[offsets + position].cpu()
-            self.counts.backward_tokens += int(mask.sum())
-            self.counts.padded_slots += int((mask == 0).sum())
+            self.counts.count_backward(mask)
         else:
             self.counts.count_forward(mask)
         self.counts.scored_sequences += len(seqs)
@@ -309,8 +312,7 @@ class Engine:
             terms, _ = self._loss_terms(hidden, input_ids, seqs, [-c for c in cuts], leaf, nll_weight, known)
         terms.proposal_logprobs = first.cpu()
         self.counts.scored_sequences += len(seqs)
-        self.counts.backward_tokens += int(mask.sum())
-        self.counts.padded_slots += int((mask == 0).sum())
+        self.counts.count_backward(mask)
         return terms
 
     def _loss_terms(

@@ -13,8 +13,8 @@ from transformers import PreTrainedModel
 def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
     """(..., V) float32 logits for hidden states (..., D), as the model's output head computes them.
 
-    Computed as W·hᵀ, which CPU BLAS runs faster than `F.linear` (h·Wᵀ) for a few rows: `F.linear`
-    repacks the whole vocabulary-sized weight on every call (bench/README.md has the figures). With
+    Computed as W·hᵀ, not `F.linear` (h·Wᵀ), which repacks the whole vocabulary-sized weight on every
+    call (slower on CPU for a few rows: bench/README.md). With
     bfloat16/float16 weights the product still comes out in float32 (`_mm_float32`), not rounded to
     the weights' dtype: a bfloat16 logit of 20 is only known to ±0.06, ±0.3 after the answer
     temperature of 0.2, which the loss, the proposal log-probs and the selection scores would inherit.

@@ -1,7 +1,7 @@
 """Loading a causal LM and its tokenizer: a hub id, a local folder, or a .gguf file.
 
-GGUF files are de-quantized by transformers on every load (~15 s for the embedded model),
-so the converted float weights are cached as safetensors in a user cache directory.
+GGUF files are de-quantized by transformers on every load (slow: bench/README.md), so the
+converted float weights are cached as safetensors in a user cache directory.
 """
 
 from __future__ import annotations

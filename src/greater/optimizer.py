@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
@@ -26,6 +25,7 @@ from greater.generation import Generator
 from greater.layout import decode, encode, encode_prompt
 from greater.memory import is_size
 from greater.tasks import Example, Task
+from greater.timing import STEP_PHASES, PhaseTimer
 
 DEFAULT_INIT_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."
 _SENTENCE_END = (".", "!", "?")
@@ -356,50 +356,30 @@ class _Step:
         config, engine = self.config, self.engine
         device = engine.model.device
         reset_peak_memory(device)
-        started = time.perf_counter()
+        timer = PhaseTimer(STEP_PHASES)
         state.step += 1
-        timing: dict[str, float] = {}
         warnings: list[str] = []
         prompt, position = tuple(state.prompt), state.position
-        rng = random.Random(f"{config.seed}:{state.step}")
-
-        # 1. reasoning for the current prompt (reused from the previous selection when possible)
-        if state.reasoning is None or not config.reuse_reasoning:
-            (state.reasoning,) = engine.reason([prompt], config.max_new_tokens)
-        timing["reasoning"] = _lap(started)
-
-        # 2 + 3. one teacher-forced forward + backward: loss, proposal log-probs, embedding gradient
-        t = time.perf_counter()
-        terms = engine.terms(engine.sequences(prompt, state.reasoning), position=position, nll_weight=config.nll_weight)
-        timing["gradient"] = _lap(t)
-        t = time.perf_counter()
-        loss = float((terms.ce + config.nll_weight * terms.nll).mean())
-        if math.isfinite(loss):
-            state.record_score(prompt, selection_score(terms, config), self.returnable(prompt))
-        else:
-            warnings.append(f"non-finite loss for the current prompt at step {state.step}")
-        if state.step == 1:
-            state.initial_score = state.scores.get(prompt, math.nan)
-        exclude = {prompt[position - 1]} if position > 0 else set()
-        candidates = propose_candidates(terms.proposal_logprobs, self.allowed, exclude, prompt[position], config, rng)
-        own_nll = config.nll_weight if config.candidate_nll else 0.0
-        grads = candidate_gradient(terms, engine.candidate_embeddings(candidates), candidates, own_nll)
-        ranked = [(candidates[j], float(grads[j])) for j in torch.argsort(grads, stable=True).tolist()]
-        if not all(math.isfinite(g) for _, g in ranked):
-            warnings.append("non-finite candidate gradients were dropped")
-            ranked = [(c, g) for c, g in ranked if math.isfinite(g)]
-        timing["proposal"] = _lap(t)
-
-        # 4. selection: re-score the most promising candidates with their own reasoning
-        t = time.perf_counter()
-        clock = dict(engine.clock)
-        shortlist = shortlist_candidates(self.tokenizer, prompt, position, [c for c, _ in ranked], config.num_select)
-        chosen, evaluated = self._select(state, prompt, position, shortlist, warnings)
-        for phase in clock:
-            timing[phase] = round(engine.clock[phase] - clock[phase], 4)
-        timing["selection"] = _lap(t)
-        state.prompt = list(chosen)
-        timing["total"] = _lap(started)
+        with timer("total"):
+            # 1. reasoning for the current prompt (reused from the previous selection when possible)
+            with timer("reasoning"):
+                if state.reasoning is None or not config.reuse_reasoning:
+                    (state.reasoning,) = engine.reason([prompt], config.max_new_tokens)
+            # 2. one teacher-forced forward + backward: loss, proposal log-probs, embedding gradient
+            with timer("gradient"):
+                seqs = engine.sequences(prompt, state.reasoning)
+                terms = engine.terms(seqs, position=position, nll_weight=config.nll_weight)
+            # 3. candidate tokens from the proposal, ranked by the gradient
+            with timer("proposal"):
+                loss = self._score_current(state, prompt, terms, warnings)
+                ranked = self._rank_candidates(state, prompt, position, terms, warnings)
+            # 4. selection: re-score the most promising candidates with their own reasoning
+            with timer("selection"):
+                tokens = [c for c, _ in ranked]
+                shortlist = shortlist_candidates(self.tokenizer, prompt, position, tokens, config.num_select)
+                chosen, evaluated = self._select(state, prompt, position, shortlist, warnings, timer)
+            # 5. the chosen prompt goes on (the caller advances the position)
+            state.prompt = list(chosen)
         return StepRecord(
             step=state.step,
             position=position,
@@ -412,13 +392,48 @@ class _Step:
             chosen_ids=list(chosen),
             best_score=state.best_score,
             best_prompt=prompt_text(self.tokenizer, state.best_prompt),
-            seconds=timing,
+            seconds=timer.seconds(),
             warnings=warnings,
             peak_memory=peak_memory(device),
         )
 
+    def _score_current(self, state: RunState, prompt: Ids, terms: Terms, warnings: list[str]) -> float:
+        """The current prompt's loss; its selection score goes into the state's cache (and, at step 1,
+        is the initial score)."""
+        loss = float((terms.ce + self.config.nll_weight * terms.nll).mean())
+        if math.isfinite(loss):
+            state.record_score(prompt, selection_score(terms, self.config), self.returnable(prompt))
+        else:
+            warnings.append(f"non-finite loss for the current prompt at step {state.step}")
+        if state.step == 1:
+            state.initial_score = state.scores.get(prompt, math.nan)
+        return loss
+
+    def _rank_candidates(
+        self, state: RunState, prompt: Ids, position: int, terms: Terms, warnings: list[str]
+    ) -> list[tuple[int, float]]:
+        """(token, gradient) of the proposed candidates at `position`, most negative gradient first;
+        non-finite gradients are dropped."""
+        config, engine = self.config, self.engine
+        rng = random.Random(f"{config.seed}:{state.step}")
+        exclude = {prompt[position - 1]} if position > 0 else set()
+        candidates = propose_candidates(terms.proposal_logprobs, self.allowed, exclude, prompt[position], config, rng)
+        own_nll = config.nll_weight if config.candidate_nll else 0.0
+        grads = candidate_gradient(terms, engine.candidate_embeddings(candidates), candidates, own_nll)
+        ranked = [(candidates[j], float(grads[j])) for j in torch.argsort(grads, stable=True).tolist()]
+        if not all(math.isfinite(g) for _, g in ranked):
+            warnings.append("non-finite candidate gradients were dropped")
+            ranked = [(c, g) for c, g in ranked if math.isfinite(g)]
+        return ranked
+
     def _select(
-        self, state: RunState, prompt: Ids, position: int, shortlist: list[Ids], warnings: list[str]
+        self,
+        state: RunState,
+        prompt: Ids,
+        position: int,
+        shortlist: list[Ids],
+        warnings: list[str],
+        timer: PhaseTimer | None = None,
     ) -> tuple[Ids, list[dict]]:
         """The chosen prompt and what was evaluated; sets `state.reasoning` to the chosen prompt's.
 
@@ -433,7 +448,7 @@ class _Step:
         if period is not None:
             shortlist = shortlist[: shortlist.index(period) + 1]
         fresh = [p for p in shortlist if p not in state.scores]
-        scored_fresh = engine.reason_and_score(fresh, config.max_new_tokens) if fresh else []
+        scored_fresh = engine.reason_and_score(fresh, config.max_new_tokens, timer) if fresh else []
         fresh_reasoning = {p: reasoning for p, (reasoning, _) in zip(fresh, scored_fresh, strict=True)}
         for p, (_, terms) in zip(fresh, scored_fresh, strict=True):
             score = selection_score(terms, config)
@@ -578,7 +593,3 @@ def filler_token(tokenizer: PreTrainedTokenizerBase, filler: str) -> int:
 def prompt_text(tokenizer: PreTrainedTokenizerBase, ids: Ids) -> str:
     """The text of prompt ids as returned to the user (it follows the joiner after one space)."""
     return decode(tokenizer, ids).strip()
-
-
-def _lap(since: float) -> float:
-    return round(time.perf_counter() - since, 4)
