@@ -134,9 +134,9 @@ def test_reference_rule_step_equals_independent_reimplementation(tiny_model, smo
 
     engine = Engine(tiny_model, tok, TASK, train, joiner=config.joiner, batch_size=1, cached_decoding=False)
     (reasoning,) = engine.reason([prompt], config.max_new_tokens)
-    candidates = [c["token_id"] for c in record.candidates]
+    candidates = [c.token_id for c in record.candidates]
     grads = _reference_gradient(tiny_model, engine.sequences(prompt, reasoning), position, sorted(candidates))
-    ours = {c["token_id"]: c["grad"] for c in record.candidates}
+    ours = {c.token_id: c.grad for c in record.candidates}
     for cand, grad in zip(sorted(candidates), grads.tolist(), strict=True):
         assert ours[cand] == pytest.approx(grad, abs=1e-4)
 
@@ -149,10 +149,10 @@ def test_reference_rule_step_equals_independent_reimplementation(tiny_model, smo
             shortlist.append(ids)
         if len(shortlist) == config.num_select:
             break
-    assert [e["prompt"] for e in record.evaluated] == [decode(tok, p).strip() for p in shortlist]
+    assert [e.prompt for e in record.evaluated] == [decode(tok, p).strip() for p in shortlist]
     scores = [_reference_selection_score(tiny_model, engine, p, config.max_new_tokens) for p in shortlist]
     for entry, score in zip(record.evaluated, scores, strict=True):
-        assert entry["score"] == pytest.approx(score, abs=1e-4)
+        assert entry.score == pytest.approx(score, abs=1e-4)
     chosen = None
     best = math.inf
     for ids, score in zip(shortlist, scores, strict=True):  # the reference's `<=`: the last of equals
@@ -164,8 +164,8 @@ def test_reference_rule_step_equals_independent_reimplementation(tiny_model, smo
 def test_fixed_target_gradient_differs_from_candidate_nll_option(tiny_run):
     fixed = tiny_run(steps=1)
     with_nll = tiny_run(steps=1, candidate_nll=True)
-    a = {c["token_id"]: c["grad"] for c in fixed.steps[0].candidates}
-    b = {c["token_id"]: c["grad"] for c in with_nll.steps[0].candidates}
+    a = {c.token_id: c.grad for c in fixed.steps[0].candidates}
+    b = {c.token_id: c.grad for c in with_nll.steps[0].candidates}
     assert a.keys() == b.keys()
     assert max(abs(a[k] - b[k]) for k in a) > 1e-3
 
@@ -186,9 +186,9 @@ def test_period_candidate_is_scored_before_it_is_taken(tiny_model, smol_tokenize
     shortlist = [prompt[:position] + (w,) for w in words]
     chosen, evaluated = step._select(state, prompt, position, shortlist, [])
     assert chosen == shortlist[1]
-    assert [e["prompt"] for e in evaluated] == [decode(tok, p).strip() for p in shortlist[:2]]
-    assert evaluated[1]["accepted_period"] is True
-    assert math.isfinite(evaluated[1]["score"])
+    assert [e.prompt for e in evaluated] == [decode(tok, p).strip() for p in shortlist[:2]]
+    assert evaluated[1].accepted_period is True
+    assert math.isfinite(evaluated[1].score)
     assert shortlist[1] in state.scores
     assert shortlist[2] not in state.scores  # later ones are not scored
 
@@ -218,7 +218,7 @@ def test_every_chosen_and_returned_prompt_reencodes_to_its_ids(tiny_run, smol_to
     for record in result.steps:
         assert encode_prompt(smol_tokenizer, record.chosen) == record.chosen_ids
         for entry in record.evaluated:  # every prompt scored in selection
-            assert encode_prompt(smol_tokenizer, entry["prompt"]) == entry["prompt_ids"]
+            assert encode_prompt(smol_tokenizer, entry.prompt) == entry.prompt_ids
     assert encode_prompt(smol_tokenizer, result.prompt) == result.prompt_ids
 
 

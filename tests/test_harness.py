@@ -16,8 +16,8 @@ from greater.evaluate import (
     TaskSplit,
     evaluate,
     evaluate_table,
+    prompts_table_markdown,
     table_data,
-    table_markdown,
 )
 from greater.tasks import get_task
 from test_cli import message_lines, run_cli
@@ -142,7 +142,7 @@ def test_evaluate_table_in_process(tiny_model, smol_tokenizer) -> None:
         assert cell.evaluation.predictions == alone.predictions
 
 
-def test_table_markdown_layout() -> None:
+def test_prompts_table_markdown_layout() -> None:
     split_a = TaskSplit(get_task("gen/arithmetic"), [], {"seed": 1})
     split_b = TaskSplit(get_task("gen/object_counting"), [], {"seed": 1})
     p1, p2 = PromptSpec("P1", "Think."), PromptSpec("zs-cot", "Let's think step by step.", ".")
@@ -168,11 +168,11 @@ def test_table_markdown_layout() -> None:
         "n": 2,
         "predictions": "predictions/gen_arithmetic__zs-cot.jsonl",
     }
-    assert table_markdown(table).splitlines()[:5] == [
+    assert prompts_table_markdown(table).splitlines()[:5] == [
         "| task | n | P1 | zs-cot |",
         "|---|---:|---:|---:|",
         "| gen/arithmetic | 0 | 50.0 | 100.0 |",
         "| gen/object_counting | 0 | 0.0 | 50.0 |",
         "| mean | | 25.0 | 75.0 |",
     ]
-    assert "- zs-cot: \"Let's think step by step.\" (joiner '.')" in table_markdown(table)
+    assert "- zs-cot: \"Let's think step by step.\" (joiner '.')" in prompts_table_markdown(table)

@@ -54,7 +54,7 @@ def test_same_seed_same_prompts_on_embedded_model():
     a = optimize(model, tok, task, config, train=train)
     b = optimize(model, tok, task, config, train=train)
     assert [r.chosen_ids for r in a.steps] == [r.chosen_ids for r in b.steps]
-    assert [[c["token_id"] for c in r.candidates] for r in a.steps] == [
-        [c["token_id"] for c in r.candidates] for r in b.steps
+    assert [[c.token_id for c in r.candidates] for r in a.steps] == [
+        [c.token_id for c in r.candidates] for r in b.steps
     ]
     assert a.score == b.score

@@ -170,12 +170,12 @@ def test_optimize_runs_and_tracks_best(tiny_run, smol_tokenizer):
         before = tuple(encode_prompt(smol_tokenizer, record.prompt))
         diff = [i for i, (a, b) in enumerate(zip(before, record.chosen_ids, strict=True)) if a != b]
         assert diff in ([], [record.position])  # a step changes only its own position
-        grads = [c["grad"] for c in record.candidates]
+        grads = [c.grad for c in record.candidates]
         assert grads == sorted(grads)
         assert all(math.isfinite(g) for g in grads)
         assert math.isclose(sum(g * g for g in grads), 1.0, rel_tol=1e-4)
         assert record.evaluated
-        assert all(e["score"] is None or math.isfinite(e["score"]) for e in record.evaluated)
+        assert all(e.score is None or math.isfinite(e.score) for e in record.evaluated)
 
 
 def test_same_seed_same_prompts_and_reuse_changes_nothing(tiny_run):

@@ -60,8 +60,8 @@ def test_resume_from_saved_state_equals_uninterrupted_run(tiny_model, smol_token
     # same candidates in the same order; their gradients agree to float rounding (the resumed run
     # prefills the kept prefix that the uninterrupted one extended step by step)
     for a, b in zip(full.steps[2:], rest.steps, strict=True):
-        assert [c["token_id"] for c in a.candidates] == [c["token_id"] for c in b.candidates]
-        assert [c["grad"] for c in a.candidates] == pytest.approx([c["grad"] for c in b.candidates], abs=1e-5)
+        assert [c.token_id for c in a.candidates] == [c.token_id for c in b.candidates]
+        assert [c.grad for c in a.candidates] == pytest.approx([c.grad for c in b.candidates], abs=1e-5)
     assert (rest.prompt, rest.score) == (full.prompt, full.score)
 
 

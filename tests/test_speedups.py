@@ -105,11 +105,11 @@ def test_each_speedup_gives_the_same_run(tiny_run, switch):
     on = tiny_run(steps=4, max_new_tokens=6, batch_size=8)
     off = tiny_run(steps=4, max_new_tokens=6, batch_size=8, **{switch: False})
     assert [r.chosen_ids for r in on.steps] == [r.chosen_ids for r in off.steps]
-    assert [[c["token_id"] for c in r.candidates] for r in on.steps] == [
-        [c["token_id"] for c in r.candidates] for r in off.steps
+    assert [[c.token_id for c in r.candidates] for r in on.steps] == [
+        [c.token_id for c in r.candidates] for r in off.steps
     ]
     for a, b in zip(on.steps, off.steps, strict=True):
-        assert [e["score"] for e in a.evaluated] == pytest.approx([e["score"] for e in b.evaluated], abs=1e-4)
+        assert [e.score for e in a.evaluated] == pytest.approx([e.score for e in b.evaluated], abs=1e-4)
     assert on.prompt == off.prompt
     assert on.score == pytest.approx(off.score, abs=1e-4)
 

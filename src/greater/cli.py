@@ -16,6 +16,7 @@ from pathlib import Path
 from greater.device import DTYPES
 from greater.errors import GreaterError
 from greater.methods import METHODS, ZS_COT_PROMPT
+from greater.model import model_label, model_name
 from greater.optimizer import SELECTION_RULES
 from greater.tasks.answers import ANSWER_TYPES
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
@@ -281,12 +282,11 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         config = GreaterConfig(**given)
         config.validate()
         info = {
-            "model": args.model or "embedded:SmolLM2-135M-Instruct",
-            # a task file is stored by absolute path, so --resume works from any directory
-            "task": str(Path(args.task).resolve()) if Path(args.task).is_file() else args.task,
+            "model": model_label(args.model),
+            "task": _task_ref(args),
             "config": asdict(config),
             "data_dir": args.data_dir,
-            "task_options": {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None},
+            "task_options": _task_options(args),
             "split": {"seed": config.seed, "train": args.train, "dev": args.dev, "test": args.test},
             "runtime": _runtime(args),
         }
@@ -375,7 +375,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     if drawn.note and run_dir is None:
         print(f"greater: {drawn.note}", file=sys.stderr)
     fingerprint = _fingerprint(train, test, dev)
-    name = None if info["model"].startswith("embedded:") else info["model"]
+    name = model_name(info["model"])
     model, tokenizer = _load(name, args.trust_remote_code, info["runtime"])
     generator = _generator(name, model, tokenizer, info["runtime"], args.trust_remote_code)
     encode_prompt(tokenizer, config.init_prompt)  # a bad prompt or filler fails before anything is written
@@ -406,7 +406,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     bar = tqdm(total=config.steps, initial=state.step if state else 0, desc="optimizing", unit="step", file=sys.stderr)
 
     def on_step(record: StepRecord, run_state) -> None:
-        append_jsonl(run_dir / "steps.jsonl", asdict(record))
+        append_jsonl(run_dir / "steps.jsonl", record.to_json())
         write_checkpoint(run_dir, {"state": run_state.to_json()})
         bar.set_postfix_str(f"best selection score {record.best_score:.3f}")
         bar.update(1)
@@ -463,6 +463,16 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     )
     print(f"run written to {run_dir}")
     return 0
+
+
+def _task_ref(args: argparse.Namespace) -> str:
+    """`--task` as a run records it: a task file by absolute path (so --resume works from any directory)."""
+    return str(Path(args.task).resolve()) if Path(args.task).is_file() else args.task
+
+
+def _task_options(args: argparse.Namespace) -> dict:
+    """The custom-task settings given on the command line."""
+    return {key: getattr(args, key) for key in TASK_OPTIONS if getattr(args, key) is not None}
 
 
 def _split_sizes(split: dict) -> tuple[int | None, int | None, int | None]:
@@ -528,7 +538,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
         raise GreaterError(f"--{foreign[0].replace('_', '-')} applies to GReaTer runs only, not to {args.method}")
     config = MethodConfig(**given)
     config.validate()
-    options = {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None}
+    options = _task_options(args)
     task = resolve_task(args.task, args.data_dir, options)
     train, test = task.split(args.train, args.test, config.seed)
     runtime = _runtime(args)
@@ -536,8 +546,8 @@ def _run_baseline(args: argparse.Namespace) -> int:
     encode_prompt(tokenizer, config.init_prompt)
     info = {
         "method": args.method,
-        "model": args.model or "embedded:SmolLM2-135M-Instruct",
-        "task": str(Path(args.task).resolve()) if Path(args.task).is_file() else args.task,
+        "model": model_label(args.model),
+        "task": _task_ref(args),
         "config": asdict(config),
         "data_dir": args.data_dir,
         "task_options": options,
@@ -589,12 +599,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     given |= {"batch_size": args.batch_size, "meta_max_new_tokens": args.meta_max_new_tokens}
     config = MethodConfig(**{k: v for k, v in given.items() if v is not None})
     config.validate()
-    options = {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None}
+    options = _task_options(args)
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded
         task.split(args.train, args.test, seeds[0])
     _no_vllm(args, "greater compare (its baselines)")
-    label = args.model or "embedded:SmolLM2-135M-Instruct"
+    label = model_label(args.model)
     eval_models = list(dict.fromkeys(args.eval_model or []))
     cluster = None
     if args.ray is not None:  # the workers load the models; this process only writes the cells
@@ -657,8 +667,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         PromptSpec,
         TaskSplit,
         evaluate_table,
+        prompts_table_markdown,
         table_data,
-        table_markdown,
         write_predictions,
         write_table,
     )
@@ -673,7 +683,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     prompts = [PromptSpec(f"P{i}", text, joiner) for i, text in enumerate(_prompt_texts(args), 1)]
     prompts += [PromptSpec(name, *BASELINES[name]) for name in dict.fromkeys(args.baseline or [])]
     task_names, data_dir, max_new = list(dict.fromkeys(args.task or [])), args.data_dir, args.max_new_tokens
-    options = {key: getattr(args, key) for key in TASK_OPTIONS if getattr(args, key) is not None}
+    options = _task_options(args)
     run: dict = {}
     if args.run is not None:  # the run's prompt, scored on the run's own split unless told otherwise
         run = read_json(args.run / "result.json")
@@ -731,10 +741,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         progress=True,
         on_cell=report,
     )
-    meta = {"model": args.model or "embedded:SmolLM2-135M-Instruct", "split": args.split, "runtime": runtime}
+    meta = {"model": model_label(args.model), "split": args.split, "runtime": runtime}
     meta |= {"max_new_tokens": max_new or defaults.max_new_tokens, "data_dir": data_dir}
     if args.out is None:
-        print("\n" + table_markdown(table_data(cells, **meta)), end="")
+        print("\n" + prompts_table_markdown(table_data(cells, **meta)), end="")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     table = write_table(args.out, cells, **meta)
@@ -744,7 +754,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = {"task": cell.task.task.name, "prompt": cell.prompt.text, "joiner": cell.prompt.joiner}
         metrics |= cell.task.split | {"accuracy": cell.evaluation.accuracy, "n": cell.evaluation.n}
         write_json(args.out / "metrics.json", metrics)
-    print("\n" + table_markdown(table), end="")
+    print("\n" + prompts_table_markdown(table), end="")
     print(f"table written to {args.out / 'table.md'} and {args.out / 'table.json'}; predictions in {args.out}")
     return 0
 

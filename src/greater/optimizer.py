@@ -103,16 +103,46 @@ class GreaterConfig:
 
 
 @dataclass
+class Candidate:
+    """A token proposed for the step's position and its L2-normalised gradient (lower is better)."""
+
+    token_id: int
+    token: str
+    grad: float
+
+
+@dataclass
+class Evaluated:
+    """A shortlisted prompt scored in selection: the token at the position, the prompt as text and ids,
+    its selection score, whether that score came from the cache, and whether it was taken as the first
+    candidate holding a "." (`GreaterConfig.accept_period_after_half`)."""
+
+    token: str
+    prompt: str
+    prompt_ids: list[int]
+    score: float
+    cached: bool
+    accepted_period: bool = False
+
+    def to_json(self) -> dict:
+        """As in steps.jsonl: "accepted_period" only where it is true."""
+        data = asdict(self)
+        if not self.accepted_period:
+            del data["accepted_period"]
+        return data
+
+
+@dataclass
 class StepRecord:
-    """What happened in one step; one line of steps.jsonl."""
+    """What happened in one step; `to_json` is one line of steps.jsonl."""
 
     step: int
     position: int
     prompt: str
     loss: float
     train_errors: int  # training examples the current prompt gets wrong (answer not the argmax)
-    candidates: list[dict]  # {"token_id", "token", "grad"}, most negative gradient first
-    evaluated: list[dict]  # {"token", "prompt", "prompt_ids", "score", "cached"} (+ "accepted_period": True)
+    candidates: list[Candidate]  # most negative gradient first
+    evaluated: list[Evaluated]  # in gradient order
     chosen: str
     chosen_ids: list[int]
     best_score: float
@@ -122,6 +152,10 @@ class StepRecord:
     # the step's peak memory in MiB and what it measures (greater.device.peak_memory): on CUDA
     # torch.cuda.max_memory_allocated, on a CPU the process's peak RSS
     peak_memory: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The record as one line of steps.jsonl."""
+        return asdict(self) | {"evaluated": [e.to_json() for e in self.evaluated]}
 
 
 @dataclass
@@ -136,7 +170,9 @@ class Result:
     initial_score: float
     steps: list[StepRecord]  # the steps run by this call (a resumed run starts after its checkpoint)
     stopped: str  # "budget" or "plateau"
-    counts: DecodeStats = field(default_factory=DecodeStats)  # model work done by this call
+    # model work done by this call: the engine's counters as they are (DecodeStats is public: a
+    # summary of them would only drop what bench/step.py and methods.Usage read)
+    counts: DecodeStats = field(default_factory=DecodeStats)
     dev_accuracy: float | None = None  # the chosen prompt's, when a dev set was given
     finalists: list[dict] = field(default_factory=list)  # {"prompt", "prompt_ids", "score", "dev_accuracy"}
 
@@ -386,7 +422,7 @@ class _Step:
             prompt=prompt_text(self.tokenizer, prompt),
             loss=loss,
             train_errors=int((~terms.correct).sum()),
-            candidates=[{"token_id": c, "token": decode(self.tokenizer, [c]), "grad": g} for c, g in ranked],
+            candidates=[Candidate(c, decode(self.tokenizer, [c]), g) for c, g in ranked],
             evaluated=evaluated,
             chosen=prompt_text(self.tokenizer, chosen),
             chosen_ids=list(chosen),
@@ -434,7 +470,7 @@ class _Step:
         shortlist: list[Ids],
         warnings: list[str],
         timer: PhaseTimer | None = None,
-    ) -> tuple[Ids, list[dict]]:
+    ) -> tuple[Ids, list[Evaluated]]:
         """The chosen prompt and what was evaluated; sets `state.reasoning` to the chosen prompt's.
 
         As in the reference, the shortlist is scored in gradient order and, past half the initial
@@ -458,9 +494,14 @@ class _Step:
                 warnings.append(f"non-finite score for {prompt_text(tok, p)!r}; candidate skipped")
         scored = [p for p in shortlist if p in state.scores]
         evaluated = [
-            {"token": decode(tok, [p[position]]), "prompt": prompt_text(tok, p), "prompt_ids": list(p)}
-            | {"score": state.scores[p], "cached": p not in fresh}
-            | ({"accepted_period": True} if p == period else {})
+            Evaluated(
+                token=decode(tok, [p[position]]),
+                prompt=prompt_text(tok, p),
+                prompt_ids=list(p),
+                score=state.scores[p],
+                cached=p not in fresh,
+                accepted_period=p == period,
+            )
             for p in scored
         ]
         if period is not None and period in state.scores:
