@@ -57,8 +57,7 @@ def evaluate(
     )
     prompt_ids = tuple(encode_prompt(tokenizer, prompt))
     with tqdm(total=2 * len(examples), desc=desc, unit="gen", disable=not progress, file=sys.stderr) as bar:
-        if hasattr(engine.generator, "progress"):
-            engine.generator.progress = bar
+        engine.generator.progress = bar
         (reasoning,) = engine.reason([prompt_ids], max_new_tokens)
         outputs = engine.answer(prompt_ids, reasoning, max(map(len, engine.answer_ids)) + ANSWER_SLACK)
     predictions = []

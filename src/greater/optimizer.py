@@ -18,10 +18,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.batching import DecodeStats
 from greater.device import peak_memory, reset_peak_memory
-from greater.engine import Engine, Ids, Terms
+from greater.engine import Engine, Ids
 from greater.errors import GreaterError
 from greater.evaluate import DEFAULT_JOINER, evaluate
 from greater.generation import Generator
+from greater.gradient import Terms
 from greater.layout import decode, encode, encode_prompt
 from greater.memory import is_size
 from greater.tasks import Example, Task
