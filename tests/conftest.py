@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -66,9 +67,7 @@ def tiny_run(tiny_model, smol_tokenizer):
 
     def run(**overrides):
         config = GreaterConfig(steps=3, max_new_tokens=4, top_k=6, batch_size=4, init_prompt="think step by step.")
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        return optimize(tiny_model, smol_tokenizer, task, config, train=task.load()[:4])
+        return optimize(tiny_model, smol_tokenizer, task, replace(config, **overrides), train=task.load()[:4])
 
     return run
 
@@ -86,3 +85,18 @@ def finished_run(tmp_path_factory, tiny_model_dir) -> Path:
     argv += ["--train", "4", "--dev", "2", "--test", "3", "--max-new-tokens", "6", "--top-k", "6", "--out", str(out)]
     assert main(argv) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model, smol_tokenizer):
+    """`tiny_engine(task, n, **engine settings)`: an Engine on the tiny model over the first `n` examples
+    of `task` (default gen/boolean_expressions, 3), joiner ". Use", answer temperature 0.2."""
+    from greater.engine import Engine
+    from greater.tasks import get_task
+
+    def make(task: str = "gen/boolean_expressions", n: int = 3, **settings):
+        loaded = get_task(task)
+        examples = loaded.load()[:n]
+        return Engine(tiny_model, smol_tokenizer, loaded, examples, joiner=". Use", answer_temperature=0.2, **settings)
+
+    return make

@@ -68,24 +68,32 @@ def check_step_record(record: dict) -> None:
     """One steps.jsonl line is well-formed: keys, candidates sorted by finite gradient, a valid choice."""
     for key in ("step", "position", "prompt", "candidates", "evaluated", "chosen", "seconds"):
         assert key in record, key
-    assert isinstance(record["position"], int) and record["position"] >= 0
+    assert isinstance(record["position"], int)
+    assert record["position"] >= 0
     candidates = record["candidates"]
-    assert isinstance(candidates, list) and candidates
+    assert isinstance(candidates, list)
+    assert candidates
     for cand in candidates:
         assert set(cand) >= {"token_id", "token", "grad"}
-        assert isinstance(cand["token_id"], int) and cand["token_id"] >= 0
-        assert isinstance(cand["token"], str) and cand["token"]
-        assert isinstance(cand["grad"], float) and math.isfinite(cand["grad"])
+        assert isinstance(cand["token_id"], int)
+        assert cand["token_id"] >= 0
+        assert isinstance(cand["token"], str)
+        assert cand["token"]
+        assert isinstance(cand["grad"], float)
+        assert math.isfinite(cand["grad"])
     grads = [cand["grad"] for cand in candidates]
     assert grads == sorted(grads)
     assert len({cand["token_id"] for cand in candidates}) == len(candidates)
-    assert isinstance(record["evaluated"], list) and record["evaluated"]
+    assert isinstance(record["evaluated"], list)
+    assert record["evaluated"]
     for item in record["evaluated"]:
         assert set(item) >= {"token", "prompt", "score", "cached"}
         assert item["token"] in {cand["token"] for cand in candidates}
-    assert isinstance(record["chosen"], str) and record["chosen"]
+    assert isinstance(record["chosen"], str)
+    assert record["chosen"]
     assert record["chosen"] in {item["prompt"] for item in record["evaluated"]} | {record["prompt"]}
-    assert isinstance(record["seconds"], dict) and "total" in record["seconds"]
+    assert isinstance(record["seconds"], dict)
+    assert "total" in record["seconds"]
     assert all(isinstance(v, float) and v >= 0 for v in record["seconds"].values())
 
 
@@ -149,10 +157,12 @@ def test_optimize_writes_run_files(run_dir: Path, tiny_model_dir: Path) -> None:
     assert result["steps"] == 2
     assert result["task"] == "gen/boolean_expressions"
     assert result["model"] == str(tiny_model_dir)
-    assert result["config"]["steps"] == 2 and result["config"]["max_new_tokens"] == 6
+    assert result["config"]["steps"] == 2
+    assert result["config"]["max_new_tokens"] == 6
     assert (result["split"]["seed"], result["split"]["train"], result["split"]["test"]) == (0, 4, 3)
     assert result["initial_prompt"] == result["config"]["init_prompt"]
-    assert math.isfinite(result["score"]) and result["score"] <= result["initial_score"]
+    assert math.isfinite(result["score"])
+    assert result["score"] <= result["initial_score"]
     assert set(result["test_accuracy"]) == {"initial", "optimized"}
     for value in result["test_accuracy"].values():
         assert 0.0 <= value <= 1.0
@@ -186,10 +196,12 @@ def test_optimize_never_overwrites_a_run(capsys, run_dir: Path, tiny_model_dir: 
     assert code == 0
     second = run_dir.with_name(run_dir.name + "-1")
     assert second.is_dir()
-    assert (second / "result.json").is_file() and len(read_steps(second)) == 2
+    assert (second / "result.json").is_file()
+    assert len(read_steps(second)) == 2
     assert snapshot(run_dir) == before
     notice = [line for line in message_lines(err) if "already holds a run" in line]
-    assert len(notice) == 1 and str(second) in notice[0]
+    assert len(notice) == 1
+    assert str(second) in notice[0]
 
 
 def test_optimize_is_deterministic(capsys, run_dir: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -233,7 +245,8 @@ def test_evaluate_prompt_writes_predictions(capsys, tiny_model_dir: Path, tmp_pa
     assert metrics["n"] == 3
     assert metrics["accuracy"] == pytest.approx(n_correct / 3)
     assert metrics["prompt"] == "Think step by step."
-    assert metrics["task"] == "gen/arithmetic" and metrics["split"] == "test"
+    assert metrics["task"] == "gen/arithmetic"
+    assert metrics["split"] == "test"
     assert float(match.group(1)) == pytest.approx(metrics["accuracy"], abs=1e-4)
     assert (int(match.group(2)), int(match.group(3))) == (n_correct, 3)
 
@@ -386,4 +399,5 @@ def test_process_undecodable_argv_prompt_exits_2(tmp_path: Path, tiny_model_dir:
     assert proc.returncode == 2, err
     assert "Traceback" not in err
     lines = message_lines(err)
-    assert len(lines) == 1 and lines[0].startswith("greater: error: the tokenizer cannot encode")
+    assert len(lines) == 1
+    assert lines[0].startswith("greater: error: the tokenizer cannot encode")

@@ -52,7 +52,8 @@ def check_table(
                 moved = read_jsonl(out / cell["transfer"][model]["predictions"])
                 assert cell["transfer"][model]["accuracy"] == sum(p["correct"] for p in moved) / len(moved)
         values = [accuracies[s] for s in seeds]
-        assert row["accuracies"] == values and row["mean"] == pytest.approx(sum(values) / len(values))
+        assert row["accuracies"] == values
+        assert row["mean"] == pytest.approx(sum(values) / len(values))
         assert row["sd"] == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0.0)
         line = next(ln for ln in sections[0].splitlines() if ln.startswith(f"| {row['task']} |"))
         cells = [c.strip() for c in line.split("|")[1:-1]]
@@ -135,7 +136,8 @@ def test_compare_command_interrupted_then_resumed(capsys, tiny_model_dir: Path, 
     assert calls == ["zs-cot", "pe2"]  # only seed 1 was left
     assert "2 of 4 cells already done" in err
     check_table(out, ["gen/boolean_expressions"], ["zs-cot", "pe2"], [0, 1], [])
-    assert "| gen/boolean_expressions | 4 |" in stdout and "chart.png" in stdout
+    assert "| gen/boolean_expressions | 4 |" in stdout
+    assert "chart.png" in stdout
 
 
 @pytest.mark.parametrize(
@@ -151,7 +153,8 @@ def test_compare_bad_arguments(capsys, tiny_model_dir: Path, tmp_path: Path, ext
     code, _, err = run_cli(capsys, argv + extra)
     assert code == 2
     lines = message_lines(err)
-    assert len(lines) == 1 and lines[0].startswith(f"greater: error: {message}")
+    assert len(lines) == 1
+    assert lines[0].startswith(f"greater: error: {message}")
     assert not (tmp_path / "c").exists()
 
 
@@ -162,11 +165,15 @@ def test_optimize_with_a_baseline_then_transfer(capsys, tiny_model_dir: Path, tm
     code, stdout, err = run_cli(capsys, argv)
     assert code == 0, err
     result = read_json(run / "result.json")
-    assert result["method"] == "ape" and result["joiner"] == "." and result["config"]["evaluations"] is None
+    assert result["method"] == "ape"
+    assert result["joiner"] == "."
+    assert result["config"]["evaluations"] is None
     assert (run / "prompt.txt").read_text(encoding="utf-8") == result["prompt"] + "\n"
     history = read_jsonl(run / "history.jsonl")
-    assert 1 <= len(history) <= 3 and result["score"] == max(h["accuracy"] for h in history)
-    assert result["usage"]["calls"] > 0 and f"optimized prompt: {result['prompt']}" in stdout
+    assert 1 <= len(history) <= 3
+    assert result["score"] == max(h["accuracy"] for h in history)
+    assert result["usage"]["calls"] > 0
+    assert f"optimized prompt: {result['prompt']}" in stdout
 
     # transfer: the run's prompt scored by another model (here a copy of the folder), with the run's joiner
     other = tmp_path / "other-model"
@@ -178,12 +185,14 @@ def test_optimize_with_a_baseline_then_transfer(capsys, tiny_model_dir: Path, tm
     )
     assert code == 0, err
     table = read_json(tmp_path / "t" / "table.json")
-    assert table["model"] == str(other) and table["prompts"][0] == {
+    assert table["model"] == str(other)
+    assert table["prompts"][0] == {
         "label": "run",
         "prompt": result["prompt"],
         "joiner": ".",
     }
-    assert table["results"][0]["n"] == 3 and table["results"][0]["accuracy"] == result["test_accuracy"]["optimized"]
+    assert table["results"][0]["n"] == 3
+    assert table["results"][0]["accuracy"] == result["test_accuracy"]["optimized"]
 
     code, _, err = run_cli(capsys, ["optimize", "--method", "ape", "--resume", str(run)])
     assert code == 2

@@ -62,7 +62,8 @@ def test_jsonl_question_answer_fields_and_gsm8k_answers(tmp_path: Path) -> None:
     task = resolve_task(str(write_jsonl(tmp_path / "math.jsonl", rows)), None, {"answer_type": "number"})
     assert [ex.answer for ex in task.load()] == ["996", "998", "1000", "1002"]
     assert task.extractor == "Therefore, the final answer (arabic numerals only) is $"
-    assert task.default_train == 2 and [len(part) for part in task.split(None, None, 0)] == [2, 2]
+    assert task.default_train == 2
+    assert [len(part) for part in task.split(None, None, 0)] == [2, 2]
 
 
 def test_csv_round_trip(tmp_path: Path) -> None:
@@ -125,7 +126,8 @@ def test_toml_choice_letters(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "mcq.jsonl", MCQ)
     (tmp_path / "t.toml").write_text('data = "mcq.jsonl"\nanswer_type = "choice"\nchoices = "ABCD"\n', "utf-8")
     task = resolve_task(str(tmp_path / "t.toml"))
-    assert task.name == str(tmp_path / "t.toml") and "'$ A' or '$ B' or '$ C' or '$ D'" in task.extractor
+    assert task.name == str(tmp_path / "t.toml")
+    assert "'$ A' or '$ B' or '$ C' or '$ D'" in task.extractor
 
 
 @pytest.mark.parametrize(
@@ -173,7 +175,8 @@ def test_jsonl_bad_rows_have_line_numbers(tmp_path: Path) -> None:
     with pytest.raises(GreaterError) as info:
         resolve_task(str(path), None, {"answer_type": "choice", "choices": "A,B,C"})
     message = str(info.value)
-    assert message.startswith(f"{path}: 5 bad row(s) of 7: ") and "\n" not in message
+    assert message.startswith(f"{path}: 5 bad row(s) of 7: ")
+    assert "\n" not in message
     assert bad_rows(info) == [2, 4, 5, 6, 7]
     assert "line 2: invalid JSON" in message
     assert "line 4: missing field 'target'" in message
@@ -192,14 +195,17 @@ def test_skip_bad_rows_reports_how_many(tmp_path: Path, caplog: pytest.LogCaptur
         task = resolve_task(str(path), None, {"answer_type": "number", "skip_bad_rows": True})
     assert [ex.answer for ex in task.load()] == ["0", "1", "2", "3"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "skipped 1 bad row(s) of 5" in warnings[0] and "line 5" in warnings[0]
+    assert len(warnings) == 1
+    assert "skipped 1 bad row(s) of 5" in warnings[0]
+    assert "line 5" in warnings[0]
 
 
 def test_many_bad_rows_are_summarised(tmp_path: Path) -> None:
     rows = [{"input": f"q{i}", "target": "x"} for i in range(9)] + [{"input": "q", "target": "1"}]
     with pytest.raises(GreaterError) as info:
         resolve_task(str(write_jsonl(tmp_path / "d.jsonl", rows)), None, {"answer_type": "number"})
-    assert bad_rows(info) == [1, 2, 3, 4, 5] and "9 bad row(s) of 10" in str(info.value)
+    assert bad_rows(info) == [1, 2, 3, 4, 5]
+    assert "9 bad row(s) of 10" in str(info.value)
     assert "and 4 more" in str(info.value)
 
 
@@ -304,7 +310,9 @@ def test_cli_bad_custom_task_is_one_clean_error(
     code, _, err = run_cli(capsys, argv)
     assert code == 2
     lines = message_lines(err)
-    assert len(lines) == 1 and lines[0].startswith("greater: error: ") and expected in lines[0], err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("greater: error: "), err
+    assert expected in lines[0], err
     assert not (tmp_path / "out").exists()
 
 
@@ -338,7 +346,8 @@ def test_optimize_custom_task_records_options_and_resumes(
     # resume a run whose last step is done but whose result was not written yet
     (run / "result.json").unlink()
     code, _, err = run_cli(capsys, ["optimize", "--resume", str(run), "--answer-type", "text"])
-    assert code == 2 and "--answer-type 'text' differs from the run's stored value 'number'" in err
+    assert code == 2
+    assert "--answer-type 'text' differs from the run's stored value 'number'" in err
     code, _, err = run_cli(capsys, ["optimize", "--resume", str(run)])
     assert code == 0, err
     assert (run / "result.json").is_file()

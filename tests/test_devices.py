@@ -15,10 +15,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from greater.cli import main
-from greater.decoding import output_logits
 from greater.device import resolve_placement
 from greater.engine import Engine
 from greater.errors import GreaterError
+from greater.logits import output_logits
 from greater.memory import activation_bytes_per_token, fit_batch_sizes, kv_bytes_per_token, shape
 from greater.tasks import get_task
 from test_cli import message_lines, run_cli
@@ -67,7 +67,9 @@ def test_cli_device_errors_exit_2(capsys, tiny_model_dir: Path, tmp_path: Path, 
     for command in (_optimize_args(tiny_model_dir, tmp_path / "run"), evaluate):
         code, _, err = run_cli(capsys, command + extra)
         lines = message_lines(err)
-        assert code == 2 and len(lines) == 1 and lines[0].startswith(message), err
+        assert code == 2, err
+        assert len(lines) == 1, err
+        assert lines[0].startswith(message), err
     assert not (tmp_path / "run").exists()
 
 
@@ -75,7 +77,8 @@ def test_model_loads_in_bfloat16_on_cpu(tiny_model_dir: Path) -> None:
     from greater.model import load_model
 
     model, _ = load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
-    assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+    assert model.dtype == torch.bfloat16
+    assert model.device.type == "cpu"
     assert not any(p.requires_grad for p in model.parameters())
 
 
@@ -102,7 +105,8 @@ def test_bfloat16_loss_terms_and_gradient_are_float32_and_close(tiny_model, smol
     low, full = terms["bfloat16"], terms["float32"]
     for t in (low, full):
         for tensor in (t.ce, t.nll, t.proposal_logprobs, t.embed_grad):
-            assert tensor.dtype == torch.float32 and torch.isfinite(tensor).all()
+            assert tensor.dtype == torch.float32
+            assert torch.isfinite(tensor).all()
     # bfloat16 weights and activations, float32 reductions: close to the float32 run, loosely
     assert torch.allclose(low.ce, full.ce, rtol=0.05, atol=0.05)
     assert torch.allclose(low.nll, full.nll, rtol=0.05, atol=0.05)
@@ -117,7 +121,8 @@ def test_output_logits_are_float32_products_of_low_precision_weights(tiny_model)
     half = copy.deepcopy(tiny_model).to(torch.bfloat16)
     hidden = torch.randn(3, 5, tiny_model.config.hidden_size).to(torch.bfloat16)
     logits = output_logits(half, hidden)
-    assert logits.dtype == torch.float32 and logits.shape == (3, 5, tiny_model.config.vocab_size)
+    assert logits.dtype == torch.float32
+    assert logits.shape == (3, 5, tiny_model.config.vocab_size)
     exact = hidden.float() @ half.get_output_embeddings().weight.float().T
     assert torch.allclose(logits, exact, rtol=1e-5, atol=1e-5)  # not rounded to bfloat16 (2^-8 relative)
     rounded = (hidden @ half.get_output_embeddings().weight.T).float()

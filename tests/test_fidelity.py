@@ -134,9 +134,9 @@ def test_reference_rule_step_equals_independent_reimplementation(tiny_model, smo
 
     engine = Engine(tiny_model, tok, TASK, train, joiner=config.joiner, batch_size=1, cached_decoding=False)
     (reasoning,) = engine.reason([prompt], config.max_new_tokens)
-    candidates = [c["token_id"] for c in record.candidates]
+    candidates = [c.token_id for c in record.candidates]
     grads = _reference_gradient(tiny_model, engine.sequences(prompt, reasoning), position, sorted(candidates))
-    ours = {c["token_id"]: c["grad"] for c in record.candidates}
+    ours = {c.token_id: c.grad for c in record.candidates}
     for cand, grad in zip(sorted(candidates), grads.tolist(), strict=True):
         assert ours[cand] == pytest.approx(grad, abs=1e-4)
 
@@ -149,10 +149,10 @@ def test_reference_rule_step_equals_independent_reimplementation(tiny_model, smo
             shortlist.append(ids)
         if len(shortlist) == config.num_select:
             break
-    assert [e["prompt"] for e in record.evaluated] == [decode(tok, p).strip() for p in shortlist]
+    assert [e.prompt for e in record.evaluated] == [decode(tok, p).strip() for p in shortlist]
     scores = [_reference_selection_score(tiny_model, engine, p, config.max_new_tokens) for p in shortlist]
     for entry, score in zip(record.evaluated, scores, strict=True):
-        assert entry["score"] == pytest.approx(score, abs=1e-4)
+        assert entry.score == pytest.approx(score, abs=1e-4)
     chosen = None
     best = math.inf
     for ids, score in zip(shortlist, scores, strict=True):  # the reference's `<=`: the last of equals
@@ -164,8 +164,8 @@ def test_reference_rule_step_equals_independent_reimplementation(tiny_model, smo
 def test_fixed_target_gradient_differs_from_candidate_nll_option(tiny_run):
     fixed = tiny_run(steps=1)
     with_nll = tiny_run(steps=1, candidate_nll=True)
-    a = {c["token_id"]: c["grad"] for c in fixed.steps[0].candidates}
-    b = {c["token_id"]: c["grad"] for c in with_nll.steps[0].candidates}
+    a = {c.token_id: c.grad for c in fixed.steps[0].candidates}
+    b = {c.token_id: c.grad for c in with_nll.steps[0].candidates}
     assert a.keys() == b.keys()
     assert max(abs(a[k] - b[k]) for k in a) > 1e-3
 
@@ -186,9 +186,11 @@ def test_period_candidate_is_scored_before_it_is_taken(tiny_model, smol_tokenize
     shortlist = [prompt[:position] + (w,) for w in words]
     chosen, evaluated = step._select(state, prompt, position, shortlist, [])
     assert chosen == shortlist[1]
-    assert [e["prompt"] for e in evaluated] == [decode(tok, p).strip() for p in shortlist[:2]]
-    assert evaluated[1]["accepted_period"] is True and math.isfinite(evaluated[1]["score"])
-    assert shortlist[1] in state.scores and shortlist[2] not in state.scores  # later ones are not scored
+    assert [e.prompt for e in evaluated] == [decode(tok, p).strip() for p in shortlist[:2]]
+    assert evaluated[1].accepted_period is True
+    assert math.isfinite(evaluated[1].score)
+    assert shortlist[1] in state.scores
+    assert shortlist[2] not in state.scores  # later ones are not scored
 
 
 def test_filler_is_one_underscore_token_or_the_closest_single_token(smol_tokenizer):
@@ -216,7 +218,7 @@ def test_every_chosen_and_returned_prompt_reencodes_to_its_ids(tiny_run, smol_to
     for record in result.steps:
         assert encode_prompt(smol_tokenizer, record.chosen) == record.chosen_ids
         for entry in record.evaluated:  # every prompt scored in selection
-            assert encode_prompt(smol_tokenizer, entry["prompt"]) == entry["prompt_ids"]
+            assert encode_prompt(smol_tokenizer, entry.prompt) == entry.prompt_ids
     assert encode_prompt(smol_tokenizer, result.prompt) == result.prompt_ids
 
 
@@ -238,7 +240,8 @@ def test_dev_choice_scores_the_best_prompts_and_returns_the_best_on_dev(tiny_mod
         assert f["dev_accuracy"] == ev.accuracy
     best = max(f["dev_accuracy"] for f in finalists)
     first_best = next(f for f in finalists if f["dev_accuracy"] == best)
-    assert result.prompt == first_best["prompt"] and result.dev_accuracy == best
+    assert result.prompt == first_best["prompt"]
+    assert result.dev_accuracy == best
     assert result.score == first_best["score"]
 
 
@@ -259,7 +262,8 @@ def test_interrupted_dev_pass_resumes_to_the_same_result(tiny_model, smol_tokeni
     with pytest.raises(Killed):
         optimize(tiny_model, smol_tokenizer, TASK, config, train=train, dev=dev, on_dev=kill_after_first)
     state = RunState.from_json(saved[-1])
-    assert len(state.dev_accuracy) == 1 and state.step == 2
+    assert len(state.dev_accuracy) == 1
+    assert state.step == 2
     rest = optimize(tiny_model, smol_tokenizer, TASK, config, train=train, dev=dev, state=state)
     assert rest.steps == []  # nothing re-run but the dev pass
     assert (rest.prompt, rest.dev_accuracy, rest.finalists) == (full.prompt, full.dev_accuracy, full.finalists)
@@ -273,11 +277,13 @@ def test_bbh_default_split_is_50_100_100_and_test_does_not_depend_on_dev():
 
     task = load_bbh_task("boolean_expressions", BBH_DIR)
     drawn = task.splits(None, None, None, seed=3)
-    assert (len(drawn.train), len(drawn.dev), len(drawn.test)) == (50, 100, 100) and drawn.note == ""
+    assert (len(drawn.train), len(drawn.dev), len(drawn.test)) == (50, 100, 100)
+    assert drawn.note == ""
     questions = [{ex.question for ex in part} for part in (drawn.train, drawn.dev, drawn.test)]
     assert not (questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2])
     no_dev = task.splits(None, 0, None, seed=3)
-    assert no_dev.test == drawn.test and no_dev.dev == []
+    assert no_dev.test == drawn.test
+    assert no_dev.dev == []
     assert task.split(None, None, 3) == (drawn.train, drawn.test)
 
 
@@ -287,9 +293,11 @@ def test_small_bbh_task_shares_what_is_left_and_says_so():
     task = load_bbh_task("penguins_in_a_table", BBH_DIR)
     n = len(task.load())
     drawn = task.splits(None, None, None, seed=0)
-    assert len(drawn.train) == 50 and len(drawn.dev) + len(drawn.test) == n - 50
+    assert len(drawn.train) == 50
+    assert len(drawn.dev) + len(drawn.test) == n - 50
     assert abs(len(drawn.dev) - len(drawn.test)) <= 1
-    assert f"has {n} examples" in drawn.note and f"{len(drawn.dev)} dev / {len(drawn.test)} test" in drawn.note
+    assert f"has {n} examples" in drawn.note
+    assert f"{len(drawn.dev)} dev / {len(drawn.test)} test" in drawn.note
     with pytest.raises(GreaterError, match="--dev must be at most"):
         task.splits(50, n, None, seed=0)
 
@@ -304,7 +312,8 @@ def test_cli_dev_choice_is_recorded_and_an_interrupted_dev_pass_resumes(capsys, 
     extra = ("--dev", "3", "--keep-top", "2")
     code, out, err = run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "full", *extra))
     assert code == 0, err
-    assert "4 train / 3 dev / 3 test" in out and "dev accuracy of the chosen prompt" in out
+    assert "4 train / 3 dev / 3 test" in out
+    assert "dev accuracy of the chosen prompt" in out
     full = json.loads((tmp_path / "full" / "result.json").read_text())
     run = json.loads((tmp_path / "full" / "run.json").read_text())
     assert (run["split"]["n_dev"], run["split"]["dev"]) == (3, 3)
@@ -326,7 +335,8 @@ def test_cli_dev_choice_is_recorded_and_an_interrupted_dev_pass_resumes(capsys, 
     if len(full["finalists"]) == 1:  # one finalist: nothing to interrupt
         assert code == 0
         return
-    assert code == 130 and "resume with" in err
+    assert code == 130
+    assert "resume with" in err
     checkpoint = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())
     assert len(checkpoint["state"]["dev_accuracy"]) == 1
     monkeypatch.setattr(optimizer, "evaluate", real_evaluate)
@@ -362,5 +372,6 @@ def test_cli_bad_fidelity_settings_exit_2(capsys, tiny_model_dir, tmp_path, extr
 
     code, out, err = run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "run", *extra))
     assert code == 2
-    assert message in err and "Traceback" not in err
+    assert message in err
+    assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # refused before a run directory is made

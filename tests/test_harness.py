@@ -16,8 +16,8 @@ from greater.evaluate import (
     TaskSplit,
     evaluate,
     evaluate_table,
+    prompts_table_markdown,
     table_data,
-    table_markdown,
 )
 from greater.tasks import get_task
 from test_cli import message_lines, run_cli
@@ -43,7 +43,8 @@ def check_table(out: Path, tasks: list[str], labels: list[str], n: int) -> dict:
             assert set(pred) >= {"question", "reasoning", "output", "predicted", "gold", "correct"}
             assert pred["correct"] == (pred["predicted"] == pred["gold"])
         correct = sum(pred["correct"] for pred in predictions)
-        assert result["correct"] == correct and result["accuracy"] == pytest.approx(correct / n)
+        assert result["correct"] == correct
+        assert result["accuracy"] == pytest.approx(correct / n)
         cells = rows[result["task"]].split("|")[2:-1]
         assert cells[0].strip() == str(n)
         assert cells[1 + labels.index(result["prompt"])].strip() == f"{100 * correct / n:.1f}"
@@ -67,7 +68,9 @@ def test_evaluate_two_tasks_two_prompts(
     tasks = ["gen/arithmetic", "gen/boolean_expressions"]
     table = check_table(out, tasks, ["P1", "P2"], n=3)
     assert [(p["prompt"], p["joiner"]) for p in table["prompts"]] == [("A", ". Use"), ("B", ". Use")]
-    assert table["max_new_tokens"] == 4 and table["split"] == "test" and table["model"] == str(tiny_model_dir)
+    assert table["max_new_tokens"] == 4
+    assert table["split"] == "test"
+    assert table["model"] == str(tiny_model_dir)
     for split, name in zip(table["tasks"], tasks, strict=True):  # the split each number was scored on
         _, test = get_task(name).split(None, None, 0)
         assert (split["seed"], split["n_train"], split["n_test"], split["n"]) == (0, 50, len(test), 3)
@@ -105,16 +108,16 @@ def test_evaluate_prompt_file_baseline_and_custom_task(
 
 def test_evaluate_needs_a_prompt(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, ["evaluate", "--task", "gen/arithmetic", "--model", "/no/such/model"])
-    assert code == 2 and message_lines(err) == [
-        "greater: error: nothing to score: give --prompt, --prompt-file, --baseline or --run"
-    ]
+    assert code == 2
+    assert message_lines(err) == ["greater: error: nothing to score: give --prompt, --prompt-file, --baseline or --run"]
 
 
 def test_evaluate_empty_prompt_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "p.txt").write_text("\n \n", encoding="utf-8")
     argv = ["evaluate", "--task", "gen/arithmetic", "--prompt-file", str(tmp_path / "p.txt")]
     code, _, err = run_cli(capsys, argv)
-    assert code == 2 and "has no prompts" in err
+    assert code == 2
+    assert "has no prompts" in err
 
 
 def test_evaluate_table_in_process(tiny_model, smol_tokenizer) -> None:
@@ -139,7 +142,7 @@ def test_evaluate_table_in_process(tiny_model, smol_tokenizer) -> None:
         assert cell.evaluation.predictions == alone.predictions
 
 
-def test_table_markdown_layout() -> None:
+def test_prompts_table_markdown_layout() -> None:
     split_a = TaskSplit(get_task("gen/arithmetic"), [], {"seed": 1})
     split_b = TaskSplit(get_task("gen/object_counting"), [], {"seed": 1})
     p1, p2 = PromptSpec("P1", "Think."), PromptSpec("zs-cot", "Let's think step by step.", ".")
@@ -155,7 +158,8 @@ def test_table_markdown_layout() -> None:
         cell(split_b, p2, [True, False]),
     ]
     table = table_data(cells, model="m")
-    assert table["model"] == "m" and table["tasks"][0] == {"task": "gen/arithmetic", "seed": 1, "n": 0}
+    assert table["model"] == "m"
+    assert table["tasks"][0] == {"task": "gen/arithmetic", "seed": 1, "n": 0}
     assert table["results"][1] == {
         "task": "gen/arithmetic",
         "prompt": "zs-cot",
@@ -164,11 +168,11 @@ def test_table_markdown_layout() -> None:
         "n": 2,
         "predictions": "predictions/gen_arithmetic__zs-cot.jsonl",
     }
-    assert table_markdown(table).splitlines()[:5] == [
+    assert prompts_table_markdown(table).splitlines()[:5] == [
         "| task | n | P1 | zs-cot |",
         "|---|---:|---:|---:|",
         "| gen/arithmetic | 0 | 50.0 | 100.0 |",
         "| gen/object_counting | 0 | 0.0 | 50.0 |",
         "| mean | | 25.0 | 75.0 |",
     ]
-    assert "- zs-cot: \"Let's think step by step.\" (joiner '.')" in table_markdown(table)
+    assert "- zs-cot: \"Let's think step by step.\" (joiner '.')" in prompts_table_markdown(table)

@@ -58,19 +58,23 @@ def test_one_step_on_embedded_model(embedded_run: Path) -> None:
     result = read_json(embedded_run / "result.json")
     assert result["model"].startswith("embedded:")
     assert result["task"] == "gen/boolean_expressions"
-    assert result["steps"] == 1 and result["stopped"] == "budget"
+    assert result["steps"] == 1
+    assert result["stopped"] == "budget"
     assert (result["split"]["seed"], result["split"]["train"], result["split"]["test"]) == (0, 4, 4)
     assert result["config"]["max_new_tokens"] == int(MAX_NEW)
-    assert math.isfinite(result["score"]) and math.isfinite(result["initial_score"])
+    assert math.isfinite(result["score"])
+    assert math.isfinite(result["initial_score"])
     assert result["score"] <= result["initial_score"]
     for value in result["test_accuracy"].values():
         assert 0.0 <= value <= 1.0
     assert (embedded_run / "prompt.txt").read_text(encoding="utf-8") == result["prompt"] + "\n"
 
     (record,) = read_jsonl(embedded_run / "steps.jsonl")
-    assert record["step"] == 1 and record["position"] == 0
+    assert record["step"] == 1
+    assert record["position"] == 0
     assert record["prompt"] == result["initial_prompt"]
-    assert math.isfinite(record["loss"]) and record["loss"] > 0
+    assert math.isfinite(record["loss"])
+    assert record["loss"] > 0
     candidates = record["candidates"]
     assert len(candidates) >= 2
     grads = [c["grad"] for c in candidates]
@@ -79,7 +83,8 @@ def test_one_step_on_embedded_model(embedded_run: Path) -> None:
     assert all(isinstance(c["token_id"], int) and c["token"] for c in candidates)
     # the gradient is L2-normalised over the candidates
     assert math.sqrt(sum(g * g for g in grads)) == pytest.approx(1.0, abs=1e-4)
-    assert record["evaluated"] and all(math.isfinite(e["score"]) for e in record["evaluated"])
+    assert record["evaluated"]
+    assert all(math.isfinite(e["score"]) for e in record["evaluated"])
     assert record["chosen"] in {e["prompt"] for e in record["evaluated"]} | {record["prompt"]}
     assert record["best_prompt"] == result["prompt"]
     assert record["seconds"]["total"] > 0
@@ -127,7 +132,8 @@ def test_load_embedded_model_generates() -> None:
     assert model.name_or_path == EMBEDDED_MODEL
     assert not model.training
     params = list(model.parameters())
-    assert params and not any(p.requires_grad for p in params)
+    assert params
+    assert not any(p.requires_grad for p in params)
 
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
@@ -153,6 +159,8 @@ def test_compare_every_method_on_the_embedded_model(tmp_path: Path) -> None:
     table = check_table(out, ["gen/boolean_expressions"], list(METHODS), [0], [], n_test=3)
     for row in table["results"]:
         prompt = row["prompts"]["0"]
-        assert prompt.strip() and len(prompt) < 400
-        assert row["calls"] >= 2 and row["seconds"] > 0
+        assert prompt.strip()
+        assert len(prompt) < 400
+        assert row["calls"] >= 2
+        assert row["seconds"] > 0
     assert table["results"][1]["prompts"]["0"] == "Let's think step by step."  # zs-cot

@@ -47,7 +47,8 @@ def test_extract_prompt_cuts_long_prompts_at_a_sentence_end(smol_tokenizer) -> N
     assert extract_prompt(reply, smol_tokenizer, 8) == "First sentence is here."  # "." in the second half
     assert extract_prompt(reply, smol_tokenizer, 14) == "First sentence is here." + " word" * 8
     words = extract_prompt("word " * 60, smol_tokenizer, 12)
-    assert len(encode_prompt(smol_tokenizer, words)) <= 12 and words.split() == ["word"] * len(words.split())
+    assert len(encode_prompt(smol_tokenizer, words)) <= 12
+    assert words.split() == ["word"] * len(words.split())
 
 
 def test_budget_matches_greater_candidate_count() -> None:
@@ -99,10 +100,13 @@ def test_ape_induces_half_then_paraphrases_the_best(smol_tokenizer) -> None:
     assert bench.evaluated == 4 == bench.config.budget  # 2 induced, 2 paraphrases of the best 2
     assert [h["kind"] for h in history] == ["induced", "induced", "paraphrase", "paraphrase"]
     induction = [m for m in bench.meta_prompts if m.startswith("I gave a friend")]
-    assert len(induction) == 2 and all(m.count("Input:") == len(TRAIN) for m in induction)  # demos ≤ train size
+    assert len(induction) == 2
+    assert all(m.count("Input:") == len(TRAIN) for m in induction)  # demos ≤ train size
     resample = [m for m in bench.meta_prompts if m.startswith("Generate a variation")]
-    assert "Input: Prompt 2." in resample[0] and "Input: Prompt 1." in resample[1]  # best first
-    assert best.prompt == "Prompt 4." and best.accuracy == 0.75
+    assert "Input: Prompt 2." in resample[0]
+    assert "Input: Prompt 1." in resample[1]  # best first
+    assert best.prompt == "Prompt 4."
+    assert best.accuracy == 0.75
 
 
 def test_apo_beam_keeps_the_best_and_spends_exactly_the_budget(smol_tokenizer) -> None:
@@ -121,7 +125,8 @@ def test_apo_beam_keeps_the_best_and_spends_exactly_the_budget(smol_tokenizer) -
     assert all(h["gradient"] == "The prompt is too vague." for h in edits)
     # the critique shows the parent's wrong examples only (its correct ones are the first k)
     critique = next(m for m in bench.meta_prompts if "Give a reason" in m)
-    assert critique.count("Correct answer:") == 3 and critique.count("was wrong") == 3
+    assert critique.count("Correct answer:") == 3
+    assert critique.count("was wrong") == 3
 
 
 def test_pe2_carries_the_best_prompt_forward(smol_tokenizer) -> None:
@@ -133,7 +138,8 @@ def test_pe2_carries_the_best_prompt_forward(smol_tokenizer) -> None:
     replies = counter_replies()
     bench = ScriptedBench(accuracy, script, MethodConfig(steps=1, num_select=2), smol_tokenizer)
     best, history = B.pe2(bench)
-    assert best.prompt == "Prompt 2." and bench.evaluated == 2
+    assert best.prompt == "Prompt 2."
+    assert bench.evaluated == 2
     assert 'Full template: "<input>. Let\'s think step by step."' in bench.meta_prompts[0]
 
 
@@ -147,7 +153,8 @@ def test_textgrad_reverts_an_update_that_scores_worse(smol_tokenizer) -> None:
     best, history = B.textgrad(bench)
     assert best.prompt == "Let's think step by step."
     # the only new prompt is scored once; later rounds propose nothing new and the search stops
-    assert bench.evaluated == 1 and [h["prompt"] for h in history[1:]] == ["Worse prompt."]
+    assert bench.evaluated == 1
+    assert [h["prompt"] for h in history[1:]] == ["Worse prompt."]
     losses = [m for m in bench.meta_prompts if m.startswith("Below are a question")]
     # one critique per wrong example (2 of 4 at accuracy 0.5) per round; 1 round + the idle ones
     assert len(losses) == 2 * (B.MAX_IDLE_ROUNDS + 1)
@@ -158,7 +165,8 @@ def test_a_model_that_never_writes_a_prompt_stops(smol_tokenizer) -> None:
     for search in (B.ape, B.apo, B.pe2, B.textgrad):
         bench = ScriptedBench({}, lambda meta: "", MethodConfig(steps=5), smol_tokenizer)
         best, _ = search(bench)
-        assert best.prompt == "Let's think step by step." and bench.evaluated == 0
+        assert best.prompt == "Let's think step by step."
+        assert bench.evaluated == 0
         # MAX_IDLE_ROUNDS rounds of at most 8 meta-prompts (APE: 8 inductions; TextGrad: 4 critiques,
         # 1 backward, 3 updates)
         assert 0 < len(bench.meta_prompts) <= 8 * B.MAX_IDLE_ROUNDS
@@ -168,20 +176,26 @@ def test_a_model_that_never_writes_a_prompt_stops(smol_tokenizer) -> None:
 def test_every_method_runs_on_the_tiny_model(tiny_model, smol_tokenizer, method: str) -> None:
     config = MethodConfig(steps=1, max_new_tokens=4, meta_max_new_tokens=12, batch_size=8)
     result = run_method(method, tiny_model, smol_tokenizer, TASK, TRAIN, config)
-    assert result.method == method and result.prompt
+    assert result.method == method
+    assert result.prompt
     encode_prompt(smol_tokenizer, result.prompt)  # usable as a prompt
-    assert result.usage.calls >= len(TRAIN) and result.usage.generated_tokens > 0 and result.usage.seconds > 0
+    assert result.usage.calls >= len(TRAIN)
+    assert result.usage.generated_tokens > 0
+    assert result.usage.seconds > 0
     if method == "greater":
-        assert result.joiner == ". Use" and result.score_name == "selection loss"
+        assert result.joiner == ". Use"
+        assert result.score_name == "selection loss"
         assert len(result.history) == 1
     else:
-        assert result.joiner == "." and result.score_name == "train accuracy"
+        assert result.joiner == "."
+        assert result.score_name == "train accuracy"
         scored = [h for h in result.history if h["kind"] not in ("start", "fixed")]
         assert len(scored) <= config.budget
         best = max(result.history, key=lambda h: (h["accuracy"], -h["ce"]))
         assert result.score == best["accuracy"]
     if method == "zs-cot":  # one reasoning per training example, nothing else
-        assert result.prompt == "Let's think step by step." and result.usage.calls == len(TRAIN)
+        assert result.prompt == "Let's think step by step."
+        assert result.usage.calls == len(TRAIN)
         assert result.usage.generated_tokens <= 4 * len(TRAIN)
 
 
@@ -190,7 +204,8 @@ def test_replies_are_reproducible(tiny_model, smol_tokenizer) -> None:
     first = Workbench(tiny_model, smol_tokenizer, TASK, TRAIN, config).complete(["Say hi.", "Say bye."])
     again = Workbench(tiny_model, smol_tokenizer, TASK, TRAIN, config).complete(["Say hi.", "Say bye."])
     other = Workbench(tiny_model, smol_tokenizer, TASK, TRAIN, MethodConfig(meta_max_new_tokens=10, seed=4))
-    assert first == again and other.complete(["Say hi.", "Say bye."]) != first
+    assert first == again
+    assert other.complete(["Say hi.", "Say bye."]) != first
 
 
 def test_scoring_a_prompt_twice_costs_once(tiny_model, smol_tokenizer) -> None:
@@ -198,8 +213,11 @@ def test_scoring_a_prompt_twice_costs_once(tiny_model, smol_tokenizer) -> None:
     (a,) = bench.score(["Think."])
     calls = bench.generator.stats.sequences
     a2, b = bench.score(["Think.", "Answer now."])
-    assert a2 is a and bench.evaluated == 2 and bench.generator.stats.sequences == calls + len(TRAIN)
-    assert a.accuracy == sum(a.correct) / len(TRAIN) and len(a.reasonings) == len(TRAIN)
+    assert a2 is a
+    assert bench.evaluated == 2
+    assert bench.generator.stats.sequences == calls + len(TRAIN)
+    assert a.accuracy == sum(a.correct) / len(TRAIN)
+    assert len(a.reasonings) == len(TRAIN)
 
 
 def test_unknown_method_and_empty_training_set(tiny_model, smol_tokenizer) -> None:

@@ -9,7 +9,6 @@ import random
 import pytest
 import torch
 
-from greater.engine import Engine
 from greater.layout import decode, encode, encode_prompt
 from greater.optimizer import (
     GreaterConfig,
@@ -19,18 +18,9 @@ from greater.optimizer import (
     propose_candidates,
     shortlist_candidates,
 )
-from greater.tasks import get_task
 
 LAMBDA = 0.2
 TEMPERATURE = 0.2
-
-
-def _engine(model, tok, n=3, batch_size=2, batched=True):
-    task = get_task("gen/boolean_expressions")
-    return Engine(
-        model, tok, task, task.load()[:n], joiner=". Use", batch_size=batch_size, grad_batch_size=batch_size,
-        answer_temperature=TEMPERATURE, batched_gradient=batched,
-    )  # fmt: skip
 
 
 def _reference_loss(model, seqs, position, candidates, one_hot):
@@ -62,8 +52,8 @@ def _reference_loss(model, seqs, position, candidates, one_hot):
 
 
 @pytest.mark.parametrize("position", [0, 2, 4])
-def test_candidate_gradient_matches_explicit_one_hot_autograd(tiny_model, smol_tokenizer, position):
-    engine = _engine(tiny_model, smol_tokenizer)
+def test_candidate_gradient_matches_explicit_one_hot_autograd(tiny_model, smol_tokenizer, tiny_engine, position):
+    engine = tiny_engine(batch_size=2, grad_batch_size=2)
     prompt = tuple(encode_prompt(smol_tokenizer, "think step by step and answer."))
     reasonings = [encode(smol_tokenizer, f" First, step {i}: evaluate the inner part.") for i in range(3)]
     seqs = engine.sequences(prompt, reasonings)
@@ -84,12 +74,12 @@ def test_candidate_gradient_matches_explicit_one_hot_autograd(tiny_model, smol_t
     assert math.isclose(float(ours.norm()), 1.0, rel_tol=1e-5)
 
 
-def test_batched_terms_equal_one_example_at_a_time(tiny_model, smol_tokenizer):
+def test_batched_terms_equal_one_example_at_a_time(tiny_model, smol_tokenizer, tiny_engine):
     prompt = tuple(encode_prompt(smol_tokenizer, "think step by step."))
     reasonings = [encode(smol_tokenizer, " ok" * (i + 1)) for i in range(4)]
-    batched = _engine(tiny_model, smol_tokenizer, n=4, batch_size=4)
+    batched = tiny_engine(n=4, batch_size=4, grad_batch_size=4)
     # one example at a time, every token forward + backward (no cached prefix): the reference's way
-    single = _engine(tiny_model, smol_tokenizer, n=4, batch_size=1, batched=False)
+    single = tiny_engine(n=4, batch_size=1, grad_batch_size=1, batched_gradient=False)
     a = batched.terms(batched.sequences(prompt, reasonings), position=1, nll_weight=LAMBDA)
     b = single.terms(single.sequences(prompt, reasonings), position=1, nll_weight=LAMBDA)
     assert torch.allclose(a.ce, b.ce, atol=1e-4)
@@ -137,7 +127,8 @@ def test_proposal_union_of_random_intersections():
     out = set(propose_candidates(logprobs, torch.ones(50, dtype=torch.bool), set(), 49, config, random.Random(3)))
     tops = [set(r.tolist()) for r in logprobs.topk(8, dim=1).indices]
     possible = set().union(*(tops[i] & tops[j] for i in range(6) for j in range(6) if i != j)) | {49}
-    assert out <= possible and 49 in out
+    assert out <= possible
+    assert 49 in out
 
 
 def test_allowed_tokens(smol_tokenizer):
@@ -156,7 +147,8 @@ def test_advance_wraps_after_sentence_and_grows_otherwise(smol_tokenizer):
     assert advance(smol_tokenizer, finished, 1, filler) == (2, finished)
     open_ = tuple(encode_prompt(smol_tokenizer, "think step by"))
     position, grown = advance(smol_tokenizer, open_, len(open_) - 1, filler)
-    assert position == len(open_) and grown == open_ + (filler,)
+    assert position == len(open_)
+    assert grown == open_ + (filler,)
 
 
 def test_shortlist_skips_candidates_that_do_not_roundtrip(smol_tokenizer):
@@ -172,15 +164,18 @@ def test_optimize_runs_and_tracks_best(tiny_run, smol_tokenizer):
     assert [r.step for r in result.steps] == [1, 2, 3]
     assert [r.position for r in result.steps] == [0, 1, 2]
     bests = [r.best_score for r in result.steps]
-    assert bests == sorted(bests, reverse=True) and result.score == bests[-1] <= result.initial_score
+    assert bests == sorted(bests, reverse=True)
+    assert result.score == bests[-1] <= result.initial_score
     for record in result.steps:
         before = tuple(encode_prompt(smol_tokenizer, record.prompt))
         diff = [i for i, (a, b) in enumerate(zip(before, record.chosen_ids, strict=True)) if a != b]
         assert diff in ([], [record.position])  # a step changes only its own position
-        grads = [c["grad"] for c in record.candidates]
-        assert grads == sorted(grads) and all(math.isfinite(g) for g in grads)
+        grads = [c.grad for c in record.candidates]
+        assert grads == sorted(grads)
+        assert all(math.isfinite(g) for g in grads)
         assert math.isclose(sum(g * g for g in grads), 1.0, rel_tol=1e-4)
-        assert record.evaluated and all(e["score"] is None or math.isfinite(e["score"]) for e in record.evaluated)
+        assert record.evaluated
+        assert all(e.score is None or math.isfinite(e.score) for e in record.evaluated)
 
 
 def test_same_seed_same_prompts_and_reuse_changes_nothing(tiny_run):
@@ -190,4 +185,5 @@ def test_same_seed_same_prompts_and_reuse_changes_nothing(tiny_run):
     chosen = [[r.chosen_ids for r in res.steps] for res in (a, b, c)]
     assert chosen[0] == chosen[1] == chosen[2]
     assert [r.candidates for r in a.steps] == [r.candidates for r in b.steps]
-    assert a.prompt == c.prompt and a.score == pytest.approx(c.score, abs=1e-4)
+    assert a.prompt == c.prompt
+    assert a.score == pytest.approx(c.score, abs=1e-4)

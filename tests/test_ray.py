@@ -61,7 +61,8 @@ def test_compare_on_ray_equals_the_sequential_run(local_ray, capsys, tiny_model_
     # a rerun skips the finished cells (nothing is submitted) and rewrites the same table
     (distributed / "table.json").unlink()
     code, _, err = run_cli(capsys, argv + ["--out", str(distributed), "--ray"])
-    assert code == 0 and "2 of 2 cells already done" in err
+    assert code == 0
+    assert "2 of 2 cells already done" in err
     assert _table_without_timing(distributed) == _table_without_timing(sequential)
 
 

@@ -60,8 +60,8 @@ def test_resume_from_saved_state_equals_uninterrupted_run(tiny_model, smol_token
     # same candidates in the same order; their gradients agree to float rounding (the resumed run
     # prefills the kept prefix that the uninterrupted one extended step by step)
     for a, b in zip(full.steps[2:], rest.steps, strict=True):
-        assert [c["token_id"] for c in a.candidates] == [c["token_id"] for c in b.candidates]
-        assert [c["grad"] for c in a.candidates] == pytest.approx([c["grad"] for c in b.candidates], abs=1e-5)
+        assert [c.token_id for c in a.candidates] == [c.token_id for c in b.candidates]
+        assert [c.grad for c in a.candidates] == pytest.approx([c.grad for c in b.candidates], abs=1e-5)
     assert (rest.prompt, rest.score) == (full.prompt, full.score)
 
 
@@ -100,12 +100,14 @@ def test_sigkill_then_resume_gives_the_same_run(tiny_model_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stopped_at = json.loads((killed / "checkpoint.json").read_text())["state"]["step"]
-    assert 2 <= stopped_at < 6 and not (killed / "result.json").exists()
+    assert 2 <= stopped_at < 6
+    assert not (killed / "result.json").exists()
 
     assert main(["optimize", "--resume", str(killed)]) == 0
     straight = json.loads((tmp_path / "straight" / "result.json").read_text())
     resumed = json.loads((killed / "result.json").read_text())
-    assert resumed["prompt"] == straight["prompt"] and resumed["steps"] == 6
+    assert resumed["prompt"] == straight["prompt"]
+    assert resumed["steps"] == 6
     _assert_same(
         _steps_without_timing(killed / "steps.jsonl"), _steps_without_timing(tmp_path / "straight" / "steps.jsonl")
     )
@@ -119,7 +121,8 @@ def test_signal_saves_and_says_how_to_resume(tiny_model_dir, tmp_path, sig, code
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code
-    assert f"greater optimize --resume {run}" in err and "Traceback" not in err
+    assert f"greater optimize --resume {run}" in err
+    assert "Traceback" not in err
     step = json.loads((run / "checkpoint.json").read_text())["state"]["step"]
     assert len((run / "steps.jsonl").read_text().splitlines()) >= step >= 1
 
@@ -186,7 +189,8 @@ def test_full_disk_is_one_clear_error_and_damages_nothing(tiny_model_dir, tmp_pa
     monkeypatch.setattr(os, "fsync", no_space)
     assert main(["optimize", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "No space left on device" in err and "Traceback" not in err
+    assert "No space left on device" in err
+    assert "Traceback" not in err
     assert (run / "checkpoint.json").read_text() == checkpoint  # the last checkpoint is intact
     monkeypatch.undo()
     assert main(["optimize", "--resume", str(run)]) == 0

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from greater.decoding import DecodeStats, decode_shared, extend, lookup_draft, pack_rows, padding_chunks, prefill
-from greater.engine import Engine
+from greater.batching import DecodeStats, pack_rows, padding_chunks
+from greater.decoding import DecodeRequest, decode_shared, lookup_draft
 from greater.generation import TransformersGenerator
+from greater.kvcache import extend, prefill
 from greater.layout import encode_prompt
 from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import get_task
 
 
-def _engine(model, tok, cached: bool, n: int = 5, batch_size: int = 32):
-    task = get_task("gen/arithmetic")
-    return Engine(
-        model, tok, task, task.load()[:n], joiner=". Use", batch_size=batch_size, answer_temperature=0.2,
-        cached_decoding=cached,
-    )  # fmt: skip
+def _arithmetic_engine(tiny_engine, cached: bool, batch_size: int = 32):
+    """An engine on 5 arithmetic examples, with or without the shared-cache decoding."""
+    return tiny_engine("gen/arithmetic", 5, batch_size=batch_size, cached_decoding=cached)
 
 
 def test_own_decoding_loop_equals_model_generate(tiny_model, smol_tokenizer):
@@ -27,7 +27,8 @@ def test_own_decoding_loop_equals_model_generate(tiny_model, smol_tokenizer):
     ]
     fast = TransformersGenerator(tiny_model, smol_tokenizer, cached=True).generate(contexts, 12)
     slow = TransformersGenerator(tiny_model, smol_tokenizer, cached=False).generate(contexts, 12)
-    assert fast == slow and all(len(r) == 12 for r in fast)  # random weights rarely emit the stop token
+    assert fast == slow
+    assert all(len(r) == 12 for r in fast)  # random weights rarely emit the stop token
 
 
 def test_lookup_draft_takes_what_followed_the_latest_match():
@@ -42,11 +43,14 @@ def test_lookup_draft_takes_what_followed_the_latest_match():
 
 def test_pack_rows_aligns_and_masks():
     ids, mask = pack_rows([[1, 2, 3], [4]], pad_id=9)
-    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]]
+    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     ids, mask = pack_rows([[1, 2, 3], [4]], pad_id=9, left=True)
-    assert ids.tolist() == [[1, 2, 3], [9, 9, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ids.tolist() == [[1, 2, 3], [9, 9, 4]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     ids, mask = pack_rows([[1, 2], [4, 5]], pad_id=0, offsets=[0, 2])
-    assert ids.tolist() == [[1, 2, 0, 0], [0, 0, 4, 5]] and mask.tolist() == [[1, 1, 0, 0], [0, 0, 1, 1]]
+    assert ids.tolist() == [[1, 2, 0, 0], [0, 0, 4, 5]]
+    assert mask.tolist() == [[1, 1, 0, 0], [0, 0, 1, 1]]
 
 
 def _repeating_rows(tok):
@@ -59,7 +63,7 @@ def _repeating_rows(tok):
 def test_lookup_drafting_gives_greedy_output_and_follow_scores(tiny_model, smol_tokenizer, slots):
     contexts = _repeating_rows(smol_tokenizer)
     follow = tuple(smol_tokenizer(" so the answer is 7")["input_ids"])
-    rows = [(i, c[-2:], follow, len(follow)) for i, c in enumerate(contexts)]
+    rows = [DecodeRequest(i, c[-2:], follow, len(follow)) for i, c in enumerate(contexts)]
     heads = prefill(tiny_model, [c[:-2] for c in contexts], pad_id=0)
     args = dict(max_new_tokens=40, stop_ids={2}, pad_id=0)
     plain_stats, drafted_stats = DecodeStats(), DecodeStats()
@@ -74,7 +78,7 @@ def test_lookup_drafting_gives_greedy_output_and_follow_scores(tiny_model, smol_
     assert drafted_stats.accepted_tokens > 0  # drafts were checked and some taken, so fewer forwards ran
     assert plain_stats.drafted_tokens == 0
     # scoring only the last two follow tokens gives exactly those two of the full scoring
-    last_two = decode_shared(tiny_model, heads, [(*row[:3], 2) for row in rows], draft_slots=slots, **args)
+    last_two = decode_shared(tiny_model, heads, [replace(row, scored=2) for row in rows], draft_slots=slots, **args)
     for a, b in zip(last_two, drafted, strict=True):
         assert a.reasoning == b.reasoning
         assert a.follow_logprobs == pytest.approx(b.follow_logprobs[-2:], abs=1e-5)
@@ -82,13 +86,13 @@ def test_lookup_drafting_gives_greedy_output_and_follow_scores(tiny_model, smol_
 
 
 @pytest.mark.parametrize("batch_size", [32, 4])
-def test_shared_prefix_scoring_equals_full_forward(tiny_model, smol_tokenizer, batch_size):
+def test_shared_prefix_scoring_equals_full_forward(tiny_model, smol_tokenizer, tiny_engine, batch_size):
     tok = smol_tokenizer
     base = tuple(encode_prompt(tok, "think step by step and answer."))
     position = 2
     prompts = [base[:position] + (t,) + base[position + 1 :] for t in (base[position], 1183, 3045)]
-    fast = _engine(tiny_model, tok, True, batch_size=batch_size).reason_and_score(prompts, 10)
-    slow = _engine(tiny_model, tok, False).reason_and_score(prompts, 10)
+    fast = _arithmetic_engine(tiny_engine, True, batch_size).reason_and_score(prompts, 10)
+    slow = _arithmetic_engine(tiny_engine, False).reason_and_score(prompts, 10)
     for (r_fast, t_fast), (r_slow, t_slow) in zip(fast, slow, strict=True):
         assert r_fast == r_slow
         assert torch.allclose(t_fast.ce, t_slow.ce, atol=1e-4)
@@ -101,12 +105,13 @@ def test_each_speedup_gives_the_same_run(tiny_run, switch):
     on = tiny_run(steps=4, max_new_tokens=6, batch_size=8)
     off = tiny_run(steps=4, max_new_tokens=6, batch_size=8, **{switch: False})
     assert [r.chosen_ids for r in on.steps] == [r.chosen_ids for r in off.steps]
-    assert [[c["token_id"] for c in r.candidates] for r in on.steps] == [
-        [c["token_id"] for c in r.candidates] for r in off.steps
+    assert [[c.token_id for c in r.candidates] for r in on.steps] == [
+        [c.token_id for c in r.candidates] for r in off.steps
     ]
     for a, b in zip(on.steps, off.steps, strict=True):
-        assert [e["score"] for e in a.evaluated] == pytest.approx([e["score"] for e in b.evaluated], abs=1e-4)
-    assert on.prompt == off.prompt and on.score == pytest.approx(off.score, abs=1e-4)
+        assert [e.score for e in a.evaluated] == pytest.approx([e.score for e in b.evaluated], abs=1e-4)
+    assert on.prompt == off.prompt
+    assert on.score == pytest.approx(off.score, abs=1e-4)
 
 
 class _CountingGenerator:
@@ -127,7 +132,8 @@ def test_plugged_in_generator_is_used_and_gives_the_same_run(tiny_model, smol_to
     backend = _CountingGenerator(TransformersGenerator(tiny_model, smol_tokenizer, cached=False))
     plugged = optimize(tiny_model, smol_tokenizer, task, config, train=task.load()[:4], generator=backend)
     default = optimize(tiny_model, smol_tokenizer, task, config, train=task.load()[:4])
-    assert backend.calls >= 2 and backend.rows >= 4 * 2  # reasoning once, then selection rows
+    assert backend.calls >= 2
+    assert backend.rows >= 4 * 2  # reasoning once, then selection rows
     assert [r.chosen_ids for r in plugged.steps] == [r.chosen_ids for r in default.steps]
 
 
@@ -154,7 +160,8 @@ def test_extending_a_prefill_equals_prefilling_the_longer_rows(tiny_model, smol_
     assert grown.ids == whole.ids
     assert torch.allclose(grown.last_logits, whole.last_logits, atol=1e-4)
     for a, b in zip(grown.scored, whole.scored, strict=True):
-        assert a == pytest.approx(b, abs=1e-4) and len(a) == 3
+        assert a == pytest.approx(b, abs=1e-4)
+        assert len(a) == 3
     # one row per forward, stacked, gives the same as all rows in one forward
     chunked = prefill(tiny_model, [r + m for r, m in zip(rows, more, strict=True)], pad_id=0, n_scored=3, batch_size=1)
     assert torch.equal(chunked.mask, whole.mask)
@@ -169,11 +176,11 @@ def test_extending_a_prefill_equals_prefilling_the_longer_rows(tiny_model, smol_
                 assert torch.allclose(keys_a, keys_b, atol=1e-4)
 
 
-def test_the_next_step_extends_the_kept_prefix(tiny_model, smol_tokenizer):
+def test_the_next_step_extends_the_kept_prefix(tiny_model, smol_tokenizer, tiny_engine):
     """The gradient pass at position p + 1 reuses the prefix kept at p (one token fed per example)
     and gives what a fresh engine computes from scratch."""
     prompt = tuple(encode_prompt(smol_tokenizer, "think step by step and answer."))
-    kept, fresh = _engine(tiny_model, smol_tokenizer, True), _engine(tiny_model, smol_tokenizer, True)
+    kept, fresh = _arithmetic_engine(tiny_engine, True), _arithmetic_engine(tiny_engine, True)
     reasonings = [[262, 1183]] * len(kept.examples)
     kept.terms(kept.sequences(prompt, reasonings), position=2, nll_weight=0.2)
     before = kept.counts.forward_tokens
@@ -181,19 +188,22 @@ def test_the_next_step_extends_the_kept_prefix(tiny_model, smol_tokenizer):
     assert kept.counts.forward_tokens - before == len(kept.examples)
     b = fresh.terms(fresh.sequences(prompt, reasonings), position=3, nll_weight=0.2)
     assert torch.allclose(a.embed_grad, b.embed_grad, atol=1e-5)
-    assert torch.allclose(a.nll, b.nll, atol=1e-5) and torch.allclose(a.ce, b.ce, atol=1e-5)
+    assert torch.allclose(a.nll, b.nll, atol=1e-5)
+    assert torch.allclose(a.ce, b.ce, atol=1e-5)
     assert torch.allclose(a.proposal_logprobs, b.proposal_logprobs, atol=1e-4)
     # the selection at that position shares the same prefix: no head is prefilled again
     candidates = [prompt[:3] + (t,) + prompt[4:] for t in (prompt[3], 1183)]
     before = kept.counts.forward_tokens
     shared = kept.reason_and_score(candidates, 4)
     shared_cost = kept.counts.forward_tokens - before
-    alone = _engine(tiny_model, smol_tokenizer, True)
+    alone = _arithmetic_engine(tiny_engine, True)
     own = alone.reason_and_score(candidates, 4)
     heads = sum(len(h[0] + h[1]) + 3 for h in alone.heads)
     assert shared_cost == alone.counts.forward_tokens - heads
     for (r_a, t_a), (r_b, t_b) in zip(shared, own, strict=True):
-        assert r_a == r_b and torch.allclose(t_a.nll, t_b.nll, atol=1e-5) and torch.allclose(t_a.ce, t_b.ce, atol=1e-5)
+        assert r_a == r_b
+        assert torch.allclose(t_a.nll, t_b.nll, atol=1e-5)
+        assert torch.allclose(t_a.ce, t_b.ce, atol=1e-5)
 
 
 def test_padding_chunks_group_similar_lengths():
@@ -212,7 +222,7 @@ def test_rows_ending_at_different_steps_score_their_follow_tokens_exactly(tiny_m
     contexts = _repeating_rows(smol_tokenizer)
     follow = tuple(smol_tokenizer(" so the answer is 7")["input_ids"])
     heads = prefill(tiny_model, [c[:-2] for c in contexts], pad_id=0)
-    rows = [(i, c[-2:], follow, 3) for i, c in enumerate(contexts)]
+    rows = [DecodeRequest(i, c[-2:], follow, 3) for i, c in enumerate(contexts)]
     free = decode_shared(tiny_model, heads, rows, max_new_tokens=12, stop_ids=set(), pad_id=0)
     stop = free[0].reasoning[2]  # ends the first row after two tokens, the others later or at the cap
     decoded = decode_shared(tiny_model, heads, rows, max_new_tokens=12, stop_ids={stop}, pad_id=0, draft_slots=16)

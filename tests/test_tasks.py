@@ -78,8 +78,10 @@ def test_gen_task_pool(name: str) -> None:
     assert len(examples) == POOL_SIZE
     assert examples == get_task(name).load()  # deterministic
     assert len({ex.question for ex in examples}) == POOL_SIZE
-    assert task.name == name and task.description
-    assert task.extractor.strip() and task.extractor.endswith("$")
+    assert task.name == name
+    assert task.description
+    assert task.extractor.strip()
+    assert task.extractor.endswith("$")
     for example in examples:
         assert example.answer == task.normalize(example.answer)  # stored canonical
         assert_scores(task, example)
@@ -98,7 +100,8 @@ def test_boolean_expressions_gold() -> None:
         expression = ex.question.removesuffix(" is")
         assert ex.answer == str(eval(expression))  # our own generated, Python-syntax strings
     operands = [len(re.findall(r"True|False", ex.question)) for ex in examples]
-    assert min(operands) == 2 and max(operands) == 4
+    assert min(operands) == 2
+    assert max(operands) == 4
     assert {ex.answer for ex in examples} == {"True", "False"}
 
 
@@ -260,7 +263,8 @@ def test_bbh_task(file: Path) -> None:
     task = get_task(f"bbh/{file.stem}", str(BBH_DIR))
     raw = json.loads(file.read_text(encoding="utf-8"))["examples"]
     examples = task.load()
-    assert task.name == f"bbh/{file.stem}" and task.default_train == 50
+    assert task.name == f"bbh/{file.stem}"
+    assert task.default_train == 50
     assert len(raw) - 3 <= len(examples) <= len(raw)
     assert task.extractor.endswith("is $")
     for example in examples:
@@ -278,7 +282,8 @@ def test_bbh_choice_letters_from_data() -> None:
         assert "'$ A' or '$ B' or '$ C')" in task.extractor
     if "sports_understanding" in names:
         task = get_task("bbh/sports_understanding", str(BBH_DIR))
-        assert task.answer_type == "yes_no" and {ex.answer for ex in task.load()} == {"Yes", "No"}
+        assert task.answer_type == "yes_no"
+        assert {ex.answer for ex in task.load()} == {"Yes", "No"}
 
 
 def test_bbh_data_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -292,7 +297,8 @@ def test_bbh_unknown_file_type_inferred(tmp_path: Path) -> None:
     examples = [{"input": f"Q{i}?\nOptions:\n(A) x\n(B) y", "target": "(A)" if i % 2 else "(B)"} for i in range(4)]
     write_json(tmp_path / "custom.json", {"examples": examples})
     task = get_task("bbh/custom", str(tmp_path))
-    assert task.answer_type == "choice" and [ex.answer for ex in task.load()] == ["B", "A", "B", "A"]
+    assert task.answer_type == "choice"
+    assert [ex.answer for ex in task.load()] == ["B", "A", "B", "A"]
     write_json(
         tmp_path / "sums.json",
         {"examples": [{"input": "1+1", "target": 2}, {"input": "2-3", "target": "-1"}]},
@@ -304,7 +310,8 @@ def test_task_names_without_data(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GREATER_DATA_DIR", raising=False)
     names = task_names()
     assert len([name for name in names if name.startswith("bbh/")]) == 27
-    assert "bbh/web_of_lies" in names and "gen/arithmetic" in names
+    assert "bbh/web_of_lies" in names
+    assert "gen/arithmetic" in names
     assert task_names("/nonexistent/greater-data") == names
 
 
@@ -314,12 +321,14 @@ def test_task_names_without_data(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_split() -> None:
     task = get_task("gen/arithmetic")
     train, test = task.split(50, None, seed=0)
-    assert len(train) == 50 and len(test) == POOL_SIZE - 50
+    assert len(train) == 50
+    assert len(test) == POOL_SIZE - 50
     assert not {ex.question for ex in train} & {ex.question for ex in test}
     assert (train, test) == task.split(50, None, seed=0)
     assert train != task.split(50, None, seed=1)[0]
     train, test = task.split(None, 30, seed=3)
-    assert len(train) == task.default_train and len(test) == 30
+    assert len(train) == task.default_train
+    assert len(test) == 30
     with pytest.raises(GreaterError, match="--train"):
         task.split(POOL_SIZE, None, seed=0)
 
@@ -328,7 +337,8 @@ def test_split() -> None:
 def test_bbh_split() -> None:
     task = get_task(f"bbh/{BBH_FILES[0].stem}", str(BBH_DIR))
     train, test = task.split(None, 100, seed=7)
-    assert len(train) == 50 and len(test) == 100
+    assert len(train) == 50
+    assert len(test) == 100
     assert not {ex.question for ex in train} & {ex.question for ex in test}
 
 
@@ -406,15 +416,19 @@ GSM8K_DIR, FOLIO_DIR = SHARED_DATA / "gsm8k", SHARED_DATA / "folio"
 def test_every_builtin_task_scores_its_own_gold(name: str) -> None:
     """Loads from ../shared/data, has a well-formed extractor, and gold answers score 100%, wrong ones 0%."""
     task = get_task(name, str(SHARED_DATA))
-    assert task.name == name and task.description
+    assert task.name == name
+    assert task.description
     assert task.answer_type in ANSWER_TYPES
-    assert task.extractor.startswith("Therefore, the final answer (") and task.extractor.endswith(") is $")
+    assert task.extractor.startswith("Therefore, the final answer (")
+    assert task.extractor.endswith(") is $")
     train, test = task.split(None, None, seed=0)
-    assert len(train) == 50 and test
+    assert len(train) == 50
+    assert test
     examples = train + test
     right = [task.is_correct(f" {task.answer_text(ex)}\nmore", ex) for ex in examples]
     wrong = [task.is_correct(f" {wrong_answer(task, task.answer_text(ex))}\nmore", ex) for ex in examples]
-    assert sum(right) == len(examples) and sum(wrong) == 0
+    assert sum(right) == len(examples)
+    assert sum(wrong) == 0
     assert all(ex.answer == task.normalize(ex.answer) for ex in examples)  # stored canonical
 
 
@@ -427,7 +441,8 @@ def test_builtin_benchmarks_listed_without_data(monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize("data_dir", [SHARED_DATA, GSM8K_DIR], ids=["root", "gsm8k-folder"])
 def test_gsm8k(data_dir: Path) -> None:
     task = get_task("gsm8k", str(data_dir))
-    assert task.answer_type == "number" and task.load_test is not None
+    assert task.answer_type == "number"
+    assert task.load_test is not None
     files = {
         split: (GSM8K_DIR / f"{split}.jsonl").read_text(encoding="utf-8").splitlines() for split in ("train", "test")
     }
@@ -438,10 +453,12 @@ def test_gsm8k(data_dir: Path) -> None:
     assert all(re.fullmatch(r"-?\d+", ex.answer) for ex in train_pool + test_pool)
     # the paper's protocol: a seeded train subset of train.jsonl, the test split from test.jsonl
     train, test = task.split(None, 100, seed=3)
-    assert len(train) == 50 and len(test) == 100
+    assert len(train) == 50
+    assert len(test) == 100
     assert {ex.question for ex in train} <= {ex.question for ex in train_pool}
     assert {ex.question for ex in test} <= {ex.question for ex in test_pool}
-    assert (train, test) == task.split(None, 100, seed=3) and train != task.split(None, 100, seed=4)[0]
+    assert (train, test) == task.split(None, 100, seed=3)
+    assert train != task.split(None, 100, seed=4)[0]
     assert len(task.split(None, None, seed=0)[1]) == len(test_pool)
     with pytest.raises(GreaterError, match="--train must be between 1 and"):
         task.split(len(train_pool) + 1, None, seed=0)
@@ -464,7 +481,8 @@ def test_folio() -> None:
 def test_benchmark_missing_files_names_the_flag(tmp_path: Path) -> None:
     with pytest.raises(GreaterError, match="no train.jsonl in .*--data-dir"):
         get_task("gsm8k", str(tmp_path))
-    assert "gsm8k" not in task_names(str(tmp_path)) and "folio" not in task_names(str(tmp_path))
+    assert "gsm8k" not in task_names(str(tmp_path))
+    assert "folio" not in task_names(str(tmp_path))
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "folio", "bbh/navigate"])
@@ -504,10 +522,12 @@ def test_hub_rows_when_no_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GREATER_DATA_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     gsm8k = get_task("gsm8k")
-    assert gsm8k.load()[2] == Example("q2?", "2000") and gsm8k.load_test() == [Example("t?", "-3")]
+    assert gsm8k.load()[2] == Example("q2?", "2000")
+    assert gsm8k.load_test() == [Example("t?", "-3")]
     folio = get_task("folio")
     assert folio.load()[0].question.startswith("Premise:\nP1.\nP2.\n\nQuestion:")
-    assert "Statement: C." in folio.load()[0].question and folio.load_test()[0].answer == "False"
+    assert "Statement: C." in folio.load()[0].question
+    assert folio.load_test()[0].answer == "False"
     assert get_task("bbh/navigate").load() == [Example("Go?", "Yes")] * 3
     assert set(calls) == set(hub)
 
@@ -670,5 +690,6 @@ def test_demo_task_is_a_generated_task_and_the_readme_names_it() -> None:
     root = Path(__file__).resolve().parents[1]
     demo = re.search(r"^DEMO_TASK \?= (\S+)$", (root / "Makefile").read_text(), re.M)
     assert demo, "Makefile sets no DEMO_TASK"
-    assert demo.group(1).startswith("gen/") and demo.group(1) in task_names()  # runs without data
+    assert demo.group(1).startswith("gen/")
+    assert demo.group(1) in task_names()  # runs without data
     assert f"**`{demo.group(1)}`**" in (root / "README.md").read_text()

@@ -44,10 +44,10 @@ def model_identity(name: str | None, model: object = None) -> dict:
     *.pt, *.gguf) — sizes rather than contents, so a multi-GB folder is identified without reading it.
     Hub id: the commit the weights were loaded from (`revision`).
     """
-    from greater.model import EMBEDDED_MODEL, embedded_gguf_path
+    from greater.model import EMBEDDED_MODEL, embedded_gguf_path, model_label, model_name
 
-    label = name or f"embedded:{EMBEDDED_MODEL}"
-    embedded = name is None or name in ("", EMBEDDED_MODEL, "embedded") or name.startswith("embedded:")
+    label = model_label(name)
+    embedded = name in ("", EMBEDDED_MODEL, "embedded") or model_name(label) is None
     path = embedded_gguf_path() if embedded else Path(name).expanduser()
     if path.is_file() or path.is_dir():
         gguf = path.is_file()
@@ -147,6 +147,7 @@ def build(
 ) -> dict:
     """The prompt.json of a finished run; `info` is the run's run.json (model, task, config, split)."""
     from greater import __version__
+    from greater.model import model_name
     from greater.tasks.answers import LABELS
 
     config = info.get("config", {})
@@ -163,7 +164,7 @@ def build(
         "choices": list(choices) if isinstance(choices, list | tuple) else choices,
         "messages": messages,
         "rendered": rendered,
-        "model": model_identity(None if info["model"].startswith("embedded:") else info["model"], model),
+        "model": model_identity(model_name(info["model"]), model),
         "tokenizer": {"sha256": tokenizer_sha256(tokenizer), "hash_of": "vocabulary, special tokens, chat template"},
         "task": {
             "name": info["task"],

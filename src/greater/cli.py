@@ -16,6 +16,7 @@ from pathlib import Path
 from greater.device import DTYPES
 from greater.errors import GreaterError
 from greater.methods import METHODS, ZS_COT_PROMPT
+from greater.model import model_label, model_name
 from greater.optimizer import SELECTION_RULES
 from greater.tasks.answers import ANSWER_TYPES
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
@@ -299,12 +300,11 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         config = GreaterConfig(**given)
         config.validate()
         info = {
-            "model": args.model or "embedded:SmolLM2-135M-Instruct",
-            # a task file is stored by absolute path, so --resume works from any directory
-            "task": str(Path(args.task).resolve()) if Path(args.task).is_file() else args.task,
+            "model": model_label(args.model),
+            "task": _task_ref(args),
             "config": asdict(config),
             "data_dir": args.data_dir,
-            "task_options": {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None},
+            "task_options": _task_options(args),
             "split": {"seed": config.seed, "train": args.train, "dev": args.dev, "test": args.test},
             "runtime": _runtime(args),
         }
@@ -395,7 +395,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     drawn = task.splits(*_split_sizes(split), split["seed"])
     if drawn.note and run_dir is None:
         print(f"greater: {drawn.note}", file=sys.stderr)
-    name = None if info["model"].startswith("embedded:") else info["model"]
+    name = model_name(info["model"])
     model, tokenizer = _load(name, args.trust_remote_code, info["runtime"])
     generator = _generator(name, model, tokenizer, info["runtime"], args.trust_remote_code)
     prompt_ids = encode_prompt(tokenizer, config.init_prompt)  # a bad prompt or filler fails before anything is written
@@ -436,7 +436,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     bar = tqdm(total=config.steps, initial=state.step if state else 0, desc="optimizing", unit="step", file=sys.stderr)
 
     def on_step(record: StepRecord, run_state) -> None:
-        append_jsonl(run_dir / "steps.jsonl", asdict(record))
+        append_jsonl(run_dir / "steps.jsonl", record.to_json())
         # logged before the checkpoint: a kill between the two repeats the step (and its metrics) on
         # resume, rather than leaving a checkpointed step that MLflow never saw
         tracker.log_step(record)
@@ -514,6 +514,16 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
     return 0
 
 
+def _task_ref(args: argparse.Namespace) -> str:
+    """`--task` as a run records it: a task file by absolute path (so --resume works from any directory)."""
+    return str(Path(args.task).resolve()) if Path(args.task).is_file() else args.task
+
+
+def _task_options(args: argparse.Namespace) -> dict:
+    """The custom-task settings given on the command line."""
+    return {key: getattr(args, key) for key in TASK_OPTIONS if getattr(args, key) is not None}
+
+
 def _split_sizes(split: dict) -> tuple[int | None, int | None, int | None]:
     """(train, dev, test) sizes of a stored split: as asked for, else as drawn (so a run resumes on the
     examples it started with even if the task's defaults change); a run from before dev sets has none."""
@@ -577,7 +587,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
         raise GreaterError(f"--{foreign[0].replace('_', '-')} applies to GReaTer runs only, not to {args.method}")
     config = MethodConfig(**given)
     config.validate()
-    options = {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None}
+    options = _task_options(args)
     task = resolve_task(args.task, args.data_dir, options)
     task.split(args.train, args.test, config.seed)  # a split that cannot be drawn fails before loading
     runtime = _runtime(args)
@@ -590,8 +600,8 @@ def _run_baseline(args: argparse.Namespace) -> int:
     train, test = task.split(args.train, args.test, config.seed)
     info = {
         "method": args.method,
-        "model": args.model or "embedded:SmolLM2-135M-Instruct",
-        "task": str(Path(args.task).resolve()) if Path(args.task).is_file() else args.task,
+        "model": model_label(args.model),
+        "task": _task_ref(args),
         "config": asdict(config),
         "data_dir": args.data_dir,
         "task_options": options,
@@ -652,12 +662,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     given |= {"batch_size": args.batch_size, "meta_max_new_tokens": args.meta_max_new_tokens}
     config = MethodConfig(**{k: v for k, v in given.items() if v is not None})
     config.validate()
-    options = {k: getattr(args, k) for k in TASK_OPTIONS if getattr(args, k) is not None}
+    options = _task_options(args)
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded
         task.split(args.train, args.test, seeds[0])
     _no_vllm(args, "greater compare (its baselines)")
-    label = args.model or "embedded:SmolLM2-135M-Instruct"
+    label = model_label(args.model)
     eval_models = list(dict.fromkeys(args.eval_model or []))
     cluster = None
     if args.ray is not None:  # the workers load the models; this process only writes the cells
@@ -724,8 +734,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         PromptSpec,
         TaskSplit,
         evaluate_table,
+        prompts_table_markdown,
         table_data,
-        table_markdown,
         write_predictions,
         write_table,
     )
@@ -740,9 +750,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     prompts = [PromptSpec(f"P{i}", text, joiner) for i, text in enumerate(_prompt_texts(args), 1)]
     prompts += [PromptSpec(name, *BASELINES[name]) for name in dict.fromkeys(args.baseline or [])]
     task_names, data_dir, max_new = list(dict.fromkeys(args.task or [])), args.data_dir, args.max_new_tokens
-    options = {key: getattr(args, key) for key in TASK_OPTIONS if getattr(args, key) is not None}
+    options = _task_options(args)
     run, run_label = _run_prompt(args)
-    model_name, batch_size = args.model, args.batch_size
+    model_ref, batch_size = args.model, args.batch_size
     if run:  # the run's prompt, scored on the run's own split unless told otherwise
         stored = run.get("config", {})
         run_joiner = args.joiner if args.joiner is not None else stored.get("joiner", DEFAULT_JOINER)
@@ -751,8 +761,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size = batch_size or stored.get("batch_size")  # the run's batches: the same padding, the same numbers
         task_names = task_names or [run.get("task")]
         data_dir = data_dir or run.get("data_dir")
-        if run_label == "prompt.json" and model_name is None and not str(run.get("model")).startswith("embedded:"):
-            model_name = run.get("model")  # a prompt.json names its model
+        if run_label == "prompt.json" and model_ref is None and run.get("model"):
+            model_ref = model_name(run["model"])  # a prompt.json names its model
     if not prompts:
         raise GreaterError("nothing to score: give --prompt, --prompt-file, --baseline or --run")
     if not task_names or not all(task_names):
@@ -777,8 +787,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         record["fingerprint"] = _fingerprint(drawn.train, drawn.test, drawn.dev)
         splits.append(TaskSplit(task, examples, record))
     runtime = _runtime(args)
-    model, tokenizer = _load(model_name, args.trust_remote_code, runtime)
-    generator = _generator(model_name, model, tokenizer, runtime, args.trust_remote_code)
+    model, tokenizer = _load(model_ref, args.trust_remote_code, runtime)
+    generator = _generator(model_ref, model, tokenizer, runtime, args.trust_remote_code)
     longest = max(len(encode_prompt(tokenizer, p.text)) for p in prompts)  # a bad prompt fails before any scoring
     cap = max_new or defaults.max_new_tokens
     for ts in splits:  # every row of every task, before any generation (evaluate never skips rows)
@@ -802,10 +812,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         progress=True,
         on_cell=report,
     )
-    meta = {"model": model_name or "embedded:SmolLM2-135M-Instruct", "split": args.split, "runtime": runtime}
+    meta = {"model": model_label(model_ref), "split": args.split, "runtime": runtime}
     meta |= {"max_new_tokens": max_new or defaults.max_new_tokens, "data_dir": data_dir}
     if args.out is None:
-        print("\n" + table_markdown(table_data(cells, **meta)), end="")
+        print("\n" + prompts_table_markdown(table_data(cells, **meta)), end="")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     table = write_table(args.out, cells, **meta)
@@ -815,7 +825,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = {"task": cell.task.task.name, "prompt": cell.prompt.text, "joiner": cell.prompt.joiner}
         metrics |= cell.task.split | {"accuracy": cell.evaluation.accuracy, "n": cell.evaluation.n}
         write_json(args.out / "metrics.json", metrics)
-    print("\n" + table_markdown(table), end="")
+    print("\n" + prompts_table_markdown(table), end="")
     print(f"table written to {args.out / 'table.md'} and {args.out / 'table.json'}; predictions in {args.out}")
     return 0
 
@@ -1093,7 +1103,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.format == "promptfoo":
         out = args.out or (source.parent / "promptfoo" / "config.yaml")
         model = args.model or artifact.as_run(data)["model"]
-        model = None if model and model.startswith("embedded:") else model
+        model = model_name(model) if model else None
         if model and Path(model).exists():  # the provider runs in the config's folder
             model = str(Path(model).resolve())
         artifact.export_promptfoo(data, source, out, model, sys.executable)

@@ -123,12 +123,11 @@ def _cell_task(
 
 
 def _model(label: str, device: str, settings: RaySettings) -> tuple:
-    from greater.model import load_model
+    from greater.model import load_model, model_name
 
     key = (label, device, settings.dtype, settings.trust_remote_code)
     if key not in _MODELS:
-        name = None if label.startswith("embedded:") else label
         _MODELS[key] = load_model(
-            name, trust_remote_code=settings.trust_remote_code, device=device, dtype=settings.dtype
+            model_name(label), trust_remote_code=settings.trust_remote_code, device=device, dtype=settings.dtype
         )
     return _MODELS[key]

@@ -36,7 +36,7 @@ SETTINGS_FILE = "compare.json"
 class Scorer:
     """A model that scores prompts on test splits: the optimizing model, or a transfer target."""
 
-    label: str  # as given on the command line (the embedded model: "embedded:SmolLM2-135M-Instruct")
+    label: str  # `model.model_label` of the model given on the command line
     model: object  # None where the cells run elsewhere (Ray workers load the model by its label)
     tokenizer: object
 
@@ -102,7 +102,7 @@ def run_compare(
     records = [read_json(cell_path(out, task.name, method, seed)) for task, method, seed in cells]
     table = summarize(records, settings, [s.label for s in transfer])
     write_json(out / "table.json", table)
-    write_atomic(out / "table.md", table_markdown(table))
+    write_atomic(out / "table.md", compare_markdown(table))
     write_chart(table, out / "chart.png")
     return table
 
@@ -258,7 +258,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def table_markdown(table: dict) -> str:
+def compare_markdown(table: dict) -> str:
     """Markdown: accuracy (task × method, mean ± sd in %), transfer tables, cost per method, prompts."""
     methods, tasks = table["methods"], table["tasks"]
     by = {(r["task"], r["method"]): r for r in table["results"]}

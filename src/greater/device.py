@@ -7,8 +7,8 @@
 
 The weights are held in `dtype`; what precision matters for is computed in float32 whatever the
 weights are (see README, "On a GPU"): the output-head logits at every scored position
-(`decoding.output_logits`), their log-softmax, the loss terms, the embedding-gradient leaf
-(`Engine._suffix_terms`) and the candidate-gradient product (`optimizer.candidate_gradient`).
+(`logits.output_logits`), their log-softmax, the loss terms, the embedding-gradient leaf
+(`gradient.TeacherForcing.suffix`) and the candidate-gradient product (`optimizer.candidate_gradient`).
 """
 
 from __future__ import annotations

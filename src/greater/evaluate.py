@@ -57,8 +57,7 @@ def evaluate(
     )
     prompt_ids = tuple(encode_prompt(tokenizer, prompt))
     with tqdm(total=2 * len(examples), desc=desc, unit="gen", disable=not progress, file=sys.stderr) as bar:
-        if hasattr(engine.generator, "progress"):
-            engine.generator.progress = bar
+        engine.generator.progress = bar
         (reasoning,) = engine.reason([prompt_ids], max_new_tokens)
         outputs = engine.answer(prompt_ids, reasoning, max(map(len, engine.answer_ids)) + ANSWER_SLACK)
     predictions = []
@@ -164,7 +163,7 @@ def table_data(cells: Sequence[Cell], **meta: object) -> dict:
     }
 
 
-def table_markdown(table: dict) -> str:
+def prompts_table_markdown(table: dict) -> str:
     """The table as Markdown: one row per task (with n), one column per prompt (accuracy in %), a mean row."""
     labels = [p["label"] for p in table["prompts"]]
     acc = {(r["task"], r["prompt"]): r["accuracy"] for r in table["results"]}
@@ -196,7 +195,7 @@ def write_table(out: Path, cells: Sequence[Cell], **meta: object) -> dict:
     for cell in cells:
         write_predictions(out / predictions_name(cell), cell.evaluation.predictions)
     write_json(out / "table.json", table)
-    write_atomic(out / "table.md", table_markdown(table))
+    write_atomic(out / "table.md", prompts_table_markdown(table))
     return table
 
 

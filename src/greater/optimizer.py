@@ -10,22 +10,23 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DecodeStats
+from greater.batching import DecodeStats
 from greater.device import peak_memory, reset_peak_memory
-from greater.engine import Engine, Ids, Terms
+from greater.engine import Engine, Ids
 from greater.errors import GreaterError
 from greater.evaluate import DEFAULT_JOINER, evaluate
 from greater.generation import Generator
+from greater.gradient import Terms
 from greater.layout import decode, encode, encode_prompt
 from greater.memory import is_size
 from greater.tasks import Example, Task
+from greater.timing import STEP_PHASES, PhaseTimer
 
 DEFAULT_INIT_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."
 _SENTENCE_END = (".", "!", "?")
@@ -103,16 +104,46 @@ class GreaterConfig:
 
 
 @dataclass
+class Candidate:
+    """A token proposed for the step's position and its L2-normalised gradient (lower is better)."""
+
+    token_id: int
+    token: str
+    grad: float
+
+
+@dataclass
+class Evaluated:
+    """A shortlisted prompt scored in selection: the token at the position, the prompt as text and ids,
+    its selection score, whether that score came from the cache, and whether it was taken as the first
+    candidate holding a "." (`GreaterConfig.accept_period_after_half`)."""
+
+    token: str
+    prompt: str
+    prompt_ids: list[int]
+    score: float
+    cached: bool
+    accepted_period: bool = False
+
+    def to_json(self) -> dict:
+        """As in steps.jsonl: "accepted_period" only where it is true."""
+        data = asdict(self)
+        if not self.accepted_period:
+            del data["accepted_period"]
+        return data
+
+
+@dataclass
 class StepRecord:
-    """What happened in one step; one line of steps.jsonl."""
+    """What happened in one step; `to_json` is one line of steps.jsonl."""
 
     step: int
     position: int
     prompt: str
     loss: float
     train_errors: int  # training examples the current prompt gets wrong (answer not the argmax)
-    candidates: list[dict]  # {"token_id", "token", "grad"}, most negative gradient first
-    evaluated: list[dict]  # {"token", "prompt", "prompt_ids", "score", "cached"} (+ "accepted_period": True)
+    candidates: list[Candidate]  # most negative gradient first
+    evaluated: list[Evaluated]  # in gradient order
     chosen: str
     chosen_ids: list[int]
     best_score: float
@@ -122,6 +153,10 @@ class StepRecord:
     # the step's peak memory in MiB and what it measures (greater.device.peak_memory): on CUDA
     # torch.cuda.max_memory_allocated, on a CPU the process's peak RSS
     peak_memory: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The record as one line of steps.jsonl."""
+        return asdict(self) | {"evaluated": [e.to_json() for e in self.evaluated]}
 
 
 @dataclass
@@ -136,7 +171,9 @@ class Result:
     initial_score: float
     steps: list[StepRecord]  # the steps run by this call (a resumed run starts after its checkpoint)
     stopped: str  # "budget" or "plateau"
-    counts: DecodeStats = field(default_factory=DecodeStats)  # model work done by this call
+    # model work done by this call: the engine's counters as they are (DecodeStats is public: a
+    # summary of them would only drop what bench/step.py and methods.Usage read)
+    counts: DecodeStats = field(default_factory=DecodeStats)
     dev_accuracy: float | None = None  # the chosen prompt's, when a dev set was given
     finalists: list[dict] = field(default_factory=list)  # {"prompt", "prompt_ids", "score", "dev_accuracy"}
 
@@ -356,30 +393,66 @@ class _Step:
         config, engine = self.config, self.engine
         device = engine.model.device
         reset_peak_memory(device)
-        started = time.perf_counter()
+        timer = PhaseTimer(STEP_PHASES)
         state.step += 1
-        timing: dict[str, float] = {}
         warnings: list[str] = []
         prompt, position = tuple(state.prompt), state.position
-        rng = random.Random(f"{config.seed}:{state.step}")
+        with timer("total"):
+            # 1. reasoning for the current prompt (reused from the previous selection when possible)
+            with timer("reasoning"):
+                if state.reasoning is None or not config.reuse_reasoning:
+                    (state.reasoning,) = engine.reason([prompt], config.max_new_tokens)
+            # 2. one teacher-forced forward + backward: loss, proposal log-probs, embedding gradient
+            with timer("gradient"):
+                seqs = engine.sequences(prompt, state.reasoning)
+                terms = engine.terms(seqs, position=position, nll_weight=config.nll_weight)
+            # 3. candidate tokens from the proposal, ranked by the gradient
+            with timer("proposal"):
+                loss = self._score_current(state, prompt, terms, warnings)
+                ranked = self._rank_candidates(state, prompt, position, terms, warnings)
+            # 4. selection: re-score the most promising candidates with their own reasoning
+            with timer("selection"):
+                tokens = [c for c, _ in ranked]
+                shortlist = shortlist_candidates(self.tokenizer, prompt, position, tokens, config.num_select)
+                chosen, evaluated = self._select(state, prompt, position, shortlist, warnings, timer)
+            # 5. the chosen prompt goes on (the caller advances the position)
+            state.prompt = list(chosen)
+        return StepRecord(
+            step=state.step,
+            position=position,
+            prompt=prompt_text(self.tokenizer, prompt),
+            loss=loss,
+            train_errors=int((~terms.correct).sum()),
+            candidates=[Candidate(c, decode(self.tokenizer, [c]), g) for c, g in ranked],
+            evaluated=evaluated,
+            chosen=prompt_text(self.tokenizer, chosen),
+            chosen_ids=list(chosen),
+            best_score=state.best_score,
+            best_prompt=prompt_text(self.tokenizer, state.best_prompt),
+            seconds=timer.seconds(),
+            warnings=warnings,
+            peak_memory=peak_memory(device),
+        )
 
-        # 1. reasoning for the current prompt (reused from the previous selection when possible)
-        if state.reasoning is None or not config.reuse_reasoning:
-            (state.reasoning,) = engine.reason([prompt], config.max_new_tokens)
-        timing["reasoning"] = _lap(started)
-
-        # 2 + 3. one teacher-forced forward + backward: loss, proposal log-probs, embedding gradient
-        t = time.perf_counter()
-        terms = engine.terms(engine.sequences(prompt, state.reasoning), position=position, nll_weight=config.nll_weight)
-        timing["gradient"] = _lap(t)
-        t = time.perf_counter()
-        loss = float((terms.ce + config.nll_weight * terms.nll).mean())
+    def _score_current(self, state: RunState, prompt: Ids, terms: Terms, warnings: list[str]) -> float:
+        """The current prompt's loss; its selection score goes into the state's cache (and, at step 1,
+        is the initial score)."""
+        loss = float((terms.ce + self.config.nll_weight * terms.nll).mean())
         if math.isfinite(loss):
-            state.record_score(prompt, selection_score(terms, config), self.returnable(prompt))
+            state.record_score(prompt, selection_score(terms, self.config), self.returnable(prompt))
         else:
             warnings.append(f"non-finite loss for the current prompt at step {state.step}")
         if state.step == 1:
             state.initial_score = state.scores.get(prompt, math.nan)
+        return loss
+
+    def _rank_candidates(
+        self, state: RunState, prompt: Ids, position: int, terms: Terms, warnings: list[str]
+    ) -> list[tuple[int, float]]:
+        """(token, gradient) of the proposed candidates at `position`, most negative gradient first;
+        non-finite gradients are dropped."""
+        config, engine = self.config, self.engine
+        rng = random.Random(f"{config.seed}:{state.step}")
         exclude = {prompt[position - 1]} if position > 0 else set()
         candidates = propose_candidates(terms.proposal_logprobs, self.allowed, exclude, prompt[position], config, rng)
         own_nll = config.nll_weight if config.candidate_nll else 0.0
@@ -388,38 +461,17 @@ class _Step:
         if not all(math.isfinite(g) for _, g in ranked):
             warnings.append("non-finite candidate gradients were dropped")
             ranked = [(c, g) for c, g in ranked if math.isfinite(g)]
-        timing["proposal"] = _lap(t)
-
-        # 4. selection: re-score the most promising candidates with their own reasoning
-        t = time.perf_counter()
-        clock = dict(engine.clock)
-        shortlist = shortlist_candidates(self.tokenizer, prompt, position, [c for c, _ in ranked], config.num_select)
-        chosen, evaluated = self._select(state, prompt, position, shortlist, warnings)
-        for phase in clock:
-            timing[phase] = round(engine.clock[phase] - clock[phase], 4)
-        timing["selection"] = _lap(t)
-        state.prompt = list(chosen)
-        timing["total"] = _lap(started)
-        return StepRecord(
-            step=state.step,
-            position=position,
-            prompt=prompt_text(self.tokenizer, prompt),
-            loss=loss,
-            train_errors=int((~terms.correct).sum()),
-            candidates=[{"token_id": c, "token": decode(self.tokenizer, [c]), "grad": g} for c, g in ranked],
-            evaluated=evaluated,
-            chosen=prompt_text(self.tokenizer, chosen),
-            chosen_ids=list(chosen),
-            best_score=state.best_score,
-            best_prompt=prompt_text(self.tokenizer, state.best_prompt),
-            seconds=timing,
-            warnings=warnings,
-            peak_memory=peak_memory(device),
-        )
+        return ranked
 
     def _select(
-        self, state: RunState, prompt: Ids, position: int, shortlist: list[Ids], warnings: list[str]
-    ) -> tuple[Ids, list[dict]]:
+        self,
+        state: RunState,
+        prompt: Ids,
+        position: int,
+        shortlist: list[Ids],
+        warnings: list[str],
+        timer: PhaseTimer | None = None,
+    ) -> tuple[Ids, list[Evaluated]]:
         """The chosen prompt and what was evaluated; sets `state.reasoning` to the chosen prompt's.
 
         As in the reference, the shortlist is scored in gradient order and, past half the initial
@@ -433,7 +485,7 @@ class _Step:
         if period is not None:
             shortlist = shortlist[: shortlist.index(period) + 1]
         fresh = [p for p in shortlist if p not in state.scores]
-        scored_fresh = engine.reason_and_score(fresh, config.max_new_tokens) if fresh else []
+        scored_fresh = engine.reason_and_score(fresh, config.max_new_tokens, timer) if fresh else []
         fresh_reasoning = {p: reasoning for p, (reasoning, _) in zip(fresh, scored_fresh, strict=True)}
         for p, (_, terms) in zip(fresh, scored_fresh, strict=True):
             score = selection_score(terms, config)
@@ -443,9 +495,14 @@ class _Step:
                 warnings.append(f"non-finite score for {prompt_text(tok, p)!r}; candidate skipped")
         scored = [p for p in shortlist if p in state.scores]
         evaluated = [
-            {"token": decode(tok, [p[position]]), "prompt": prompt_text(tok, p), "prompt_ids": list(p)}
-            | {"score": state.scores[p], "cached": p not in fresh}
-            | ({"accepted_period": True} if p == period else {})
+            Evaluated(
+                token=decode(tok, [p[position]]),
+                prompt=prompt_text(tok, p),
+                prompt_ids=list(p),
+                score=state.scores[p],
+                cached=p not in fresh,
+                accepted_period=p == period,
+            )
             for p in scored
         ]
         if period is not None and period in state.scores:
@@ -578,7 +635,3 @@ def filler_token(tokenizer: PreTrainedTokenizerBase, filler: str) -> int:
 def prompt_text(tokenizer: PreTrainedTokenizerBase, ids: Ids) -> str:
     """The text of prompt ids as returned to the user (it follows the joiner after one space)."""
     return decode(tokenizer, ids).strip()
-
-
-def _lap(since: float) -> float:
-    return round(time.perf_counter() - since, 4)

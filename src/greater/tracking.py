@@ -12,8 +12,12 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from greater.errors import GreaterError
+
+if TYPE_CHECKING:
+    from greater.optimizer import StepRecord
 
 EXPERIMENT = "greater"  # MLFLOW_EXPERIMENT_NAME overrides it
 _PARAM_CHARS = 500
@@ -103,19 +107,19 @@ class MlflowTracker(NoTracker):
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
-    def log_step(self, record: object) -> None:
+    def log_step(self, record: StepRecord) -> None:
         """A GReaTer step: its loss, training errors, the best evaluated candidate's selection score,
         the best score so far and the step's seconds, at the step's index."""
-        evaluated = [e["score"] for e in getattr(record, "evaluated", []) if isinstance(e.get("score"), float)]
+        evaluated = [e.score for e in record.evaluated if isinstance(e.score, float)]
         metrics = {
-            "loss": record.loss,  # type: ignore[attr-defined]
-            "train_errors": record.train_errors,  # type: ignore[attr-defined]
-            "best_score": record.best_score,  # type: ignore[attr-defined]
-            "seconds": record.seconds.get("total"),  # type: ignore[attr-defined]
+            "loss": record.loss,
+            "train_errors": record.train_errors,
+            "best_score": record.best_score,
+            "seconds": record.seconds.get("total"),
         }
         if evaluated:
             metrics["selection_score"] = min(evaluated)
-        self.log_metrics(metrics, record.step)  # type: ignore[attr-defined]
+        self.log_metrics(metrics, record.step)
 
     def finish(self, folder: Path, metrics: dict) -> None:
         """Final metrics, the folder's files as artifacts, and the run marked finished."""

@@ -13,10 +13,13 @@ vLLM keeps its own copy of the weights, so give it a fraction of the GPU memory
 from __future__ import annotations
 
 from greater.errors import GreaterError
+from greater.generation import Generator
 
 
-class VLLMGenerator:
-    """The `greater.generation.Generator` interface on a vLLM engine: greedy, token ids in, token ids out."""
+class VLLMGenerator(Generator):
+    """The `greater.generation.Generator` interface on a vLLM engine: greedy, token ids in, token ids out.
+
+    It has no shared-prefix decoder (vLLM keeps its own cache), so selection regenerates and re-scores."""
 
     def __init__(
         self,
@@ -32,6 +35,7 @@ class VLLMGenerator:
             from vllm import LLM, SamplingParams
         except ImportError as exc:
             raise GreaterError("the vLLM backend needs vLLM: pip install 'greater[vllm]' (GPU only)") from exc
+        super().__init__()
         self._sampling = SamplingParams
         self.stop_ids = set(stop_ids)
         self.llm = LLM(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DecodeStats
+from greater.batching import DecodeStats
 from greater.errors import GreaterError
 from greater.methods import baselines
 from greater.methods.common import ZS_COT_PROMPT, MethodConfig, MethodResult, Scored, Usage, Workbench

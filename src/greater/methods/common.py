@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.decoding import DecodeStats
+from greater.batching import DecodeStats
 from greater.engine import Engine
 from greater.errors import GreaterError
 from greater.generation import TransformersGenerator
