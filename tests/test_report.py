@@ -71,3 +71,15 @@ def test_compare_report_renders_the_table_and_chart(tiny_model_dir, tmp_path, ca
 def test_report_of_a_folder_that_is_no_run_is_one_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "neither run.json" in capsys.readouterr().err
+
+
+def test_report_out_may_name_a_new_folder_and_an_unwritable_one_is_one_error(finished_run, tmp_path, capsys):
+    target = tmp_path / "new" / "deeper" / "page.html"
+    assert main(["report", str(finished_run), "--out", str(target)]) == 0
+    assert target.read_text().startswith("<!DOCTYPE html") or "<html" in target.read_text()[:200]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["report", str(finished_run), "--out", str(blocker / "page.html")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err
+    assert "Traceback" not in err

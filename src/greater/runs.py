@@ -28,8 +28,13 @@ def new_run_dir(requested: Path) -> tuple[Path, bool]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file + rename, so a crash leaves either the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write via a temp file + rename, so a crash leaves either the old or the new file, never half.
+    Missing parent folders are made (an `--out` path may name a new folder)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise GreaterError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
