@@ -84,11 +84,15 @@ def test_sigkill_at_any_moment_then_resume_gives_the_same_run(tiny_model_dir, tm
     assert not (run / "initial_eval.json").exists() and not (run / "checkpoint.json").exists()
     kills.append("initial evaluation")
 
-    def at_random() -> None:  # a moment drawn over the uninterrupted run's duration (loading included)
+    def at_random() -> None:
+        """A moment drawn over the uninterrupted run's duration (loading included), but no later than
+        the last step's checkpoint: a resumed run has less left to do, and on a busy machine it could
+        otherwise finish before its moment, leaving no dev pass to kill."""
         start, moment = time.monotonic(), rng.uniform(0.1, 0.6) * duration
         proc = _start(resume)
-        if _kill_when(proc, lambda: time.monotonic() - start >= moment):
-            kills.append(f"random {moment:.1f}s")
+        last_step = lambda: _checkpoint_state(run).get("step", 0) >= 4  # noqa: E731
+        assert _kill_when(proc, lambda: time.monotonic() - start >= moment or last_step())
+        kills.append(f"random {moment:.1f}s")
 
     for moment in ("random", "checkpoint write", "random", "random", "dev pass", "random"):
         if moment == "random":
@@ -98,9 +102,10 @@ def test_sigkill_at_any_moment_then_resume_gives_the_same_run(tiny_model_dir, tm
             assert proc.wait(timeout=300) == -signal.SIGKILL, proc.communicate()
             assert list(run.glob(".checkpoint.json.*")), "the half-written checkpoint is left behind"
             kills.append("checkpoint write")
-        else:  # the steps are done and at least one dev prompt is scored, the result is not written
+        else:  # the steps are done and one more dev prompt is scored, the result is not written
+            scored = len(_checkpoint_state(run).get("dev_accuracy", []))
             proc = _start(resume)
-            assert _kill_when(proc, lambda: bool(_checkpoint_state(run).get("dev_accuracy")))
+            assert _kill_when(proc, lambda n=scored: len(_checkpoint_state(run).get("dev_accuracy", [])) > n)
             assert not (run / "result.json").exists()
             kills.append("dev pass")
     assert len(kills) >= 6, kills
