@@ -590,10 +590,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise GreaterError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     if not args.task:
         raise GreaterError("--task is required (repeat it for more tasks)")
-    given = {"steps": args.steps, "evaluations": args.evaluations, "max_new_tokens": args.max_new_tokens}
-    given |= {"batch_size": args.batch_size, "meta_max_new_tokens": args.meta_max_new_tokens}
-    config = MethodConfig(**{k: v for k, v in given.items() if v is not None})
-    config.validate()
+    flags = ("steps", "evaluations", "max_new_tokens", "batch_size", "meta_max_new_tokens")
+    config = MethodConfig.from_args(args, flags, "greater compare")
     options = _task_options(args)
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded
