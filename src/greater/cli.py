@@ -10,11 +10,11 @@ import signal
 import sys
 import time
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from greater.device import DTYPES
-from greater.errors import GreaterError
+from greater.errors import GreaterError, ResumeConflict
 from greater.methods import METHODS, ZS_COT_PROMPT
 from greater.model import model_label, model_name
 from greater.optimizer import SELECTION_RULES
@@ -247,14 +247,6 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 # "<question>. Let's think step by step." (the prompt follows the joiner after one space)
 BASELINES = {"zs-cot": (ZS_COT_PROMPT, ".")}
 
-# command-line flags that set GreaterConfig fields (flag dest -> config field)
-_CONFIG_FLAGS = ("steps", "init_prompt", "top_k", "top_q", "max_new_tokens", "patience", "seed", "batch_size")
-_CONFIG_FLAGS += ("selection", "candidate_nll", "filler", "keep_top", "grad_batch_size")
-# flags that define the run but are not config fields, as stored in run.json
-_RUN_FLAGS = {"task": ("task",), "model": ("model",), "train": ("split", "train"), "test": ("split", "test")}
-_RUN_FLAGS |= {"dev": ("split", "dev")}
-_RUN_FLAGS |= {key: ("task_options", key) for key in TASK_OPTIONS}  # custom-task settings
-
 
 class _Terminated(Exception):
     """SIGTERM, raised in the main thread so the run stops like on Ctrl-C."""
@@ -275,7 +267,9 @@ def _sigterm_interrupts():
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
+    """`greater optimize`: a new GReaTer run, a resumed one (--resume DIR), or a baseline (--method)."""
     from greater.optimizer import GreaterConfig, RunState
+    from greater.runs import RUN_KEYS, RunDir
 
     if args.method != "greater":
         if args.resume is not None:
@@ -284,60 +278,28 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     if args.evaluations is not None:
         raise GreaterError("--evaluations sets a baseline's budget; GReaTer's is --steps")
     if args.resume is not None:
-        run_dir = args.resume
-        info, checkpoint = _check_resume(args)
-        config = GreaterConfig(**info["config"])
-        if checkpoint is None:  # killed before its first step ended: start it again from its settings
-            state = None
-            print(f"resuming {run_dir} from its start (it stopped before its first step)", file=sys.stderr)
-        else:
-            state = RunState.from_json(checkpoint["state"])
-            print(f"resuming {run_dir} after step {state.step}", file=sys.stderr)
-    else:
-        if not args.task:
-            raise GreaterError("--task is required (or --resume DIR to continue a run)")
-        given = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
-        config = GreaterConfig(**given)
-        config.validate()
-        info = {
-            "model": model_label(args.model),
-            "task": _task_ref(args),
-            "config": asdict(config),
-            "data_dir": args.data_dir,
-            "task_options": _task_options(args),
-            "split": {"seed": config.seed, "train": args.train, "dev": args.dev, "test": args.test},
-            "runtime": _runtime(args),
-        }
-        run_dir, state = None, None
-    return _run_optimize(args, info, config, run_dir, state)
+        run = RunDir.open(args.resume)
+        config = GreaterConfig.from_args(args, stored=run.info["config"])
+        run.check_flags({flag: getattr(args, flag) for flag in RUN_KEYS})
+        run.info["runtime"] = _runtime(args, run.info.get("runtime", {}))
+        state = None if run.checkpoint is None else RunState.from_json(run.checkpoint["state"])
+        # killed before its first step ended: it starts again from its settings
+        where = "from its start (it stopped before its first step)" if state is None else f"after step {state.step}"
+        print(f"resuming {run.path} {where}", file=sys.stderr)
+        return _run_optimize(args, run.info, config, run, state)
+    if not args.task:
+        raise GreaterError("--task is required (or --resume DIR to continue a run)")
+    config = GreaterConfig.from_args(args)
+    split = {"seed": config.seed, "train": args.train, "dev": args.dev, "test": args.test}
+    return _run_optimize(args, _run_info(args, config, split, _runtime(args)), config, None, None)
 
 
-def _check_resume(args: argparse.Namespace) -> tuple[dict, dict | None]:
-    """The stored run info and checkpoint (None: the run stopped before its first step ended);
-    refuses when the command line contradicts them."""
-    from greater.runs import CHECKPOINT, read_checkpoint, read_json
-
-    info = read_json(args.resume / "run.json")
-    if info.get("method", "greater") != "greater":
-        raise GreaterError(f"{args.resume} is a {info['method']} run; --resume continues GReaTer runs only")
-    if (args.resume / "result.json").exists():
-        raise GreaterError(f"{args.resume} is a finished run (result.json exists); nothing to resume")
-    checkpoint = read_checkpoint(args.resume) if (args.resume / CHECKPOINT).exists() else None
-    for flag in _CONFIG_FLAGS:
-        given = getattr(args, flag)
-        if given is not None and given != info["config"].get(flag):
-            raise GreaterError(_differs(flag, given, info["config"].get(flag)))
-    for flag, keys in _RUN_FLAGS.items():
-        stored = info
-        for key in keys:
-            stored = stored.get(key) if isinstance(stored, dict) else None
-        given = getattr(args, flag)
-        if flag == "task" and given is not None and Path(given).is_file():
-            given = str(Path(given).resolve())
-        if given is not None and given != stored:
-            raise GreaterError(_differs(flag, given, stored))
-    info["runtime"] = _runtime(args, info.get("runtime", {}))
-    return info, checkpoint
+def _run_info(args: argparse.Namespace, config, split: dict, runtime: dict, method: str | None = None) -> dict:
+    """run.json of a new run as the command line defines it (`RunDir.create` adds the drawn split)."""
+    info = {"method": method} if method is not None else {}
+    info |= {"model": model_label(args.model), "task": _task_ref(args), "config": asdict(config)}
+    info |= {"data_dir": args.data_dir, "task_options": _task_options(args), "split": split, "runtime": runtime}
+    return info
 
 
 def _runtime(args: argparse.Namespace, stored: dict | None = None) -> dict:
@@ -364,83 +326,109 @@ def _runtime(args: argparse.Namespace, stored: dict | None = None) -> dict:
         raise GreaterError("--generator vllm runs on a GPU; use --device cuda, or --generator hf on a CPU")
     for key in _RUNTIME_FLAGS if stored is not None else ():
         if getattr(args, key, None) is not None and runtime[key] != base[key]:
-            raise GreaterError(_differs(key, getattr(args, key), base[key]))
+            raise ResumeConflict(key, getattr(args, key), base[key])
     return runtime
 
 
-def _differs(flag: str, given, stored) -> str:
-    name = "--" + flag.replace("_", "-")
-    return f"{name} {given!r} differs from the run's stored value {stored!r}; drop {name} to resume, or start a new run"
-
-
-def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
-    from tqdm import tqdm
-
-    from greater.layout import encode_prompt
-    from greater.optimizer import StepRecord, filler_token, optimize, resolve_batch_sizes
-    from greater.runs import (
-        append_jsonl,
-        read_json,
-        read_lines,
-        truncate_lines,
-        write_atomic,
-        write_checkpoint,
-    )
-    from greater.runs import write_json as write_run_json
-    from greater.tasks import resolve_task
+def _run_optimize(args, info: dict, config, run, state) -> int:
+    """A GReaTer run: new (`run` None: its folder is made once model and data passed their checks) or
+    resumed from `state` (None: from its start)."""
+    from greater.optimizer import resolve_batch_sizes
 
     budget = _budget(args)
-    task = resolve_task(info["task"], info.get("data_dir"), info.get("task_options"))
-    split = info["split"]
-    drawn = task.splits(*_split_sizes(split), split["seed"])
-    if drawn.note and run_dir is None:
-        print(f"greater: {drawn.note}", file=sys.stderr)
-    name = model_name(info["model"])
-    model, tokenizer = _load(name, args.trust_remote_code, info["runtime"])
-    generator = _generator(name, model, tokenizer, info["runtime"], args.trust_remote_code)
-    prompt_ids = encode_prompt(tokenizer, config.init_prompt)  # a bad prompt or filler fails before anything is written
-    filler_token(tokenizer, config.filler)
-    # the prompt grows by at most one token a step (the filler), so that is the longest it can get
-    longest = len(prompt_ids) + config.steps
-    task = _fitting_task(model, tokenizer, task, info, longest, config.joiner, config.max_new_tokens)
-    drawn = task.splits(*_split_sizes(split), split["seed"])
-    train, dev, test = drawn.train, drawn.dev, drawn.test
-    fingerprint = _fingerprint(train, test, dev)
-    if run_dir is None:
+    task, model, tokenizer, generator, (train, dev, test) = _prepare_greater(args, info, config, run is None)
+    if run is None:
         # "auto" batch sizes become numbers fitted to this device's free memory, stored for --resume
         config = resolve_batch_sizes(model, tokenizer, task, train, config)
         info["config"] = asdict(config)
         info["threads"] = args.threads_used
-        run_dir = _new_run(args, task, info, train, test, dev)
+        run = _new_run(args, task, info, train, test, dev)
     else:
-        if split.get("fingerprint") != fingerprint:
-            raise GreaterError(f"the data of task {info['task']!r} changed since {run_dir} started; cannot resume")
-        truncate_lines(run_dir / "steps.jsonl", state.step if state else 0)
-    tracker = _tracker(args, run_dir, info)
+        run.check_data(train, test, dev)
+        run.keep_steps(state.step if state else 0)
+    tracker = _tracker(args, run)
 
     def score(prompt: str, label: str) -> float:
         return _test_accuracy(model, tokenizer, task, test, prompt, config, label, generator)
 
     sizes = f"{len(train)} train / " + (f"{len(dev)} dev / " if dev else "") + f"{len(test)} test"
-    print(f"task {info['task']}: {sizes} examples; run directory {run_dir}")
-    initial_path = run_dir / "initial_eval.json"
-    if initial_path.exists():
-        initial_acc = read_json(initial_path)["accuracy"]
-        print(f"initial prompt test accuracy: {initial_acc:.3f} (from {initial_path.name})")
+    print(f"task {info['task']}: {sizes} examples; run directory {run.path}")
+    initial_acc = run.initial_accuracy()
+    if initial_acc is not None:
+        print(f"initial prompt test accuracy: {initial_acc:.3f} (from initial_eval.json)")
     else:
         eval_started = time.monotonic()
         initial_acc = score(config.init_prompt, "initial prompt")
-        write_run_json(initial_path, {"prompt": config.init_prompt, "accuracy": initial_acc})
+        run.save_initial_accuracy(config.init_prompt, initial_acc)
         budget.test_seconds = time.monotonic() - eval_started
+    try:
+        result = _optimize_checkpointed(
+            args, run, tracker, budget, config, state, model, tokenizer, task, train, dev, test, generator
+        )
+    except _OutOfTime as stop:
+        print(
+            f"greater: --max-time {args.max_time} spent after step {stop.step} of {config.steps}; "
+            f"the run is saved in {run.path}\nresume with: greater optimize --resume {run.path}",
+            file=sys.stderr,
+        )
+        return EXIT_OUT_OF_TIME
+    if result.dev_accuracy is not None:
+        print(f"dev accuracy of the chosen prompt: {result.dev_accuracy:.3f} (best of {len(result.finalists)})")
+    print(f"optimized prompt: {result.prompt}")
+    test_accuracy = {"initial": initial_acc, "optimized": score(result.prompt, "optimized prompt")}
+    scores = {"score": result.score, "score_name": f"selection score ({config.selection}, lower is better)"}
+    scores |= {"dev_accuracy": result.dev_accuracy, "test_accuracy": test_accuracy}
+    prompt_fields = {"prompt_ids": result.prompt_ids, "joiner": config.joiner, "task": task, "scores": scores}
+    run.write_prompt(result.prompt, model=model, tokenizer=tokenizer, method="greater", **prompt_fields)
+    outcome = {"prompt": result.prompt, "prompt_ids": result.prompt_ids, "score": result.score}
+    outcome |= {"initial_prompt": result.initial_prompt, "initial_score": result.initial_score}
+    outcome |= {"steps": run.steps_logged(), "stopped": result.stopped, "dev_accuracy": result.dev_accuracy}
+    outcome |= {"finalists": result.finalists, "test_accuracy": test_accuracy}
+    run.write_result(outcome)
+    finals = {"train_score": result.score, "dev_accuracy": result.dev_accuracy} | _prefixed(test_accuracy)
+    tracker.finish(run.path, finals)
+    print(f"run written to {run.path}")
+    return 0
+
+
+def _prepare_greater(args: argparse.Namespace, info: dict, config, new: bool) -> tuple:
+    """(task, model, tokenizer, generator, (train, dev, test)) of a GReaTer run: the model loaded as
+    info's runtime says, the prompt and filler checked against its tokenizer and every row against its
+    context (all before anything is written), the split drawn."""
+    from greater.layout import encode_prompt
+    from greater.optimizer import filler_token
+    from greater.tasks import resolve_task
+
+    task = resolve_task(info["task"], info.get("data_dir"), info.get("task_options"))
+    split = info["split"]
+    drawn = task.splits(*_split_sizes(split), split["seed"])
+    if drawn.note and new:
+        print(f"greater: {drawn.note}", file=sys.stderr)
+    name = model_name(info["model"])
+    model, tokenizer = _load(name, args.trust_remote_code, info["runtime"])
+    generator = _generator(name, model, tokenizer, info["runtime"], args.trust_remote_code)
+    prompt_ids = encode_prompt(tokenizer, config.init_prompt)
+    filler_token(tokenizer, config.filler)
+    # the prompt grows by at most one token a step (the filler), so that is the longest it can get
+    longest = len(prompt_ids) + config.steps
+    task = _fitting_task(model, tokenizer, task, info, longest, config.joiner, config.max_new_tokens)
+    drawn = task.splits(*_split_sizes(split), split["seed"])
+    return task, model, tokenizer, generator, (drawn.train, drawn.dev, drawn.test)
+
+
+def _optimize_checkpointed(
+    args, run, tracker, budget, config, state, model, tokenizer, task, train, dev, test, generator
+):
+    """`optimize` with a progress bar, each step checkpointed into `run` and logged to `tracker`, and
+    --max-time checked after each (raises `_OutOfTime`); Ctrl-C and SIGTERM print how to resume."""
+    from tqdm import tqdm
+
+    from greater.optimizer import StepRecord, optimize
 
     bar = tqdm(total=config.steps, initial=state.step if state else 0, desc="optimizing", unit="step", file=sys.stderr)
 
     def on_step(record: StepRecord, run_state) -> None:
-        append_jsonl(run_dir / "steps.jsonl", record.to_json())
-        # logged before the checkpoint: a kill between the two repeats the step (and its metrics) on
-        # resume, rather than leaving a checkpointed step that MLflow never saw
-        tracker.log_step(record)
-        write_checkpoint(run_dir, {"state": run_state.to_json()})
+        run.record_step(record.to_json(), run_state.to_json(), log=lambda: tracker.log_step(record))
         bar.set_postfix_str(f"best selection score {record.best_score:.3f}")
         bar.update(1)
         budget.after_step(bar, record, run_state.step, config, len(dev), len(test))
@@ -449,7 +437,7 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
             print(f"scoring the {config.keep_top} best prompts on {len(dev)} dev examples ...", file=sys.stderr)
 
     def on_dev(run_state) -> None:
-        write_checkpoint(run_dir, {"state": run_state.to_json()})
+        run.save_checkpoint(run_state.to_json())
         budget.check(run_state.step)
 
     try:
@@ -466,52 +454,19 @@ def _run_optimize(args, info: dict, config, run_dir: Path | None, state) -> int:
                 state=state,
                 generator=generator,
             )
+    except _OutOfTime:
+        bar.close()
+        raise
     except (KeyboardInterrupt, _Terminated):
         bar.close()
         print(
-            f"greater: steps up to the last completed one are saved in {run_dir}\n"
-            f"resume with: greater optimize --resume {run_dir}",
+            f"greater: steps up to the last completed one are saved in {run.path}\n"
+            f"resume with: greater optimize --resume {run.path}",
             file=sys.stderr,
         )
         raise
-    except _OutOfTime as stop:
-        bar.close()
-        print(
-            f"greater: --max-time {args.max_time} spent after step {stop.step} of {config.steps}; "
-            f"the run is saved in {run_dir}\nresume with: greater optimize --resume {run_dir}",
-            file=sys.stderr,
-        )
-        return EXIT_OUT_OF_TIME
     bar.close()
-    if result.dev_accuracy is not None:
-        print(f"dev accuracy of the chosen prompt: {result.dev_accuracy:.3f} (best of {len(result.finalists)})")
-    print(f"optimized prompt: {result.prompt}")
-    final_acc = score(result.prompt, "optimized prompt")
-    test_accuracy = {"initial": initial_acc, "optimized": final_acc}
-    write_atomic(run_dir / "prompt.txt", result.prompt + "\n")
-    scores = {"score": result.score, "score_name": f"selection score ({config.selection}, lower is better)"}
-    scores |= {"dev_accuracy": result.dev_accuracy, "test_accuracy": test_accuracy}
-    _write_artifact(run_dir, info, result.prompt, result.prompt_ids, config.joiner, task, model, tokenizer, scores)
-    write_run_json(
-        run_dir / "result.json",
-        info
-        | {
-            "prompt": result.prompt,
-            "prompt_ids": result.prompt_ids,
-            "score": result.score,
-            "initial_prompt": result.initial_prompt,
-            "initial_score": result.initial_score,
-            "steps": len(read_lines(run_dir / "steps.jsonl")),
-            "stopped": result.stopped,
-            "dev_accuracy": result.dev_accuracy,
-            "finalists": result.finalists,
-            "test_accuracy": test_accuracy,
-        },
-    )
-    finals = {"train_score": result.score, "dev_accuracy": result.dev_accuracy} | _prefixed(test_accuracy)
-    tracker.finish(run_dir, finals)
-    print(f"run written to {run_dir}")
-    return 0
+    return result
 
 
 def _task_ref(args: argparse.Namespace) -> str:
@@ -532,19 +487,16 @@ def _split_sizes(split: dict) -> tuple[int | None, int | None, int | None]:
     return train, dev, split.get("test") or split.get("n_test")
 
 
-def _new_run(args: argparse.Namespace, task, info: dict, train: list, test: list, dev: list = ()) -> Path:
-    """A fresh run directory (never an existing run's) with run.json written into it."""
+def _new_run(args: argparse.Namespace, task, info: dict, train: list, test: list, dev: list = ()):
+    """A fresh `RunDir` (never an existing run's) with run.json written into it."""
     from greater.evaluate import slug
-    from greater.runs import new_run_dir, write_json
+    from greater.runs import RunDir
 
     requested = args.out or Path("runs") / f"{slug(task.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir, renamed = new_run_dir(requested)
+    run, renamed = RunDir.create(requested, info, train, test, dev)
     if renamed:
-        print(f"greater: {requested} already holds a run; writing to {run_dir} instead", file=sys.stderr)
-    info["split"] |= {"n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
-    info["split"]["fingerprint"] = _fingerprint(train, test, dev)
-    write_json(run_dir / "run.json", info)
-    return run_dir
+        print(f"greater: {requested} already holds a run; writing to {run.path} instead", file=sys.stderr)
+    return run
 
 
 def _test_accuracy(model, tokenizer, task, test: list, prompt: str, config, label: str, generator=None) -> float:
@@ -571,7 +523,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
     """`greater optimize --method M` for a baseline: run it, then score its prompt on the test split."""
     from greater.layout import encode_prompt
     from greater.methods import MethodConfig, run_method
-    from greater.runs import append_jsonl, write_atomic, write_json
+    from greater.optimizer import CONFIG_FLAGS
     from greater.tasks import resolve_task
 
     if not args.task:
@@ -579,14 +531,8 @@ def _run_baseline(args: argparse.Namespace) -> int:
     if args.grad_batch_size is not None:
         raise GreaterError("--grad-batch-size sets GReaTer's backward chunks; baselines run no backward pass")
     _no_vllm(args, f"the {args.method} baseline")
-    flags = [k for k in _CONFIG_FLAGS if k != "grad_batch_size"] + ["evaluations", "dev"]
-    given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
-    own = {f.name for f in fields(MethodConfig)}
-    foreign = [k for k in given if k not in own]
-    if foreign:
-        raise GreaterError(f"--{foreign[0].replace('_', '-')} applies to GReaTer runs only, not to {args.method}")
-    config = MethodConfig(**given)
-    config.validate()
+    flags = [k for k in CONFIG_FLAGS if k != "grad_batch_size"] + ["evaluations", "dev"]
+    config = MethodConfig.from_args(args, flags, args.method)
     options = _task_options(args)
     task = resolve_task(args.task, args.data_dir, options)
     task.split(args.train, args.test, config.seed)  # a split that cannot be drawn fails before loading
@@ -598,48 +544,34 @@ def _run_baseline(args: argparse.Namespace) -> int:
         model, tokenizer, task, {"task_options": options}, longest, config.joiner, config.max_new_tokens
     )
     train, test = task.split(args.train, args.test, config.seed)
-    info = {
-        "method": args.method,
-        "model": model_label(args.model),
-        "task": _task_ref(args),
-        "config": asdict(config),
-        "data_dir": args.data_dir,
-        "task_options": options,
-        "split": {"seed": config.seed, "train": args.train, "test": args.test},
-        "runtime": runtime,
-        "threads": args.threads_used,
-    }
-    run_dir = _new_run(args, task, info, train, test)
-    tracker = _tracker(args, run_dir, info)
-    print(f"task {info['task']}: {len(train)} train / {len(test)} test examples; run directory {run_dir}")
+    split = {"seed": config.seed, "train": args.train, "test": args.test}
+    info = _run_info(args, config, split, runtime, method=args.method) | {"threads": args.threads_used}
+    run = _new_run(args, task, info, train, test)
+    tracker = _tracker(args, run)
+    print(f"task {info['task']}: {len(train)} train / {len(test)} test examples; run directory {run.path}")
     print(f"running {args.method} (budget: {config.budget} candidate prompts) ...", file=sys.stderr)
     with _sigterm_interrupts():
         result = run_method(args.method, model, tokenizer, task, train, config)
-    for entry in result.history:
-        append_jsonl(run_dir / "history.jsonl", entry)
+    run.append_history(result.history)
     print(f"optimized prompt: {result.prompt}")
     final_acc = _test_accuracy(model, tokenizer, task, test, result.prompt, config, "optimized prompt")
-    write_atomic(run_dir / "prompt.txt", result.prompt + "\n")
     scores = {"score": result.score, "score_name": result.score_name, "dev_accuracy": None}
     scores["test_accuracy"] = {"optimized": final_acc}
     ids = encode_prompt(tokenizer, result.prompt)
-    _write_artifact(run_dir, info, result.prompt, ids, result.joiner, task, model, tokenizer, scores, args.method)
+    prompt_fields = {"prompt_ids": ids, "joiner": result.joiner, "task": task, "scores": scores}
+    run.write_prompt(result.prompt, model=model, tokenizer=tokenizer, method=args.method, **prompt_fields)
     for index, entry in enumerate(result.history, 1):  # every candidate prompt the baseline scored
         tracker.log_metrics({k: v for k, v in entry.items() if k in ("accuracy", "ce")}, index)
-    tracker.finish(run_dir, {"train_score": result.score, "test_accuracy_optimized": final_acc})
-    write_json(
-        run_dir / "result.json",
-        info
-        | {
-            "prompt": result.prompt,
-            "joiner": result.joiner,
-            "score": result.score,
-            "score_name": result.score_name,
-            "usage": asdict(result.usage),
-            "test_accuracy": {"optimized": final_acc},
-        },
-    )
-    print(f"run written to {run_dir}")
+    # result.json after the MLflow run is finished, as before: the tracker's artifacts hold no result.json
+    tracker.finish(run.path, {"train_score": result.score, "test_accuracy_optimized": final_acc})
+    outcome = {"prompt": result.prompt, "joiner": result.joiner, "score": result.score}
+    outcome |= {
+        "score_name": result.score_name,
+        "usage": asdict(result.usage),
+        "test_accuracy": {"optimized": final_acc},
+    }
+    run.write_result(outcome)
+    print(f"run written to {run.path}")
     return 0
 
 
@@ -658,10 +590,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise GreaterError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     if not args.task:
         raise GreaterError("--task is required (repeat it for more tasks)")
-    given = {"steps": args.steps, "evaluations": args.evaluations, "max_new_tokens": args.max_new_tokens}
-    given |= {"batch_size": args.batch_size, "meta_max_new_tokens": args.meta_max_new_tokens}
-    config = MethodConfig(**{k: v for k, v in given.items() if v is not None})
-    config.validate()
+    flags = ("steps", "evaluations", "max_new_tokens", "batch_size", "meta_max_new_tokens")
+    config = MethodConfig.from_args(args, flags, "greater compare")
     options = _task_options(args)
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded
@@ -697,7 +627,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                 config,
                 split=(args.train, args.test),
                 transfer=transfer,
-                fingerprint=_fingerprint,
+                fingerprint=True,
                 progress=True,
                 cluster=cluster,
             )
@@ -717,16 +647,6 @@ def _names(text: str, flag: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _fingerprint(train, test, dev=()) -> str:
-    """A short hash of the examples of a split (with no dev set, the same as before dev sets existed)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for ex in [*train, None, *test, *([None, *dev] if dev else [])]:
-        digest.update(b"|" if ex is None else f"{ex.question}\x00{ex.answer}\n".encode())
-    return digest.hexdigest()[:16]
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from greater.evaluate import (
         DEFAULT_JOINER,
@@ -743,6 +663,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from greater.optimizer import GreaterConfig
     from greater.runs import write_json
     from greater.tasks import resolve_task
+    from greater.tasks.base import fingerprint
     from greater.tasks.custom import is_custom_task
 
     defaults = GreaterConfig()
@@ -784,7 +705,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise GreaterError(f"task {task.name!r} has no {args.split} examples in this split; set --{args.split}")
         record = {"split": args.split, "seed": seed, "train": n_train, "dev": n_dev, "test": n_test}
         record |= {"limit": args.limit, "n_train": len(drawn.train), "n_dev": len(drawn.dev), "n_test": len(drawn.test)}
-        record["fingerprint"] = _fingerprint(drawn.train, drawn.test, drawn.dev)
+        record["fingerprint"] = fingerprint(drawn.train, drawn.test, drawn.dev)
         splits.append(TaskSplit(task, examples, record))
     runtime = _runtime(args)
     model, tokenizer = _load(model_ref, args.trust_remote_code, runtime)
@@ -983,24 +904,6 @@ def _fitting_task(model, tokenizer, task, info: dict, prompt_tokens: int, joiner
     )
 
 
-def _write_artifact(run_dir, info, prompt, prompt_ids, joiner, task, model, tokenizer, scores, method="greater"):
-    """prompt.json (written before result.json: a folder with result.json is a finished run)."""
-    from greater import artifact
-
-    data = artifact.build(
-        info=info,
-        prompt=prompt,
-        prompt_ids=prompt_ids,
-        joiner=joiner,
-        task=task,
-        model=model,
-        tokenizer=tokenizer,
-        scores=scores,
-        method=method,
-    )
-    artifact.write(run_dir, data)
-
-
 def _add_mlflow_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mlflow",
@@ -1012,25 +915,24 @@ def _add_mlflow_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _tracker(args: argparse.Namespace, run_dir: Path, info: dict):
+def _tracker(args: argparse.Namespace, run):
     """The run's MLflow tracker: a new MLflow run for --mlflow (its id stored in run.json), the stored
     one for a resumed run that had one, else a no-op."""
     from greater.tracking import MlflowTracker, NoTracker, default_uri
 
+    info = run.info
     stored = info.get("mlflow")
     given = getattr(args, "mlflow", None)
     if given is None and not stored:
         return NoTracker()
     uri = given or default_uri() if given is not None else stored["tracking_uri"]
     if stored and given is not None and uri != stored["tracking_uri"]:
-        raise GreaterError(_differs("mlflow", uri, stored["tracking_uri"]))
-    tracker = MlflowTracker(uri, run_id=stored["run_id"] if stored else None, name=run_dir.name)
+        raise ResumeConflict("mlflow", uri, stored["tracking_uri"])
+    tracker = MlflowTracker(uri, run_id=stored["run_id"] if stored else None, name=run.path.name)
     if not stored:
-        from greater.runs import write_json
-
         tracker.log_params({k: v for k, v in info.items() if k not in ("split",)} | {"split": info.get("split")})
         info["mlflow"] = {"tracking_uri": tracker.uri, "run_id": tracker.run_id}
-        write_json(run_dir / "run.json", info)
+        run.save_info()
     return tracker
 
 

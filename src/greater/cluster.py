@@ -12,7 +12,7 @@ Ray is optional (`pip install 'greater[ray]'`) and imported only here, only when
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from greater.compare import CellJob, Scorer, compute_cell
@@ -51,7 +51,7 @@ def run_on_ray(
     model: str,
     transfer: Sequence[str],
     split: tuple[int | None, int | None],
-    fingerprint: Callable | None,
+    fingerprint: bool,
 ) -> Iterator[tuple[CellJob, dict, dict[str, list[dict]]]]:
     """Submit every job, then yield (job, record, predictions) in the order the cells finish.
 
@@ -113,7 +113,7 @@ def _cell_task(
     model: str,
     transfer: list[str],
     split: tuple[int | None, int | None],
-    fingerprint: Callable | None,
+    fingerprint: bool,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Runs in a Ray worker: one cell, computed with models loaded (once per worker) by their labels."""
     # Ray hands a GPU task its GPU as the only visible one

@@ -28,6 +28,7 @@ from greater.evaluate import evaluate, slug, write_predictions
 from greater.methods import MethodConfig, run_method
 from greater.runs import read_json, write_atomic, write_json
 from greater.tasks import Example, Task
+from greater.tasks.base import fingerprint as split_fingerprint
 
 SETTINGS_FILE = "compare.json"
 
@@ -64,13 +65,14 @@ def run_compare(
     *,
     split: tuple[int | None, int | None] = (None, None),
     transfer: Sequence[Scorer] = (),
-    fingerprint: Callable[[list[Example], list[Example]], str] | None = None,
+    fingerprint: bool = False,
     progress: bool = False,
     cluster: object | None = None,
 ) -> dict:
     """Run the missing cells, then write table.json, table.md and chart.png; returns the table.
 
-    `cluster` (a `greater.cluster.RaySettings`) runs the cells as Ray tasks; the models of `optimizer`
+    `fingerprint` records each cell's split fingerprint (`greater.tasks.base.fingerprint`), as run.json
+    does. `cluster` (a `greater.cluster.RaySettings`) runs the cells as Ray tasks; the models of `optimizer`
     and `transfer` are then loaded by the workers from their labels, and may be None here."""
     settings = {"model": optimizer.label, "split": {"train": split[0], "test": split[1]}, "config": asdict(config)}
     settings["config"].pop("seed")
@@ -149,7 +151,7 @@ def compute_cell(
     optimizer: Scorer,
     transfer: Sequence[Scorer],
     split: tuple[int | None, int | None],
-    fingerprint,
+    fingerprint: bool,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Optimize (unless the job has its record and only lacks transfer scores) and score on test.
 
@@ -166,7 +168,7 @@ def compute_cell(
             "method": method,
             "seed": seed,
             "split": {"n_train": len(train), "n_test": len(test)}
-            | ({"fingerprint": fingerprint(train, test)} if fingerprint else {}),
+            | ({"fingerprint": split_fingerprint(train, test)} if fingerprint else {}),
             "result": result.to_json(),
             "test": _score(predictions, optimizer, task, test, result.prompt, result.joiner, config, job.name),
             "transfer": {},

@@ -6,3 +6,14 @@ class GreaterError(Exception):
 
     The message is shown to the user as-is: say what is wrong, where, and what to do.
     """
+
+
+class ResumeConflict(GreaterError):
+    """A flag given with `--resume` that contradicts the value the run stored."""
+
+    def __init__(self, flag: str, given: object, stored: object) -> None:
+        name = "--" + flag.replace("_", "-")
+        super().__init__(
+            f"{name} {given!r} differs from the run's stored value {stored!r}; "
+            f"drop {name} to resume, or start a new run"
+        )

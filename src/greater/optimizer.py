@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from greater.batching import DecodeStats
 from greater.device import peak_memory, reset_peak_memory
 from greater.engine import Engine, Ids
-from greater.errors import GreaterError
+from greater.errors import GreaterError, ResumeConflict
 from greater.evaluate import DEFAULT_JOINER, evaluate
 from greater.generation import Generator
 from greater.gradient import Terms
@@ -35,6 +35,9 @@ _log = logging.getLogger("greater")
 
 
 SELECTION_RULES = ("errors-then-loss", "reference", "loss")
+# the GreaterConfig fields a command-line flag sets (flag dest == field name)
+CONFIG_FLAGS = ("steps", "init_prompt", "top_k", "top_q", "max_new_tokens", "patience", "seed", "batch_size")
+CONFIG_FLAGS += ("selection", "candidate_nll", "filler", "keep_top", "grad_batch_size")
 
 
 @dataclass
@@ -81,6 +84,21 @@ class GreaterConfig:
     def __post_init__(self) -> None:
         if self.selection == "accuracy":  # the earlier name of the reference's rule
             self.selection = "reference"
+
+    @classmethod
+    def from_args(cls, args: object, stored: dict | None = None) -> GreaterConfig:
+        """The config a command line asks for: the fields of `CONFIG_FLAGS` it sets (attributes of
+        `args`, None when not given) over the defaults, validated. With `stored` (a resumed run's
+        config) the run's own config, and a given flag that contradicts it is refused."""
+        given = {flag: getattr(args, flag) for flag in CONFIG_FLAGS if getattr(args, flag, None) is not None}
+        if stored is None:
+            config = cls(**given)
+            config.validate()
+            return config
+        for flag, value in given.items():
+            if value != stored.get(flag):
+                raise ResumeConflict(flag, value, stored.get(flag))
+        return cls(**stored)
 
     def validate(self) -> None:
         checks = {

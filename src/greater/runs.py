@@ -1,13 +1,16 @@
-"""The run directory: result.json, steps.jsonl (appended and fsynced per step), prompt.txt."""
+"""The run directory (`RunDir`): run.json, steps.jsonl (appended and fsynced per step), checkpoint.json,
+initial_eval.json, prompt.txt, prompt.json and result.json; and the atomic writes they go through."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, ResumeConflict
+from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
 
 def new_run_dir(requested: Path) -> tuple[Path, bool]:
@@ -144,3 +147,122 @@ def truncate_lines(path: Path, keep: int) -> None:
     lines = read_lines(path)
     if path.exists() and len(lines) != keep:
         write_atomic(path, "".join(line for line in lines[:keep] if line.endswith("\n")))
+
+
+# --- the run folder -------------------------------------------------------------------------------
+
+RUN_INFO = "run.json"
+RESULT = "result.json"
+STEPS = "steps.jsonl"
+INITIAL_EVAL = "initial_eval.json"
+# flags that define a run but are not config fields (flag dest -> where run.json stores it)
+RUN_KEYS: dict[str, tuple[str, ...]] = {"task": ("task",), "model": ("model",)}
+RUN_KEYS |= {"train": ("split", "train"), "test": ("split", "test"), "dev": ("split", "dev")}
+RUN_KEYS |= {key: ("task_options", key) for key in TASK_OPTIONS}  # custom-task settings
+
+
+class RunDir:
+    """One run's folder and its run.json (`info`): made by `create`, reopened by `open` for --resume.
+
+    It writes every file of the run: run.json, steps.jsonl and checkpoint.json after each step,
+    initial_eval.json, and at the end prompt.txt, prompt.json and result.json (in that order: a folder
+    with result.json is a finished run)."""
+
+    def __init__(self, path: Path, info: dict, checkpoint: dict | None = None) -> None:
+        self.path = path
+        self.info = info
+        self.checkpoint = checkpoint  # the last checkpoint read by `open`; None: none yet
+
+    @classmethod
+    def create(
+        cls, requested: Path, info: dict, train: list, test: list, dev: list | tuple = ()
+    ) -> tuple[RunDir, bool]:
+        """A fresh folder (`requested`, else `requested-N`: never an existing run's) with run.json: `info`
+        with the split's drawn sizes and fingerprint added. Returns (run, renamed)."""
+        from greater.tasks.base import fingerprint
+
+        path, renamed = new_run_dir(requested)
+        info["split"] |= {"n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
+        info["split"]["fingerprint"] = fingerprint(train, test, dev)
+        run = cls(path, info)
+        run.save_info()
+        return run, renamed
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        """An unfinished GReaTer run to resume, with its last checkpoint (None: it stopped before its
+        first step ended); reading the checkpoint restores its RNG states."""
+        info = read_json(path / RUN_INFO)
+        if info.get("method", "greater") != "greater":
+            raise GreaterError(f"{path} is a {info['method']} run; --resume continues GReaTer runs only")
+        if (path / RESULT).exists():
+            raise GreaterError(f"{path} is a finished run (result.json exists); nothing to resume")
+        return cls(path, info, read_checkpoint(path) if (path / CHECKPOINT).exists() else None)
+
+    def check_flags(self, given: dict[str, object]) -> None:
+        """Refuse a run-defining flag (see `RUN_KEYS`; None: not given) that contradicts run.json; a task
+        file is compared by absolute path, as the run stores it."""
+        for flag, keys in RUN_KEYS.items():
+            stored: object = self.info
+            for key in keys:
+                stored = stored.get(key) if isinstance(stored, dict) else None
+            value = given.get(flag)
+            if flag == "task" and value is not None and Path(value).is_file():
+                value = str(Path(value).resolve())
+            if value is not None and value != stored:
+                raise ResumeConflict(flag, value, stored)
+
+    def check_data(self, train: list, test: list, dev: list | tuple = ()) -> None:
+        """Refuse to resume on examples other than those the run started with."""
+        from greater.tasks.base import fingerprint
+
+        if self.info["split"].get("fingerprint") != fingerprint(train, test, dev):
+            raise GreaterError(
+                f"the data of task {self.info['task']!r} changed since {self.path} started; cannot resume"
+            )
+
+    def save_info(self) -> None:
+        write_json(self.path / RUN_INFO, self.info)
+
+    def keep_steps(self, steps: int) -> None:
+        """Drop a step logged after the last checkpoint (it is run again)."""
+        truncate_lines(self.path / STEPS, steps)
+
+    def record_step(self, record: dict, state: dict, log: Callable[[], None] | None = None) -> None:
+        """After a step: append it to steps.jsonl, call `log` (the tracker), then write the checkpoint.
+        Logged before the checkpoint: a kill between the two repeats the step (and its metrics) on
+        resume, rather than leaving a checkpointed step that MLflow never saw."""
+        append_jsonl(self.path / STEPS, record)
+        if log is not None:
+            log()
+        self.save_checkpoint(state)
+
+    def save_checkpoint(self, state: dict) -> None:
+        write_checkpoint(self.path, {"state": state})
+
+    def initial_accuracy(self) -> float | None:
+        """The initial prompt's test accuracy, when a previous process of this run scored it."""
+        path = self.path / INITIAL_EVAL
+        return read_json(path)["accuracy"] if path.exists() else None
+
+    def save_initial_accuracy(self, prompt: str, accuracy: float) -> None:
+        write_json(self.path / INITIAL_EVAL, {"prompt": prompt, "accuracy": accuracy})
+
+    def steps_logged(self) -> int:
+        return len(read_lines(self.path / STEPS))
+
+    def append_history(self, entries: list[dict], name: str = "history.jsonl") -> None:
+        for entry in entries:
+            append_jsonl(self.path / name, entry)
+
+    def write_prompt(self, prompt: str, **artifact_fields: object) -> None:
+        """prompt.txt, then prompt.json built by `greater.artifact.build` (info=run.json, and the fields
+        it takes: prompt_ids, joiner, task, model, tokenizer, scores, method)."""
+        from greater import artifact
+
+        write_atomic(self.path / "prompt.txt", prompt + "\n")
+        artifact.write(self.path, artifact.build(info=self.info, prompt=prompt, **artifact_fields))
+
+    def write_result(self, fields: dict) -> None:
+        """result.json: run.json's fields, then `fields`; written last, it marks the run finished."""
+        write_json(self.path / RESULT, self.info | fields)

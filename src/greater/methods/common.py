@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -51,6 +52,20 @@ class MethodConfig:
     @property
     def budget(self) -> int:
         return self.evaluations if self.evaluations is not None else self.num_select * self.steps
+
+    @classmethod
+    def from_args(cls, args: object, flags: Sequence[str], method: str) -> MethodConfig:
+        """The config of `greater optimize --method METHOD`: the `flags` given (attributes of `args`, None
+        when not given) over the defaults, validated; a flag that is no field of this config (it sets
+        a GReaTer setting) is refused."""
+        given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag, None) is not None}
+        own = {f.name for f in fields(cls)}
+        foreign = [flag for flag in given if flag not in own]
+        if foreign:
+            raise GreaterError(f"--{foreign[0].replace('_', '-')} applies to GReaTer runs only, not to {method}")
+        config = cls(**given)
+        config.validate()
+        return config
 
     def validate(self) -> None:
         numbers = ("steps", "num_select", "max_new_tokens", "meta_max_new_tokens", "max_prompt_tokens", "demos")

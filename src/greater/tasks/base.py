@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,3 +134,12 @@ def first_answer_span(continuation: str) -> str:
     """The answer part of a generation after the extractor: up to the first newline, stripped."""
     text = continuation.strip()
     return text.splitlines()[0].strip() if text else ""
+
+
+def fingerprint(train: list[Example], test: list[Example], dev: list[Example] | tuple = ()) -> str:
+    """A short hash of the examples of a split (with no dev set, the same as before dev sets existed):
+    a run stores it, so a resume on changed data is refused."""
+    digest = hashlib.sha256()
+    for ex in [*train, None, *test, *([None, *dev] if dev else [])]:
+        digest.update(b"|" if ex is None else f"{ex.question}\x00{ex.answer}\n".encode())
+    return digest.hexdigest()[:16]
