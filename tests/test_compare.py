@@ -37,6 +37,28 @@ def check_table(
     assert (table["tasks"], table["methods"], table["seeds"]) == (tasks, methods, seeds)
     markdown = (out / "table.md").read_text(encoding="utf-8")
     sections = markdown.split("Transfer: ")
+    reference = "greater" if "greater" in methods else methods[0]
+    rows = {  # (task, method, seed) -> the cell's test predictions
+        (t, m, s): read_jsonl(out / read_json(cell_path(out, t, m, s))["test"]["predictions"])
+        for t in tasks
+        for m in methods
+        for s in seeds
+    }
+    for task in tasks:
+        golds = [p["gold"] for s in seeds for p in rows[task, reference, s]]
+        top = max(golds.count(g) for g in golds)
+        assert table["chance"][task]["majority"] == pytest.approx(top / len(golds))
+        line = next(ln for ln in sections[0].splitlines() if ln.startswith(f"| {task} |"))
+        assert line.split("|")[3].strip() == f"{100 * top / len(golds):.1f}"
+        for other in (m for m in methods if m != reference):
+            test = next(t for t in table["paired"]["tests"] if (t["task"], t["other"]) == (task, other))
+            pairs = [
+                (a["correct"], b["correct"])
+                for s in seeds
+                for a, b in zip(rows[task, reference, s], rows[task, other, s], strict=True)
+            ]
+            assert test["n_pairs"] == len(pairs) == n_test * len(seeds)
+            assert (test["b"], test["c"]) == (pairs.count((True, False)), pairs.count((False, True)))
     for row in table["results"]:
         accuracies = {}
         for seed in seeds:
@@ -54,13 +76,19 @@ def check_table(
         values = [accuracies[s] for s in seeds]
         assert row["accuracies"] == values
         assert row["mean"] == pytest.approx(sum(values) / len(values))
-        assert row["sd"] == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0.0)
         line = next(ln for ln in sections[0].splitlines() if ln.startswith(f"| {row['task']} |"))
         cells = [c.strip() for c in line.split("|")[1:-1]]
         assert cells[1] == str(n_test)
-        assert cells[2 + methods.index(row["method"])] == f"{100 * row['mean']:.1f} ± {100 * row['sd']:.1f}"
+        shown = cells[3 + methods.index(row["method"])]
+        if len(seeds) > 1:
+            assert row["sd"] == pytest.approx(statistics.stdev(values))
+            assert shown == f"{100 * row['mean']:.1f} ± {100 * row['sd']:.1f}"
+        else:  # one seed: no spread to show
+            assert row["sd"] is None
+            assert shown == f"{100 * row['mean']:.1f}"
     header = next(ln for ln in markdown.splitlines() if ln.startswith("| task |"))
-    assert [c.strip() for c in header.split("|")[1:-1]] == ["task", "n test", *methods]
+    assert [c.strip() for c in header.split("|")[1:-1]] == ["task", "n test", "chance", *methods]
+    assert ("±" in sections[0]) == (len(seeds) > 1)
     assert len(sections) == 1 + len(transfer)
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return table
