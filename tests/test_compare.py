@@ -12,6 +12,7 @@ import pytest
 import greater.compare as compare_module
 from greater.compare import Scorer, cell_path, run_compare
 from greater.errors import GreaterError
+from greater.evaluate import evaluate
 from greater.methods import MethodConfig
 from greater.tasks import get_task
 from test_cli import message_lines, run_cli
@@ -227,3 +228,74 @@ def test_optimize_with_a_baseline_then_transfer(capsys, tiny_model_dir: Path, tm
     assert message_lines(err) == [
         "greater: error: --resume continues GReaTer runs only; start the ape run again instead"
     ]
+
+
+def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> None:
+    """Every search makes its final choice on the dev set (keep_top finalists by training key, best dev
+    accuracy wins, ties to the better key), the dev pass counts in its usage, the settings record it."""
+    task, methods, n_dev = TASKS[0], ["greater", "ape", "zs-cot"], 2
+    optimizer = Scorer("tiny", tiny_model, smol_tokenizer)
+    config = replace(CONFIG, keep_top=3)
+    out, plain = tmp_path / "dev", tmp_path / "plain"
+    run_compare(optimizer, [task], methods, [0], out, config, split=SPLIT, dev=n_dev)
+    run_compare(optimizer, [task], methods, [0], plain, config, split=SPLIT)
+    check_table(out, [task.name], methods, [0], [])
+    dev = task.splits(SPLIT[0], n_dev, SPLIT[1], 0).dev
+    for method in methods:
+        cell, before = (read_json(cell_path(folder, task.name, method, 0)) for folder in (out, plain))
+        assert cell["split"]["n_dev"] == n_dev and "n_dev" not in before["split"]
+        questions = [
+            [p["question"] for p in read_jsonl(f / c["test"]["predictions"])] for f, c in ((out, cell), (plain, before))
+        ]
+        assert questions[0] == questions[1]  # the same test examples with or without a dev set
+        result = cell["result"]
+        if method == "zs-cot":  # one prompt: nothing to choose, no dev pass
+            assert (result["finalists"], result["dev_accuracy"]) == ([], None)
+            assert result["usage"]["calls"] == before["result"]["usage"]["calls"]
+            continue
+        finalists = result["finalists"]
+        assert 1 <= len(finalists) <= 3
+        for finalist in finalists:  # each scored on dev as `greater evaluate` would
+            ev = evaluate(
+                tiny_model, smol_tokenizer, task, dev, finalist["prompt"], joiner=result["joiner"], max_new_tokens=4
+            )
+            assert finalist["dev_accuracy"] == ev.accuracy
+        best = max(f["dev_accuracy"] for f in finalists)
+        assert result["dev_accuracy"] == best
+        assert result["prompt"] == next(f["prompt"] for f in finalists if f["dev_accuracy"] == best)
+        # the search is the same; the dev pass adds one reasoning and one answer per dev example per finalist
+        extra = result["usage"]["calls"] - before["result"]["usage"]["calls"]
+        assert extra == 2 * n_dev * len(finalists)
+        if method == "ape":  # finalists: the best scored prompts by training accuracy, then cross-entropy
+            ranked = sorted(result["history"], key=lambda h: (-h["accuracy"], h["ce"]))
+            assert [f["prompt"] for f in finalists] == list(dict.fromkeys(h["prompt"] for h in ranked))[:3]
+            assert [f["score"] for f in finalists] == [h["accuracy"] for h in ranked[: len(finalists)]]
+
+    # the settings record dev and keep_top only when there is a dev set: a folder made before dev sets
+    # (exactly these settings) resumes with the same command
+    assert read_json(out / "compare.json")["split"] == {"train": 3, "test": 4, "dev": n_dev}
+    assert read_json(out / "compare.json")["config"]["keep_top"] == 3
+    assert read_json(plain / "compare.json") == {
+        "model": "tiny",
+        "split": {"train": 3, "test": 4},
+        "config": {
+            "steps": 1,
+            "num_select": 3,
+            "evaluations": None,
+            "max_new_tokens": 4,
+            "meta_max_new_tokens": 8,
+            "max_prompt_tokens": 48,
+            "demos": 4,
+            "beam": 2,
+            "temperature": 0.7,
+            "init_prompt": "Let's think step by step.",
+            "joiner": ".",
+            "batch_size": 8,
+        },
+    }
+    with pytest.raises(GreaterError, match=r"with dev=2, not 3; rerun with the same settings"):
+        run_compare(optimizer, [task], methods, [0], out, config, split=SPLIT, dev=3)
+    with pytest.raises(GreaterError, match=r"with dev=2, not None"):
+        run_compare(optimizer, [task], methods, [0], out, config, split=SPLIT)
+    with pytest.raises(GreaterError, match=r"with dev=None, not 2"):
+        run_compare(optimizer, [task], methods, [0], plain, config, split=SPLIT, dev=2)

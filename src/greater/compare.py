@@ -402,12 +402,10 @@ def _paired_markdown(paired: dict) -> list[str]:
         return []
     ref = paired["reference"]
     lines = [
-        "Paired tests",
-        "",
-        f"{ref} against each other method on the same test examples: a pair is one test example of one seed, "
-        f"scored by both. difference: {ref}'s accuracy minus the other's, in points; 95 % CI: paired bootstrap "
-        f"({paired['resamples']} resamples of the pairs within each seed); b / c: pairs only {ref} / only the "
-        "other got right; McNemar p: exact two-sided binomial test on b and c. "
+        f"Paired tests: {ref} against each other method on the same test examples (a pair: one test example of "
+        f"one seed, scored by both). difference: {ref}'s accuracy minus the other's, in points; 95 % CI: paired "
+        f"bootstrap ({paired['resamples']:,} resamples of the pairs within each seed); b / c: pairs only {ref} / "
+        "only the other got right; McNemar p: exact two-sided binomial test on b and c. "
         f"* marks p < {paired['alpha']}, with no correction for the number of tests.",
         "",
         "| task | comparison | n pairs | difference (points) | 95 % CI | b / c | McNemar p |",

@@ -352,7 +352,7 @@ def _paired_html(paired: dict | None) -> str:
         "<h2>Paired tests</h2>",
         f"<p class='meta'>{ref} against each other method on the same test examples (a pair: one test example "
         f"of one seed). difference: {ref} minus the other, in points; 95 % CI: paired bootstrap "
-        f"({paired['resamples']} resamples within each seed); b / c: pairs only {ref} / only the other got right; "
+        f"({paired['resamples']:,} resamples within each seed); b / c: pairs only {ref} / only the other got right; "
         f"McNemar p: exact two-sided binomial test on b and c; * marks p &lt; {paired['alpha']}, with no "
         "correction for the number of tests.</p>",
         "<table><tr><th>task</th><th>comparison</th><th>n pairs</th><th>difference (points)</th><th>95 % CI</th>"
