@@ -175,6 +175,8 @@ def test_compare_command_interrupted_then_resumed(capsys, tiny_model_dir: Path, 
         (["--methods", "greater,opro"], "unknown method 'opro' in --methods"),
         (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
         (["--methods", ","], "--methods is empty"),
+        (["--keep-top", "2"], "--keep-top picks the prompts scored on the dev set; give --dev N too"),
+        (["--train", "3", "--test", "4", "--dev", "5000"], "task 'gen/arithmetic': --dev must be at most"),
     ],
 )
 def test_compare_bad_arguments(capsys, tiny_model_dir: Path, tmp_path: Path, extra: list[str], message: str) -> None:

@@ -363,6 +363,7 @@ def test_cli_evaluate_scores_the_runs_dev_split(capsys, tiny_model_dir, tmp_path
     [
         (("--method", "ape", "--top-k", "3"), "--top-k applies to GReaTer runs only, not to ape"),
         (("--method", "apo", "--dev", "3"), "--dev applies to GReaTer runs only, not to apo"),
+        (("--method", "pe2", "--keep-top", "3"), "--keep-top applies to GReaTer runs only, not to pe2"),
         (("--dev", "500"), "--dev must be at most"),
         (("--filler", "antidisestablishmentarianism"), "is not a single token"),
     ],
