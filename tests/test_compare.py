@@ -301,3 +301,23 @@ def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> N
         run_compare(optimizer, [task], methods, [0], out, config, split=SPLIT)
     with pytest.raises(GreaterError, match=r"with dev=None, not 2"):
         run_compare(optimizer, [task], methods, [0], plain, config, split=SPLIT, dev=2)
+
+
+def test_compare_command_with_dev_and_a_rerun_with_another_dev(capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", str(tiny_model_dir), "--task", "gen/arithmetic", "--methods", "ape,zs-cot"]
+    argv += ["--steps", "1", "--train", "3", "--test", "3", "--max-new-tokens", "4", "--out", str(out)]
+    code, stdout, err = run_cli(capsys, [*argv, "--dev", "2", "--keep-top", "2"])
+    assert code == 0, err
+    settings = read_json(out / "compare.json")
+    assert (settings["split"]["dev"], settings["config"]["keep_top"]) == (2, 2)
+    cell = read_json(cell_path(out, "gen/arithmetic", "ape", 0))
+    assert cell["split"]["n_dev"] == 2
+    assert 1 <= len(cell["result"]["finalists"]) <= 2
+    assert "Paired tests: ape against each other method" in stdout  # no greater: the first method named
+    code, _, err = run_cli(capsys, [*argv, "--dev", "3"])
+    assert code == 2
+    assert message_lines(err) == [
+        f"greater: error: {out} holds a comparison run with dev=2, not 3; "
+        "rerun with the same settings to resume it, or choose another --out"
+    ]

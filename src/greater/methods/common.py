@@ -71,8 +71,7 @@ class MethodConfig:
 
     def validate(self) -> None:
         numbers = ("steps", "num_select", "max_new_tokens", "meta_max_new_tokens", "max_prompt_tokens", "demos")
-        numbers += ("keep_top",)
-        bad = [name for name in numbers + ("beam",) if getattr(self, name) < 1]
+        bad = [name for name in numbers + ("beam", "keep_top") if getattr(self, name) < 1]
         if not is_size(self.batch_size):
             bad.append("batch_size")
         if self.evaluations is not None and self.evaluations < 1:
