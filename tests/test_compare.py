@@ -12,6 +12,7 @@ import pytest
 import greater.compare as compare_module
 from greater.compare import Scorer, cell_path, run_compare
 from greater.errors import GreaterError
+from greater.evaluate import evaluate
 from greater.methods import MethodConfig
 from greater.tasks import get_task
 from test_cli import message_lines, run_cli
@@ -37,6 +38,28 @@ def check_table(
     assert (table["tasks"], table["methods"], table["seeds"]) == (tasks, methods, seeds)
     markdown = (out / "table.md").read_text(encoding="utf-8")
     sections = markdown.split("Transfer: ")
+    reference = "greater" if "greater" in methods else methods[0]
+    rows = {  # (task, method, seed) -> the cell's test predictions
+        (t, m, s): read_jsonl(out / read_json(cell_path(out, t, m, s))["test"]["predictions"])
+        for t in tasks
+        for m in methods
+        for s in seeds
+    }
+    for task in tasks:
+        golds = [p["gold"] for s in seeds for p in rows[task, reference, s]]
+        top = max(golds.count(g) for g in golds)
+        assert table["chance"][task]["majority"] == pytest.approx(top / len(golds))
+        line = next(ln for ln in sections[0].splitlines() if ln.startswith(f"| {task} |"))
+        assert line.split("|")[3].strip() == f"{100 * top / len(golds):.1f}"
+        for other in (m for m in methods if m != reference):
+            test = next(t for t in table["paired"]["tests"] if (t["task"], t["other"]) == (task, other))
+            pairs = [
+                (a["correct"], b["correct"])
+                for s in seeds
+                for a, b in zip(rows[task, reference, s], rows[task, other, s], strict=True)
+            ]
+            assert test["n_pairs"] == len(pairs) == n_test * len(seeds)
+            assert (test["b"], test["c"]) == (pairs.count((True, False)), pairs.count((False, True)))
     for row in table["results"]:
         accuracies = {}
         for seed in seeds:
@@ -54,13 +77,19 @@ def check_table(
         values = [accuracies[s] for s in seeds]
         assert row["accuracies"] == values
         assert row["mean"] == pytest.approx(sum(values) / len(values))
-        assert row["sd"] == pytest.approx(statistics.stdev(values) if len(values) > 1 else 0.0)
         line = next(ln for ln in sections[0].splitlines() if ln.startswith(f"| {row['task']} |"))
         cells = [c.strip() for c in line.split("|")[1:-1]]
         assert cells[1] == str(n_test)
-        assert cells[2 + methods.index(row["method"])] == f"{100 * row['mean']:.1f} ± {100 * row['sd']:.1f}"
+        shown = cells[3 + methods.index(row["method"])]
+        if len(seeds) > 1:
+            assert row["sd"] == pytest.approx(statistics.stdev(values))
+            assert shown == f"{100 * row['mean']:.1f} ± {100 * row['sd']:.1f}"
+        else:  # one seed: no spread to show
+            assert row["sd"] is None
+            assert shown == f"{100 * row['mean']:.1f}"
     header = next(ln for ln in markdown.splitlines() if ln.startswith("| task |"))
-    assert [c.strip() for c in header.split("|")[1:-1]] == ["task", "n test", *methods]
+    assert [c.strip() for c in header.split("|")[1:-1]] == ["task", "n test", "chance", *methods]
+    assert ("±" in sections[0]) == (len(seeds) > 1)
     assert len(sections) == 1 + len(transfer)
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return table
@@ -146,6 +175,8 @@ def test_compare_command_interrupted_then_resumed(capsys, tiny_model_dir: Path, 
         (["--methods", "greater,opro"], "unknown method 'opro' in --methods"),
         (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
         (["--methods", ","], "--methods is empty"),
+        (["--keep-top", "2"], "--keep-top picks the prompts scored on the dev set; give --dev N too"),
+        (["--train", "3", "--test", "4", "--dev", "5000"], "task 'gen/arithmetic': --dev must be at most"),
     ],
 )
 def test_compare_bad_arguments(capsys, tiny_model_dir: Path, tmp_path: Path, extra: list[str], message: str) -> None:
@@ -198,4 +229,95 @@ def test_optimize_with_a_baseline_then_transfer(capsys, tiny_model_dir: Path, tm
     assert code == 2
     assert message_lines(err) == [
         "greater: error: --resume continues GReaTer runs only; start the ape run again instead"
+    ]
+
+
+def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> None:
+    """Every search makes its final choice on the dev set (keep_top finalists by training key, best dev
+    accuracy wins, ties to the better key), the dev pass counts in its usage, the settings record it."""
+    task, methods, n_dev = TASKS[0], ["greater", "ape", "zs-cot"], 2
+    optimizer = Scorer("tiny", tiny_model, smol_tokenizer)
+    config = replace(CONFIG, keep_top=3)
+    out, plain = tmp_path / "dev", tmp_path / "plain"
+    run_compare(optimizer, [task], methods, [0], out, config, split=SPLIT, dev=n_dev)
+    run_compare(optimizer, [task], methods, [0], plain, config, split=SPLIT)
+    check_table(out, [task.name], methods, [0], [])
+    dev = task.splits(SPLIT[0], n_dev, SPLIT[1], 0).dev
+    for method in methods:
+        cell, before = (read_json(cell_path(folder, task.name, method, 0)) for folder in (out, plain))
+        assert cell["split"]["n_dev"] == n_dev and "n_dev" not in before["split"]
+        questions = [
+            [p["question"] for p in read_jsonl(f / c["test"]["predictions"])] for f, c in ((out, cell), (plain, before))
+        ]
+        assert questions[0] == questions[1]  # the same test examples with or without a dev set
+        result = cell["result"]
+        if method == "zs-cot":  # one prompt: nothing to choose, no dev pass
+            assert (result["finalists"], result["dev_accuracy"]) == ([], None)
+            assert result["usage"]["calls"] == before["result"]["usage"]["calls"]
+            continue
+        finalists = result["finalists"]
+        assert 1 <= len(finalists) <= 3
+        for finalist in finalists:  # each scored on dev as `greater evaluate` would
+            ev = evaluate(
+                tiny_model, smol_tokenizer, task, dev, finalist["prompt"], joiner=result["joiner"], max_new_tokens=4
+            )
+            assert finalist["dev_accuracy"] == ev.accuracy
+        best = max(f["dev_accuracy"] for f in finalists)
+        assert result["dev_accuracy"] == best
+        assert result["prompt"] == next(f["prompt"] for f in finalists if f["dev_accuracy"] == best)
+        # the search is the same; the dev pass adds one reasoning and one answer per dev example per finalist
+        extra = result["usage"]["calls"] - before["result"]["usage"]["calls"]
+        assert extra == 2 * n_dev * len(finalists)
+        if method == "ape":  # finalists: the best scored prompts by training accuracy, then cross-entropy
+            ranked = sorted(result["history"], key=lambda h: (-h["accuracy"], h["ce"]))
+            assert [f["prompt"] for f in finalists] == list(dict.fromkeys(h["prompt"] for h in ranked))[:3]
+            assert [f["score"] for f in finalists] == [h["accuracy"] for h in ranked[: len(finalists)]]
+
+    # the settings record dev and keep_top only when there is a dev set: a folder made before dev sets
+    # (exactly these settings) resumes with the same command
+    assert read_json(out / "compare.json")["split"] == {"train": 3, "test": 4, "dev": n_dev}
+    assert read_json(out / "compare.json")["config"]["keep_top"] == 3
+    assert read_json(plain / "compare.json") == {
+        "model": "tiny",
+        "split": {"train": 3, "test": 4},
+        "config": {
+            "steps": 1,
+            "num_select": 3,
+            "evaluations": None,
+            "max_new_tokens": 4,
+            "meta_max_new_tokens": 8,
+            "max_prompt_tokens": 48,
+            "demos": 4,
+            "beam": 2,
+            "temperature": 0.7,
+            "init_prompt": "Let's think step by step.",
+            "joiner": ".",
+            "batch_size": 8,
+        },
+    }
+    with pytest.raises(GreaterError, match=r"with dev=2, not 3; rerun with the same settings"):
+        run_compare(optimizer, [task], methods, [0], out, config, split=SPLIT, dev=3)
+    with pytest.raises(GreaterError, match=r"with dev=2, not None"):
+        run_compare(optimizer, [task], methods, [0], out, config, split=SPLIT)
+    with pytest.raises(GreaterError, match=r"with dev=None, not 2"):
+        run_compare(optimizer, [task], methods, [0], plain, config, split=SPLIT, dev=2)
+
+
+def test_compare_command_with_dev_and_a_rerun_with_another_dev(capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", str(tiny_model_dir), "--task", "gen/arithmetic", "--methods", "ape,zs-cot"]
+    argv += ["--steps", "1", "--train", "3", "--test", "3", "--max-new-tokens", "4", "--out", str(out)]
+    code, stdout, err = run_cli(capsys, [*argv, "--dev", "2", "--keep-top", "2"])
+    assert code == 0, err
+    settings = read_json(out / "compare.json")
+    assert (settings["split"]["dev"], settings["config"]["keep_top"]) == (2, 2)
+    cell = read_json(cell_path(out, "gen/arithmetic", "ape", 0))
+    assert cell["split"]["n_dev"] == 2
+    assert 1 <= len(cell["result"]["finalists"]) <= 2
+    assert "Paired tests: ape against each other method" in stdout  # no greater: the first method named
+    code, _, err = run_cli(capsys, [*argv, "--dev", "3"])
+    assert code == 2
+    assert message_lines(err) == [
+        f"greater: error: {out} holds a comparison run with dev=2, not 3; "
+        "rerun with the same settings to resume it, or choose another --out"
     ]

@@ -114,6 +114,7 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     assert (task.name, task.description, task.answer_type) == ("sentiment", "Is a review positive or negative?", "text")
     assert task.load() == [Example(row["text"], row["label"]) for row in rows]
     assert "'$ pos' or '$ neg'" in task.extractor
+    assert task.answer_set == ("pos", "neg")  # declared choices: `greater compare`'s uniform chance is 1/2
     for example in task.load():
         assert_scores(task, example)
     # a flag given on the command line wins over the task file
@@ -128,6 +129,7 @@ def test_toml_choice_letters(tmp_path: Path) -> None:
     task = resolve_task(str(tmp_path / "t.toml"))
     assert task.name == str(tmp_path / "t.toml")
     assert "'$ A' or '$ B' or '$ C' or '$ D'" in task.extractor
+    assert task.answer_set == ("A", "B", "C", "D")
 
 
 @pytest.mark.parametrize(

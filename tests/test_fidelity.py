@@ -322,15 +322,15 @@ def test_cli_dev_choice_is_recorded_and_an_interrupted_dev_pass_resumes(capsys, 
     assert full["prompt"] in {f["prompt"] for f in full["finalists"]}
 
     calls = []
-    real_evaluate = optimizer.evaluate
+    real_accuracy_on = optimizer.accuracy_on  # the dev pass scores each finalist through it
 
     def interrupted_on_second(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
+        return real_accuracy_on(*args, **kwargs)
 
-    monkeypatch.setattr(optimizer, "evaluate", interrupted_on_second)
+    monkeypatch.setattr(optimizer, "accuracy_on", interrupted_on_second)
     code, _, err = run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "cut", *extra))
     if len(full["finalists"]) == 1:  # one finalist: nothing to interrupt
         assert code == 0
@@ -339,7 +339,7 @@ def test_cli_dev_choice_is_recorded_and_an_interrupted_dev_pass_resumes(capsys, 
     assert "resume with" in err
     checkpoint = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())
     assert len(checkpoint["state"]["dev_accuracy"]) == 1
-    monkeypatch.setattr(optimizer, "evaluate", real_evaluate)
+    monkeypatch.setattr(optimizer, "accuracy_on", real_accuracy_on)
     code, _, err = run_cli(capsys, ["optimize", "--resume", str(tmp_path / "cut")])
     assert code == 0, err
     resumed = json.loads((tmp_path / "cut" / "result.json").read_text())
@@ -363,6 +363,7 @@ def test_cli_evaluate_scores_the_runs_dev_split(capsys, tiny_model_dir, tmp_path
     [
         (("--method", "ape", "--top-k", "3"), "--top-k applies to GReaTer runs only, not to ape"),
         (("--method", "apo", "--dev", "3"), "--dev applies to GReaTer runs only, not to apo"),
+        (("--method", "pe2", "--keep-top", "3"), "--keep-top applies to GReaTer runs only, not to pe2"),
         (("--dev", "500"), "--dev must be at most"),
         (("--filler", "antidisestablishmentarianism"), "is not a single token"),
     ],

@@ -10,9 +10,9 @@ import pytest
 
 from greater.errors import GreaterError
 from greater.layout import encode_prompt
-from greater.methods import METHODS, MethodConfig, run_method
+from greater.methods import METHODS, MethodConfig, common, run_method
 from greater.methods import baselines as B
-from greater.methods.common import Scored, Workbench, extract_prompt
+from greater.methods.common import Scored, Workbench, extract_prompt, pick_on_dev
 from greater.tasks import Example, get_task
 
 TASK = get_task("gen/boolean_expressions")
@@ -197,6 +197,49 @@ def test_every_method_runs_on_the_tiny_model(tiny_model, smol_tokenizer, method:
         assert result.prompt == "Let's think step by step."
         assert result.usage.calls == len(TRAIN)
         assert result.usage.generated_tokens <= 4 * len(TRAIN)
+
+
+def test_pick_on_dev_takes_the_best_dev_accuracy_ties_to_the_better_training_key() -> None:
+    finalists = [  # best training key first
+        Scored("a", 0.8, 0.1, [], []),
+        Scored("b", 0.6, 0.2, [], []),
+        Scored("c", 0.6, 0.3, [], []),
+    ]
+    dev = {"a": 0.5, "b": 0.75, "c": 0.75}
+    best, records = pick_on_dev(finalists, dev.__getitem__)
+    assert best is finalists[1]  # b and c tie on dev: b has the better training key
+    assert records == [
+        {"prompt": "a", "score": 0.8, "dev_accuracy": 0.5},
+        {"prompt": "b", "score": 0.6, "dev_accuracy": 0.75},
+        {"prompt": "c", "score": 0.6, "dev_accuracy": 0.75},
+    ]
+    assert pick_on_dev(finalists, lambda prompt: 0.0)[0] is finalists[0]
+
+
+def test_a_baseline_scores_its_keep_top_best_prompts_on_dev(tiny_model, smol_tokenizer, monkeypatch) -> None:
+    config = MethodConfig(steps=1, max_new_tokens=4, meta_max_new_tokens=12, batch_size=8, keep_top=2)
+    dev = TASK.load()[10:13]
+    plain = run_method("ape", tiny_model, smol_tokenizer, TASK, TRAIN, config)
+    asked = []
+
+    def scripted(engine, examples, prompt, *, joiner, max_new_tokens) -> float:
+        asked.append((prompt, examples, joiner, max_new_tokens))
+        return [0.25, 0.75][len(asked) - 1]  # the second finalist is the best on dev
+
+    monkeypatch.setattr(common, "accuracy_on", scripted)
+    result = run_method("ape", tiny_model, smol_tokenizer, TASK, TRAIN, config, dev=dev)
+    ranked = sorted(plain.history, key=lambda h: (-h["accuracy"], h["ce"]))  # the same search as without dev
+    assert [a[0] for a in asked] == [h["prompt"] for h in ranked[:2]]
+    assert all(a[1:] == (dev, ".", 4) for a in asked)
+    assert result.prompt == ranked[1]["prompt"] and result.score == ranked[1]["accuracy"]
+    assert result.dev_accuracy == 0.75
+    assert result.finalists == [
+        {"prompt": h["prompt"], "score": h["accuracy"], "dev_accuracy": d}
+        for h, d in zip(ranked[:2], [0.25, 0.75], strict=True)
+    ]
+    assert (plain.dev_accuracy, plain.finalists) == (None, [])
+    zs = run_method("zs-cot", tiny_model, smol_tokenizer, TASK, TRAIN, config, dev=dev)
+    assert len(asked) == 2 and zs.dev_accuracy is None  # one prompt: no dev pass
 
 
 def test_replies_are_reproducible(tiny_model, smol_tokenizer) -> None:

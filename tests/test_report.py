@@ -64,6 +64,8 @@ def test_compare_report_renders_the_table_and_chart(tiny_model_dir, tmp_path, ca
     dom, pixels = _render(out / "report.html", tmp_path / "cmp.png")
     assert "gen/arithmetic" in dom and "gen/boolean_expressions" in dom and "zs-cot" in dom
     assert len(re.findall(r"<rect class=\"bar\"", dom)) == 2
+    assert len(re.findall(r"<path class=\"whisker\"", dom)) == 2  # two seeds: an sd per bar
+    assert len(re.findall(r"<line class=\"chance\"", dom)) == 2  # one per task
     assert "data:image/png;base64," in dom  # chart.png inline
     assert pixels.std() > 10
 

@@ -177,6 +177,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--train", type=_positive, default=None, help="training examples per task")
     cmp.add_argument("--test", type=_positive, default=None, help="test examples per task")
+    cmp.add_argument(
+        "--dev", type=_non_negative, default=None, help="dev examples per task: every search's final choice (0: none)"
+    )
+    cmp.add_argument("--keep-top", type=_positive, default=None, help="with --dev: best prompts scored on it (10)")
     cmp.add_argument("--eval-model", action="append", default=None, help="also score every prompt with this model")
     cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
     cmp.add_argument(
@@ -530,6 +534,8 @@ def _run_baseline(args: argparse.Namespace) -> int:
         raise GreaterError("--task is required")
     if args.grad_batch_size is not None:
         raise GreaterError("--grad-batch-size sets GReaTer's backward chunks; baselines run no backward pass")
+    if args.keep_top is not None:  # a MethodConfig field, used by `greater compare --dev` only
+        raise GreaterError(f"--keep-top applies to GReaTer runs only, not to {args.method}")
     _no_vllm(args, f"the {args.method} baseline")
     flags = [k for k in CONFIG_FLAGS if k != "grad_batch_size"] + ["evaluations", "dev"]
     config = MethodConfig.from_args(args, flags, args.method)
@@ -590,12 +596,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise GreaterError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     if not args.task:
         raise GreaterError("--task is required (repeat it for more tasks)")
-    flags = ("steps", "evaluations", "max_new_tokens", "batch_size", "meta_max_new_tokens")
+    if args.keep_top is not None and not args.dev:
+        raise GreaterError("--keep-top picks the prompts scored on the dev set; give --dev N too")
+    flags = ("steps", "evaluations", "max_new_tokens", "batch_size", "meta_max_new_tokens", "keep_top")
     config = MethodConfig.from_args(args, flags, "greater compare")
     options = _task_options(args)
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded
-        task.split(args.train, args.test, seeds[0])
+        task.splits(args.train, args.dev or 0, args.test, seeds[0])
     _no_vllm(args, "greater compare (its baselines)")
     label = model_label(args.model)
     eval_models = list(dict.fromkeys(args.eval_model or []))
@@ -626,6 +634,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                 args.out,
                 config,
                 split=(args.train, args.test),
+                dev=args.dev,
                 transfer=transfer,
                 fingerprint=True,
                 progress=True,

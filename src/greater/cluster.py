@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from greater.compare import CellJob, Scorer, compute_cell
+from greater.compare import CellJob, Scorer, Sizes, compute_cell
 from greater.errors import GreaterError
 
 LOCAL_OBJECT_STORE = 256 * 2**20  # bytes: cells return small records, so a local instance needs little
@@ -50,7 +50,7 @@ def run_on_ray(
     settings: RaySettings,
     model: str,
     transfer: Sequence[str],
-    split: tuple[int | None, int | None],
+    sizes: Sizes,
     fingerprint: bool,
 ) -> Iterator[tuple[CellJob, dict, dict[str, list[dict]]]]:
     """Submit every job, then yield (job, record, predictions) in the order the cells finish.
@@ -74,7 +74,7 @@ def run_on_ray(
     remote = (
         ray.remote(_cell_task).options(num_gpus=1, num_cpus=1) if gpu else ray.remote(_cell_task).options(num_cpus=1)
     )
-    pending = {remote.remote(job, settings, gpu, model, list(transfer), split, fingerprint): job for job in jobs}
+    pending = {remote.remote(job, settings, gpu, model, list(transfer), sizes, fingerprint): job for job in jobs}
     try:
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -112,14 +112,14 @@ def _cell_task(
     gpu: bool,
     model: str,
     transfer: list[str],
-    split: tuple[int | None, int | None],
+    sizes: Sizes,
     fingerprint: bool,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Runs in a Ray worker: one cell, computed with models loaded (once per worker) by their labels."""
     # Ray hands a GPU task its GPU as the only visible one
     device = "cuda" if gpu else "cpu"
     scorers = [Scorer(label, *_model(label, device, settings)) for label in [model, *transfer]]
-    return compute_cell(job, scorers[0], scorers[1:], split, fingerprint)
+    return compute_cell(job, scorers[0], scorers[1:], sizes, fingerprint)
 
 
 def _model(label: str, device: str, settings: RaySettings) -> tuple:

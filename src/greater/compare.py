@@ -6,6 +6,10 @@
       predictions/<task>__<method>__s<seed>[__on_<model>].jsonl
       table.json, table.md, chart.png
 
+The table has, per task, the mean test accuracy of each method over seeds (and its sd from two seeds
+on), a chance level, and paired tests of one method (greater, else the first named) against each
+other on the same test examples (greater.stats).
+
 A cell file is written last and atomically, so it exists only for a finished cell: a rerun of the
 same command skips those and computes the rest (and any transfer scores a cell still lacks).
 
@@ -15,6 +19,7 @@ either way this process writes every finished cell, as it finishes, into the sam
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from greater import stats
 from greater.errors import GreaterError
 from greater.evaluate import evaluate, slug, write_predictions
 from greater.methods import MethodConfig, run_method
@@ -31,6 +37,9 @@ from greater.tasks import Example, Task
 from greater.tasks.base import fingerprint as split_fingerprint
 
 SETTINGS_FILE = "compare.json"
+REFERENCE = "greater"  # the method the paired tests compare every other with (else the first named)
+# (train, dev, test) sizes, in `Task.splits`' order; dev 0: no dev set
+Sizes = tuple[int | None, int, int | None]
 
 
 @dataclass
@@ -64,6 +73,7 @@ def run_compare(
     config: MethodConfig,
     *,
     split: tuple[int | None, int | None] = (None, None),
+    dev: int | None = None,
     transfer: Sequence[Scorer] = (),
     fingerprint: bool = False,
     progress: bool = False,
@@ -71,11 +81,18 @@ def run_compare(
 ) -> dict:
     """Run the missing cells, then write table.json, table.md and chart.png; returns the table.
 
+    `split` is (train, test) examples per task and seed; `dev` (None or 0: none) draws that many dev
+    examples too, on which every method with a search makes its final choice (`run_method`'s `dev`).
     `fingerprint` records each cell's split fingerprint (`greater.tasks.base.fingerprint`), as run.json
     does. `cluster` (a `greater.cluster.RaySettings`) runs the cells as Ray tasks; the models of `optimizer`
     and `transfer` are then loaded by the workers from their labels, and may be None here."""
+    sizes: Sizes = (split[0], dev or 0, split[1])
     settings = {"model": optimizer.label, "split": {"train": split[0], "test": split[1]}, "config": asdict(config)}
     settings["config"].pop("seed")
+    if dev:
+        settings["split"]["dev"] = dev
+    else:  # keep_top plays no part without a dev set; folders made before dev sets must still resume
+        settings["config"].pop("keep_top")
     _check_settings(out, settings)
     cells = [(task, method, seed) for task in tasks for seed in seeds for method in methods]
     todo = [c for c in cells if _missing(out, *c, transfer)]
@@ -90,19 +107,19 @@ def run_compare(
     if cluster is None or not jobs:  # (nothing left to run: no Ray needed)
         for job in jobs:
             bar.set_postfix_str(f"{job.task.name} {job.method} seed {job.seed}")
-            _write_cell(out, job, *compute_cell(job, optimizer, transfer, split, fingerprint))
+            _write_cell(out, job, *compute_cell(job, optimizer, transfer, sizes, fingerprint))
             bar.update(1)
     else:
         from greater.cluster import run_on_ray
 
         labels = (optimizer.label, [s.label for s in transfer])
-        for job, record, predictions in run_on_ray(jobs, cluster, *labels, split, fingerprint):
+        for job, record, predictions in run_on_ray(jobs, cluster, *labels, sizes, fingerprint):
             _write_cell(out, job, record, predictions)
             bar.set_postfix_str(f"{job.task.name} {job.method} seed {job.seed} done")
             bar.update(1)
     bar.close()
     records = [read_json(cell_path(out, task.name, method, seed)) for task, method, seed in cells]
-    table = summarize(records, settings, [s.label for s in transfer])
+    table = summarize(out, records, settings, [s.label for s in transfer], tasks)
     write_json(out / "table.json", table)
     write_atomic(out / "table.md", compare_markdown(table))
     write_chart(table, out / "chart.png")
@@ -150,7 +167,7 @@ def compute_cell(
     job: CellJob,
     optimizer: Scorer,
     transfer: Sequence[Scorer],
-    split: tuple[int | None, int | None],
+    sizes: Sizes,
     fingerprint: bool,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Optimize (unless the job has its record and only lacks transfer scores) and score on test.
@@ -158,17 +175,19 @@ def compute_cell(
     Returns the cell's record and its predictions files (path relative to the output folder -> rows);
     nothing is written here, so a Ray worker can compute a cell for the driver to write."""
     task, method, seed, config = job.task, job.method, job.seed, job.config
-    train, test = task.split(split[0], split[1], seed)
+    drawn = task.splits(*sizes, seed)
+    train, dev, test = drawn.train, drawn.dev, drawn.test
     predictions: dict[str, list[dict]] = {}
     record = job.record
     if record is None:
-        result = run_method(method, optimizer.model, optimizer.tokenizer, task, train, config)
+        result = run_method(method, optimizer.model, optimizer.tokenizer, task, train, config, dev=dev)
         record = {
             "task": task.name,
             "method": method,
             "seed": seed,
             "split": {"n_train": len(train), "n_test": len(test)}
-            | ({"fingerprint": split_fingerprint(train, test)} if fingerprint else {}),
+            | ({"n_dev": len(dev)} if dev else {})
+            | ({"fingerprint": split_fingerprint(train, test, dev)} if fingerprint else {}),
             "result": result.to_json(),
             "test": _score(predictions, optimizer, task, test, result.prompt, result.joiner, config, job.name),
             "transfer": {},
@@ -218,13 +237,19 @@ def _score(
     return {"accuracy": ev.accuracy, "correct": correct, "n": ev.n, "predictions": relative}
 
 
-def summarize(records: list[dict], settings: dict, transfer: Sequence[str] = ()) -> dict:
-    """The table as JSON: per (task, method), test accuracy mean and spread over seeds, mean cost."""
-    tasks = list(dict.fromkeys(r["task"] for r in records))
+def summarize(
+    out: Path, records: list[dict], settings: dict, transfer: Sequence[str] = (), tasks: Sequence[Task] = ()
+) -> dict:
+    """The table as JSON: per (task, method), test accuracy mean and spread over seeds and mean cost;
+    per task its chance level (`_chance`); the paired tests (`_paired`).
+
+    `out` is the folder the records' predictions paths are relative to; `tasks` (the `Task`s the
+    records are of, when at hand) give the uniform chance of a task with a fixed set of answers."""
+    names = list(dict.fromkeys(r["task"] for r in records))
     methods = list(dict.fromkeys(r["method"] for r in records))
     seeds = list(dict.fromkeys(r["seed"] for r in records))
     results = []
-    for task in tasks:
+    for task in names:
         for method in methods:
             runs = [r for r in records if r["task"] == task and r["method"] == method]
             usage = [r["result"]["usage"] for r in runs]
@@ -240,19 +265,24 @@ def summarize(records: list[dict], settings: dict, transfer: Sequence[str] = ())
                 "transfer": {m: _spread([r["transfer"][m]["accuracy"] for r in runs]) for m in transfer},
             }
             results.append(row)
+    rows = {(r["task"], r["method"], r["seed"]): _test_rows(out, r) for r in records}
+    reference = REFERENCE if REFERENCE in methods else methods[0]
+    answer_sets = {t.name: t.answer_set for t in tasks}
     return settings | {
-        "tasks": tasks,
+        "tasks": names,
         "methods": methods,
         "seeds": seeds,
         "transfer_models": list(transfer),
         "results": results,
+        "chance": {t: _chance([rows[t, reference, s] for s in seeds], answer_sets.get(t)) for t in names},
+        "paired": _paired(rows, names, methods, seeds, reference),
         "cells": [f"cells/{_cell_name(r['task'], r['method'], r['seed'])}.json" for r in records],
     }
 
 
 def _spread(values: list[float]) -> dict:
-    """Mean, sample standard deviation (0 for one seed) and the values, over seeds."""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean, sample standard deviation (None for one seed: there is no spread to show) and the values."""
+    sd = statistics.stdev(values) if len(values) > 1 else None
     return {"mean": _mean(values), "sd": sd, "accuracies": values}
 
 
@@ -260,28 +290,94 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _test_rows(out: Path, record: dict) -> list[dict]:
+    """A cell's test predictions (question, gold, predicted, correct, ... per example)."""
+    path = out / record["test"]["predictions"]
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise GreaterError(
+            f"{path} is missing; delete its cell file and rerun the comparison to score it again"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise GreaterError(f"{path}: not JSON lines ({err})") from None
+
+
+def _chance(seed_rows: list[list[dict]], answer_set: Sequence[str] | None) -> dict:
+    """What a task's test examples let a method score without reading the question: `majority`, the
+    share of the most common gold answer over every seed's test examples (`majority_answer`), and
+    `uniform`, 1/k for a task whose questions all have the same k answers (else None)."""
+    answer, share = stats.majority([row["gold"] for rows in seed_rows for row in rows])
+    return {"majority": share, "majority_answer": answer, "uniform": 1 / len(answer_set) if answer_set else None}
+
+
+def _paired(rows: dict, tasks: list[str], methods: list[str], seeds: list, reference: str) -> dict:
+    """`reference` against each other method, per task and pooled over the tasks (when there are
+    several): `stats.paired_test` over the pairs (seed, test example). Refuses cells of one seed that
+    were scored on different test examples (their pairs would be meaningless)."""
+    groups = {}  # (task, other) -> per seed, the pairs (reference correct, other correct)
+    for task in tasks:
+        for other in (m for m in methods if m != reference):
+            groups[task, other] = []
+            for seed in seeds:
+                mine, theirs = rows[task, reference, seed], rows[task, other, seed]
+                if [r["question"] for r in mine] != [r["question"] for r in theirs]:
+                    raise GreaterError(
+                        f"task {task}, seed {seed}: {reference} and {other} were scored on different test "
+                        "examples (their predictions files differ), so they cannot be paired; rerun the "
+                        "comparison into a new --out"
+                    )
+                groups[task, other].append([(a["correct"], b["correct"]) for a, b in zip(mine, theirs, strict=True)])
+    tests = [{"task": task, "other": other} | stats.paired_test(g) for (task, other), g in groups.items()]
+    if len(tasks) > 1:
+        for other in (m for m in methods if m != reference):
+            pooled = [group for task in tasks for group in groups[task, other]]
+            tests.append({"task": None, "other": other} | stats.paired_test(pooled))  # task None: all tasks
+    return {
+        "reference": reference,
+        "alpha": stats.ALPHA,
+        "resamples": stats.RESAMPLES,
+        "bootstrap_seed": stats.BOOTSTRAP_SEED,
+        "tests": tests,
+    }
+
+
 def compare_markdown(table: dict) -> str:
-    """Markdown: accuracy (task × method, mean ± sd in %), transfer tables, cost per method, prompts."""
+    """Markdown: accuracy (task × method, mean ± sd in %, with chance), transfer tables, paired tests,
+    cost per method, prompts."""
     methods, tasks = table["methods"], table["tasks"]
     by = {(r["task"], r["method"]): r for r in table["results"]}
     seeds = ", ".join(map(str, table["seeds"]))
-    lines = [f"Test accuracy (%) on {table['model']}: mean ± sample sd over seeds {seeds}.", ""]
+    if len(table["seeds"]) > 1:
+        lines = [f"Test accuracy (%) on {table['model']}: mean ± sample sd over seeds {seeds}."]
+    else:
+        lines = [f"Test accuracy (%) on {table['model']}, seed {seeds} (no sd: it needs ≥ 2 seeds)."]
+    lines += [
+        "chance: the share of the most common gold answer among the test examples (all seeds), i.e. what "
+        "always giving that answer scores.",
+        "",
+    ]
+    chance = {t: 100 * table["chance"][t]["majority"] for t in tasks}
 
     def accuracy_table(pick: Callable[[dict], dict]) -> None:
-        lines.append("| task | n test | " + " | ".join(methods) + " |")
-        lines.append("|---|---:|" + "---:|" * len(methods))
+        lines.append("| task | n test | chance | " + " | ".join(methods) + " |")
+        lines.append("|---|---:|---:|" + "---:|" * len(methods))
         for task in tasks:
             cells = [_pct(pick(by[task, m])) for m in methods]
-            lines.append(f"| {task} | {by[task, methods[0]]['n_test']} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {task} | {by[task, methods[0]]['n_test']} | {chance[task]:.1f} | " + " | ".join(cells) + " |"
+            )
         if len(tasks) > 1:
             means = [100 * _mean([pick(by[t, m])["mean"] for t in tasks]) for m in methods]
-            lines.append("| mean | | " + " | ".join(f"{v:.1f}" for v in means) + " |")
+            mean_chance = _mean(list(chance.values()))
+            lines.append(f"| mean | | {mean_chance:.1f} | " + " | ".join(f"{v:.1f}" for v in means) + " |")
         lines.append("")
 
     accuracy_table(lambda r: r)
     for model in table["transfer_models"]:
-        lines += [f"Transfer: the same prompts scored with {model} (test accuracy %, mean ± sd).", ""]
+        lines += [f"Transfer: the same prompts scored with {model} (test accuracy %, as above).", ""]
         accuracy_table(lambda r, model=model: r["transfer"][model])
+    lines += _paired_markdown(table["paired"])
     lines += [
         "Cost of one optimization run (mean over tasks and seeds; test scoring not included):",
         "",
@@ -300,26 +396,85 @@ def compare_markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _paired_markdown(paired: dict) -> list[str]:
+    """The "Paired tests" section (nothing with one method)."""
+    if not paired["tests"]:
+        return []
+    ref = paired["reference"]
+    lines = [
+        f"Paired tests: {ref} against each other method on the same test examples (a pair: one test example of "
+        f"one seed, scored by both). difference: {ref}'s accuracy minus the other's, in points; 95 % CI: paired "
+        f"bootstrap ({paired['resamples']:,} resamples of the pairs within each seed); b / c: pairs only {ref} / "
+        "only the other got right; McNemar p: exact two-sided binomial test on b and c. "
+        f"* marks p < {paired['alpha']}, with no correction for the number of tests.",
+        "",
+        "| task | comparison | n pairs | difference (points) | 95 % CI | b / c | McNemar p |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for t in paired["tests"]:
+        low, high = t["ci"]
+        lines.append(
+            f"| {t['task'] if t['task'] is not None else 'all tasks (pooled)'} | {ref} vs {t['other']} | "
+            f"{t['n_pairs']} | {100 * t['difference']:+.1f} | [{100 * low:+.1f}, {100 * high:+.1f}] | "
+            f"{t['b']} / {t['c']} | {stats.p_text(t['p'])} |"
+        )
+    return lines + [""]
+
+
 def _pct(spread: dict) -> str:
-    return f"{100 * spread['mean']:.1f} ± {100 * spread['sd']:.1f}"
+    mean = f"{100 * spread['mean']:.1f}"
+    return mean if spread["sd"] is None else f"{mean} ± {100 * spread['sd']:.1f}"
+
+
+@dataclass(frozen=True)
+class BarSpec:
+    """One method's bars on chart.png: x positions, heights (mean test accuracy, %) and error bars
+    (sd in points; None with one seed, where there is no spread to draw)."""
+
+    label: str
+    xs: list[float]
+    heights: list[float]
+    width: float
+    yerr: list[float] | None
+
+
+def chart_spec(table: dict) -> tuple[list[BarSpec], list[tuple[float, float, float]]]:
+    """What `write_chart` draws: the bars of each method, and per task its chance line across the
+    task's group of bars (x from, x to, height in %)."""
+    methods, tasks = table["methods"], table["tasks"]
+    by = {(r["task"], r["method"]): r for r in table["results"]}
+    width = 0.8 / len(methods)
+    bars = []
+    for j, m in enumerate(methods):
+        sds = [by[t, m]["sd"] for t in tasks]
+        bars.append(
+            BarSpec(
+                label=m,
+                xs=[i + (j - (len(methods) - 1) / 2) * width for i in range(len(tasks))],
+                heights=[100 * by[t, m]["mean"] for t in tasks],
+                width=width,
+                yerr=None if None in sds else [100 * sd for sd in sds],
+            )
+        )
+    chance = [(i - 0.45, i + 0.45, 100 * table["chance"][t]["majority"]) for i, t in enumerate(tasks)]
+    return bars, chance
 
 
 def write_chart(table: dict, path: Path) -> None:
-    """A grouped bar chart (tasks × methods) of mean test accuracy with ±sd error bars, as PNG."""
+    """A grouped bar chart (tasks × methods) of mean test accuracy with ±sd error bars (from two seeds
+    on) and each task's chance level as a dashed line, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods, tasks = table["methods"], table["tasks"]
-    by = {(r["task"], r["method"]): r for r in table["results"]}
-    width = 0.8 / len(methods)
+    tasks = table["tasks"]
+    bars, chance = chart_spec(table)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(tasks) + 2.5), 4.0))
-    for j, m in enumerate(methods):
-        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(tasks))]
-        means = [100 * by[t, m]["mean"] for t in tasks]
-        sds = [100 * by[t, m]["sd"] for t in tasks]
-        ax.bar(xs, means, width, yerr=sds, capsize=2, label=m)
+    for bar in bars:
+        ax.bar(bar.xs, bar.heights, bar.width, yerr=bar.yerr, capsize=2, label=bar.label)
+    for i, (x0, x1, y) in enumerate(chance):
+        ax.hlines(y, x0, x1, colors="black", linestyles="dashed", linewidth=1.2, label="chance" if i == 0 else None)
     ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)

@@ -77,6 +77,22 @@ def evaluate(
     return Evaluation(accuracy=accuracy, n=n, predictions=predictions)
 
 
+def accuracy_on(engine: Engine, examples: list[Example], prompt: str, *, joiner: str, max_new_tokens: int) -> float:
+    """`evaluate`'s accuracy with an optimizer's own model, batch size and generator, so its counters
+    count the work: the dev pass that picks GReaTer's and the baselines' final prompt."""
+    return evaluate(
+        engine.model,
+        engine.tokenizer,
+        engine.task,
+        examples,
+        prompt,
+        joiner=joiner,
+        max_new_tokens=max_new_tokens,
+        batch_size=engine.batch_size,
+        generator=engine.generator,
+    ).accuracy
+
+
 # --- the harness: prompts x tasks ----------------------------------------------------------------
 
 

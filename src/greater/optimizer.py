@@ -20,7 +20,7 @@ from greater.batching import DecodeStats
 from greater.device import peak_memory, reset_peak_memory
 from greater.engine import Engine, Ids
 from greater.errors import GreaterError, ResumeConflict
-from greater.evaluate import DEFAULT_JOINER, evaluate
+from greater.evaluate import DEFAULT_JOINER, accuracy_on
 from greater.generation import Generator
 from greater.gradient import Terms
 from greater.layout import decode, encode, encode_prompt
@@ -324,17 +324,9 @@ def _dev_choice(
         if ids in state.dev_accuracy:
             continue
         text = prompt_text(tokenizer, ids)
-        state.dev_accuracy[ids] = evaluate(
-            engine.model,
-            tokenizer,
-            engine.task,
-            dev,
-            text,
-            joiner=config.joiner,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            generator=engine.generator,
-        ).accuracy
+        state.dev_accuracy[ids] = accuracy_on(
+            engine, dev, text, joiner=config.joiner, max_new_tokens=config.max_new_tokens
+        )
         if on_dev is not None:
             on_dev(state)
     best = max(finalists, key=lambda ids: state.dev_accuracy[ids])  # max keeps the first of equals

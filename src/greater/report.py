@@ -17,6 +17,7 @@ from pathlib import Path
 
 from greater.errors import GreaterError
 from greater.runs import read_json, write_atomic
+from greater.stats import p_text
 
 FILE = "report.html"
 TOP_CANDIDATES = 8  # candidates shown per step (by gradient)
@@ -267,21 +268,31 @@ def line_chart(
 
 
 def compare_report(folder: Path) -> str:
+    """The page of a `greater compare` folder, from its table.json (one written before chance levels
+    and paired tests existed shows neither)."""
     table = read_json(folder / "table.json")
     methods, tasks = table.get("methods", []), table.get("tasks", [])
     by = {(r["task"], r["method"]): r for r in table.get("results", [])}
     seeds = ", ".join(map(str, table.get("seeds", [])))
-    rows = ["<table><tr><th>task</th><th>n test</th>" + "".join(f"<th>{escape(m)}</th>" for m in methods) + "</tr>"]
+    chance = {task: c["majority"] for task, c in table.get("chance", {}).items()}
+    rows = [
+        "<table><tr><th>task</th><th>n test</th><th>chance</th>"
+        + "".join(f"<th>{escape(m)}</th>" for m in methods)
+        + "</tr>"
+    ]
     for task in tasks:
         best = max((by[task, m]["mean"] for m in methods if (task, m) in by), default=None)
         cells = []
         for m in methods:
             r = by.get((task, m))
-            text = f"{100 * r['mean']:.1f} ± {100 * r['sd']:.1f}" if r else "—"
+            text = (
+                "—" if r is None else f"{100 * r['mean']:.1f}" + ("" if r["sd"] is None else f" ± {100 * r['sd']:.1f}")
+            )
             strong = r is not None and r["mean"] == best
             cells.append(f"<td class='num{' chosen' if strong else ''}'>{text}</td>")
         n = next((by[task, m]["n_test"] for m in methods if (task, m) in by), "")
-        rows.append(f"<tr><td>{escape(task)}</td><td class=num>{n}</td>{''.join(cells)}</tr>")
+        level = f"{100 * chance[task]:.1f}" if task in chance else "—"
+        rows.append(f"<tr><td>{escape(task)}</td><td class=num>{n}</td><td class=num>{level}</td>{''.join(cells)}</tr>")
     rows.append("</table>")
     cost = ["<table><tr><th>method</th><th>model calls</th><th>generated tokens</th><th>seconds</th></tr>"]
     for m in methods:
@@ -302,7 +313,7 @@ def compare_report(folder: Path) -> str:
                     f"<td class=prompt>{escape(prompt)}</td></tr>"
                 )
     prompts.append("</table>")
-    chart = bar_chart(tasks, methods, by)
+    chart = bar_chart(tasks, methods, by, chance)
     png = folder / "chart.png"
     image = (
         f"<details><summary>chart.png</summary><img alt='chart.png' src='data:image/png;base64,"
@@ -310,14 +321,20 @@ def compare_report(folder: Path) -> str:
         if png.is_file()
         else ""
     )
+    spread = "mean ± sd over seeds" if len(table.get("seeds", [])) > 1 else "one seed (an sd needs ≥ 2)"
     body = [
         "<h1>greater compare</h1>",
         f"<p class='meta'>model {escape(str(table.get('model')))} · seeds {escape(seeds)} · folder "
         f"{escape(str(folder))}</p>",
-        "<h2>Test accuracy (%), mean ± sd over seeds</h2>",
+        f"<h2>Test accuracy (%), {spread}</h2>",
+        "<p class='meta'>chance: the share of the most common gold answer among the test examples (all seeds), "
+        "what always giving that answer scores; the dashed lines on the chart.</p>"
+        if chance
+        else "",
         "\n".join(rows),
         chart,
         image,
+        _paired_html(table.get("paired")),
         "<h2>Cost of one optimization run</h2>",
         "\n".join(cost),
         "<h2>Prompts</h2>",
@@ -326,8 +343,42 @@ def compare_report(folder: Path) -> str:
     return _page("greater compare report", "\n".join(body))
 
 
-def bar_chart(tasks: list[str], methods: list[str], by: dict, width: int = 900, height: int = 320) -> str:
-    """Grouped bars (task × method) of mean test accuracy with ±sd whiskers, as inline SVG."""
+def _paired_html(paired: dict | None) -> str:
+    """The paired tests of table.json (see greater.compare), as a table; nothing when there are none."""
+    if not paired or not paired.get("tests"):
+        return ""
+    ref = escape(paired["reference"])
+    rows = [
+        "<h2>Paired tests</h2>",
+        f"<p class='meta'>{ref} against each other method on the same test examples (a pair: one test example "
+        f"of one seed). difference: {ref} minus the other, in points; 95 % CI: paired bootstrap "
+        f"({paired['resamples']:,} resamples within each seed); b / c: pairs only {ref} / only the other got right; "
+        f"McNemar p: exact two-sided binomial test on b and c; * marks p &lt; {paired['alpha']}, with no "
+        "correction for the number of tests.</p>",
+        "<table><tr><th>task</th><th>comparison</th><th>n pairs</th><th>difference (points)</th><th>95 % CI</th>"
+        "<th>b / c</th><th>McNemar p</th></tr>",
+    ]
+    for t in paired["tests"]:
+        low, high = t["ci"]
+        rows.append(
+            f"<tr><td>{escape(t['task'] if t['task'] is not None else 'all tasks (pooled)')}</td>"
+            f"<td>{ref} vs {escape(t['other'])}</td><td class=num>{t['n_pairs']}</td>"
+            f"<td class=num>{100 * t['difference']:+.1f}</td><td class=num>[{100 * low:+.1f}, {100 * high:+.1f}]</td>"
+            f"<td class=num>{t['b']} / {t['c']}</td><td class=num>{escape(p_text(t['p']))}</td></tr>"
+        )
+    return "\n".join(rows) + "</table>"
+
+
+def bar_chart(
+    tasks: list[str],
+    methods: list[str],
+    by: dict,
+    chance: dict[str, float] | None = None,
+    width: int = 900,
+    height: int = 320,
+) -> str:
+    """Grouped bars (task × method) of mean test accuracy with ±sd whiskers (where there is an sd: two
+    seeds or more) and each task's `chance` level as a dashed line across its group, as inline SVG."""
     if not tasks or not methods:
         return ""
     left, right, top, bottom = 50, 20, 30, 60
@@ -365,9 +416,19 @@ def bar_chart(tasks: list[str], methods: list[str], by: dict, width: int = 900, 
                 f"<text x='{x + bar * 0.45:.1f}' y='{sy(r['mean']) - 4:.1f}' font-size='10' text-anchor='middle'>"
                 f"{100 * r['mean']:.1f}</text>"
             )
-            lo, hi = max(0.0, r["mean"] - r["sd"]), min(1.0, r["mean"] + r["sd"])
-            cx = x + bar * 0.45
-            parts.append(f"<path d='M{cx:.1f},{sy(lo):.1f} V{sy(hi):.1f}' stroke='#333' stroke-width='1'/>")
+            if r["sd"] is not None:
+                lo, hi = max(0.0, r["mean"] - r["sd"]), min(1.0, r["mean"] + r["sd"])
+                cx = x + bar * 0.45
+                parts.append(
+                    f"<path class='whisker' d='M{cx:.1f},{sy(lo):.1f} V{sy(hi):.1f}' stroke='#333' stroke-width='1'/>"
+                )
+        if chance and task in chance:  # across the group, over the bars
+            y = sy(chance[task])
+            parts.append(
+                f"<line class='chance' x1='{left + t * group + group * 0.05:.1f}' x2='{left + (t + 0.95) * group:.1f}' "
+                f"y1='{y:.1f}' y2='{y:.1f}' stroke='#000' stroke-width='1.5' stroke-dasharray='5 3'>"
+                f"<title>{escape(task)} · chance: {100 * chance[task]:.1f}%</title></line>"
+            )
         parts.append(
             f"<text x='{left + (t + 0.5) * group:.1f}' y='{height - bottom + 18}' font-size='11' "
             f"text-anchor='middle'>{escape(task)}</text>"
@@ -377,4 +438,6 @@ def bar_chart(tasks: list[str], methods: list[str], by: dict, width: int = 900, 
         f"<span><i class='sw' style='background:{COLORS[j % len(COLORS)]}'></i>{escape(m)}</span>"
         for j, m in enumerate(methods)
     )
+    if chance:
+        legend += "<span><i class='sw' style='border-top:2px dashed #000;height:0'></i>chance</span>"
     return f"<figure>{''.join(parts)}<figcaption class='legend'>{legend}</figcaption></figure>"

@@ -16,7 +16,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from greater.batching import DecodeStats
 from greater.errors import GreaterError
 from greater.methods import baselines
-from greater.methods.common import ZS_COT_PROMPT, MethodConfig, MethodResult, Scored, Usage, Workbench
+from greater.methods.common import (
+    ZS_COT_PROMPT,
+    MethodConfig,
+    MethodResult,
+    Scored,
+    Usage,
+    Workbench,
+    pick_on_dev,
+)
 from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import Example, Task
 
@@ -41,9 +49,16 @@ def run_method(
     train: list[Example],
     config: MethodConfig | None = None,
     *,
+    dev: list[Example] | None = None,
     greater_config: GreaterConfig | None = None,
 ) -> MethodResult:
-    """Run method `name` on `train`; `greater_config` overrides what GReaTer derives from `config`."""
+    """Run method `name` on `train`; `greater_config` overrides what GReaTer derives from `config`.
+
+    With `dev` examples the final choice is made on them, as `greater optimize --dev` makes it: the
+    `keep_top` best distinct prompts by the method's own score (GReaTer: selection score; a baseline:
+    training accuracy, ties by cross-entropy) are scored on dev and the best on dev wins (ties: the
+    better own score). A baseline that scored one prompt only (zs-cot) has nothing to choose: no dev
+    pass. The dev pass is part of the run: its model calls count in `usage`."""
     config = config or MethodConfig()
     config.validate()
     if name not in METHODS:
@@ -52,12 +67,17 @@ def run_method(
         raise GreaterError(f"task {task.name!r}: no training examples")
     started = time.perf_counter()
     if name == "greater":  # optimize() builds its generator from GreaterConfig's decoding switches
-        result, counts = _greater(model, tokenizer, task, train, greater_config or greater_settings(config))
+        result, counts = _greater(model, tokenizer, task, train, greater_config or greater_settings(config), dev)
     else:
         bench = Workbench(model, tokenizer, task, train, config)
         counts = bench.generator.stats
         best, history = _BASELINES[name](bench)
+        finalists: list[dict] = []
+        if dev and len(bench.scores) > 1:
+            best, finalists = pick_on_dev(bench.finalists(), lambda prompt: bench.dev_accuracy(prompt, dev))
+        chosen_dev = max((f["dev_accuracy"] for f in finalists), default=None)  # the chosen one is the best on dev
         result = MethodResult(name, best.prompt, config.joiner, best.accuracy, "train accuracy", history)
+        result.dev_accuracy, result.finalists = chosen_dev, finalists
     result.usage = Usage.of(counts, time.perf_counter() - started)
     return result
 
@@ -69,14 +89,19 @@ def greater_settings(config: MethodConfig) -> GreaterConfig:
         num_select=config.num_select,
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
+        keep_top=config.keep_top,
         seed=config.seed,
     )
 
 
-def _greater(model, tokenizer, task, train, config: GreaterConfig) -> tuple[MethodResult, DecodeStats]:
-    result = optimize(model, tokenizer, task, config, train=train)
+def _greater(
+    model, tokenizer, task, train, config: GreaterConfig, dev: list[Example] | None
+) -> tuple[MethodResult, DecodeStats]:
+    result = optimize(model, tokenizer, task, config, train=train, dev=dev)
     history = [
         {"round": r.step, "kind": "step", "prompt": r.prompt, "loss": r.loss, "chosen": r.chosen, "best": r.best_score}
         for r in result.steps
     ]
-    return MethodResult("greater", result.prompt, config.joiner, result.score, "selection loss", history), result.counts
+    method = MethodResult("greater", result.prompt, config.joiner, result.score, "selection loss", history)
+    method.dev_accuracy, method.finalists = result.dev_accuracy, result.finalists
+    return method, result.counts

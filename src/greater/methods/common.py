@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from greater.batching import DecodeStats
 from greater.engine import Engine
 from greater.errors import GreaterError
+from greater.evaluate import accuracy_on
 from greater.generation import TransformersGenerator
 from greater.layout import ChatLayout, decode, encode, encode_prompt
 from greater.memory import is_size
@@ -47,6 +48,7 @@ class MethodConfig:
     init_prompt: str = ZS_COT_PROMPT  # where APO, PE2 and TextGrad start (GReaTer keeps its own)
     joiner: str = "."  # between question and prompt for the baselines' prompts (GReaTer keeps ". Use")
     batch_size: int | str = "auto"  # rows per generation batch; "auto": from free GPU memory (CPU: 32)
+    keep_top: int = 10  # with a dev set: the best distinct prompts by training score scored on it (GReaTer's too)
     seed: int = 0
 
     @property
@@ -69,7 +71,7 @@ class MethodConfig:
 
     def validate(self) -> None:
         numbers = ("steps", "num_select", "max_new_tokens", "meta_max_new_tokens", "max_prompt_tokens", "demos")
-        bad = [name for name in numbers + ("beam",) if getattr(self, name) < 1]
+        bad = [name for name in numbers + ("beam", "keep_top") if getattr(self, name) < 1]
         if not is_size(self.batch_size):
             bad.append("batch_size")
         if self.evaluations is not None and self.evaluations < 1:
@@ -106,7 +108,10 @@ class MethodResult:
     """A method's prompt, its score on the training examples and how it got there.
 
     `score` is the method's own selection criterion: GReaTer's selection loss (lower is better) or
-    the baselines' training accuracy (higher is better); `score_name` says which.
+    the baselines' training accuracy (higher is better); `score_name` says which. With a dev set the
+    prompt is the finalist with the best dev accuracy: `finalists` are those scored on it, best
+    training score first ({"prompt", "score", "dev_accuracy"}, GReaTer's with "prompt_ids"), and
+    `dev_accuracy` the chosen one's; a method that scored one prompt only has no dev pass (None, []).
     """
 
     method: str
@@ -116,6 +121,8 @@ class MethodResult:
     score_name: str
     history: list[dict] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    dev_accuracy: float | None = None
+    finalists: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -136,6 +143,14 @@ class Scored:
     def key(self) -> tuple[float, float]:
         """Sort key: best first."""
         return (-self.accuracy, self.ce if math.isfinite(self.ce) else math.inf)
+
+
+def pick_on_dev(finalists: list[Scored], dev_accuracy: Callable[[str], float]) -> tuple[Scored, list[dict]]:
+    """The finalist (best training key first) with the best `dev_accuracy`, ties to the better training
+    key, and each finalist's record {"prompt", "score" (training accuracy), "dev_accuracy"}."""
+    records = [{"prompt": s.prompt, "score": s.accuracy, "dev_accuracy": dev_accuracy(s.prompt)} for s in finalists]
+    best = max(range(len(finalists)), key=lambda i: records[i]["dev_accuracy"])  # max keeps the first of equals
+    return finalists[best], records
 
 
 class Workbench:
@@ -188,6 +203,16 @@ class Workbench:
             if counted:
                 self.evaluated += len(fresh)
         return [self.scores[p] for p in prompts]
+
+    def finalists(self) -> list[Scored]:
+        """The `keep_top` best distinct prompts scored so far, best training key first."""
+        return sorted(self.scores.values(), key=lambda s: s.key)[: self.config.keep_top]
+
+    def dev_accuracy(self, prompt: str, dev: list[Example]) -> float:
+        """Greedy accuracy of `prompt` on `dev`, counted in this run's usage (as GReaTer's dev pass)."""
+        return accuracy_on(
+            self.engine, dev, prompt, joiner=self.config.joiner, max_new_tokens=self.config.max_new_tokens
+        )
 
     def complete(self, meta_prompts: list[str]) -> list[str]:
         """One sampled chat reply of the model to each meta-prompt (a single user turn)."""

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from greater.errors import GreaterError
+from greater.tasks.answers import LABELS
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,13 @@ class Task:
     default_dev: int = 0  # the paper's BBH protocol: 50 train / 100 dev / 100 test
     default_test: int | None = None  # None: every example left
     load_test: Callable[[], list[Example]] | None = field(default=None, repr=False)
+    choices: tuple[str, ...] | None = None  # the answers every question chooses from, when declared (custom tasks)
+
+    @property
+    def answer_set(self) -> tuple[str, ...] | None:
+        """The fixed set of answers every question has (declared choices, or the answer type's labels:
+        True/False, Yes/No, ...), or None: numbers, free text, options that differ per question."""
+        return self.choices or LABELS.get(self.answer_type)
 
     def answer_text(self, example: Example) -> str:
         """The gold answer as the model should write it after the extractor (no leading space)."""

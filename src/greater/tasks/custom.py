@@ -90,6 +90,7 @@ def load_custom_task(path: Path, options: Mapping[str, object] | None = None) ->
         load=lambda: list(examples),
         normalize=normalizer_for(answer_type),
         default_train=min(50, max(1, len(examples) // 2)),
+        choices=choices,
     )
 
 

@@ -1,0 +1,169 @@
+"""`greater compare`'s table from constructed cells and predictions files (no model): the paired
+tests, the chance level, and no spread with one seed (table.md, chart, report page)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from greater.compare import chart_spec, compare_markdown, summarize
+from greater.errors import GreaterError
+from greater.report import compare_report
+from greater.tasks import Task
+
+SETTINGS = {"model": "m", "split": {"train": 3, "test": None}, "config": {"steps": 1}}
+# task -> seed -> the gold answers of its test examples
+GOLDS = {
+    "t/a": {0: ["True", "True", "False", "True", "False"], 1: ["True", "False", "True", "True", "True"]},
+    "t/b": {0: ["3", "5", "3", "7"], 1: ["5", "5", "3", "3"]},
+}
+# task -> method -> seed -> which test examples the method got right
+CORRECT = {
+    "t/a": {
+        "zs-cot": {0: "01000", 1: "01010"},
+        "greater": {0: "11110", 1: "11101"},
+        "ape": {0: "11111", 1: "11111"},
+    },
+    "t/b": {
+        "zs-cot": {0: "0000", 1: "0000"},
+        "greater": {0: "1111", 1: "1110"},
+        "ape": {0: "0101", 1: "1111"},
+    },
+}
+TASKS = [  # t/a has the two answers True/False (uniform chance 1/2); t/b numbers (none)
+    Task("t/a", "", "", "true_false", load=list, normalize=str),
+    Task("t/b", "", "", "number", load=list, normalize=str),
+]
+
+
+def write_cells(out: Path, seeds: list[int], methods: list[str] = ("zs-cot", "greater", "ape")) -> list[dict]:
+    """Cell records as an older `greater compare` wrote them (no dev fields), with their predictions."""
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    records = []
+    for task, by_method in CORRECT.items():
+        for seed in seeds:
+            for method in methods:
+                flags = [c == "1" for c in by_method[method][seed]]
+                rows = [
+                    {"question": f"{task} q{seed}.{i}", "gold": gold, "predicted": gold if ok else "?", "correct": ok}
+                    for i, (gold, ok) in enumerate(zip(GOLDS[task][seed], flags, strict=True))
+                ]
+                relative = f"predictions/{task.replace('/', '_')}__{method}__s{seed}.jsonl"
+                (out / relative).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+                test = {"accuracy": sum(flags) / len(flags), "correct": sum(flags), "n": len(flags)}
+                usage = {"calls": 10, "generated_tokens": 100, "forward_tokens": 1000, "seconds": 1.0}
+                records.append(
+                    {
+                        "task": task,
+                        "method": method,
+                        "seed": seed,
+                        "split": {"n_train": 3, "n_test": len(flags)},
+                        "result": {"prompt": f"{method} prompt", "joiner": ".", "score": 0.5, "usage": usage},
+                        "test": test | {"predictions": relative},
+                        "transfer": {},
+                    }
+                )
+    return records
+
+
+def test_table_of_two_seeds_has_paired_tests_and_chance(tmp_path: Path) -> None:
+    records = write_cells(tmp_path, [0, 1])
+    table = summarize(tmp_path, records, SETTINGS, (), TASKS)
+    # chance: t/a golds over both seeds, 7 of 10 True; t/b: "3" 4 of 8 ("5" 3, "7" 1)
+    assert table["chance"] == {
+        "t/a": {"majority": 0.7, "majority_answer": "True", "uniform": 0.5},
+        "t/b": {"majority": 0.5, "majority_answer": "3", "uniform": None},
+    }
+    paired = table["paired"]
+    assert paired["reference"] == "greater"  # greater, although named second
+    assert (paired["alpha"], paired["resamples"]) == (0.05, 10_000)
+    got = {(t["task"], t["other"]): t for t in paired["tests"]}
+    assert list(got) == [
+        ("t/a", "zs-cot"),
+        ("t/a", "ape"),
+        ("t/b", "zs-cot"),
+        ("t/b", "ape"),
+        (None, "zs-cot"),
+        (None, "ape"),
+    ]
+    # hand counts from CORRECT; p = min(1, 2·P(Bin(b+c, 1/2) ≤ min(b, c)))
+    expected = {
+        ("t/a", "zs-cot"): (10, 6, 1, 0.125),  # 2 · (1 + 7) / 2^7
+        ("t/a", "ape"): (10, 0, 2, 0.5),  # 2 · 1 / 2^2
+        ("t/b", "zs-cot"): (8, 7, 0, 0.015625),  # 2 / 2^7
+        ("t/b", "ape"): (8, 2, 1, 1.0),  # 2 · 4/8
+        (None, "zs-cot"): (18, 13, 1, 0.0018310546875),  # 2 · (1 + 14) / 2^14
+        (None, "ape"): (18, 2, 3, 1.0),
+    }
+    for key, (n, b, c, p) in expected.items():
+        test = got[key]
+        assert (test["n_pairs"], test["b"], test["c"], test["p"]) == (n, b, c, p)
+        assert test["difference"] == pytest.approx((b - c) / n)
+        low, high = test["ci"]
+        assert low <= test["difference"] <= high
+
+    markdown = compare_markdown(table)
+    assert "| t/a | 5 | 70.0 | 30.0 ± 14.1 | 80.0 ± 0.0 | 100.0 ± 0.0 |" in markdown
+    assert "| t/b | 4 | 50.0 | 0.0 ± 0.0 | 87.5 ± 17.7 | 75.0 ± 35.4 |" in markdown
+    assert "| mean | | 60.0 | 15.0 | 83.8 | 87.5 |" in markdown
+    low, high = got[None, "zs-cot"]["ci"]
+    ci = f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+    assert f"| all tasks (pooled) | greater vs zs-cot | 18 | +66.7 | {ci} | 13 / 1 | 0.002 * |" in markdown
+    assert "| t/b | greater vs ape | 8 | +12.5 | " in markdown
+    assert markdown.count(" * |") == 2  # p < 0.05: t/b and pooled, greater vs zs-cot
+    assert "no correction for the number of tests" in markdown
+    # the same predictions give the same table: the bootstrap's seed is fixed
+    assert summarize(tmp_path, records, SETTINGS, (), TASKS) == table
+
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "table.json").write_text(json.dumps(table), encoding="utf-8")
+    page = compare_report(tmp_path)
+    assert page.count("class='whisker'") == 6  # an sd (even 0) for each of 2 tasks × 3 methods
+    assert page.count("class='chance'") == 2
+    assert "<td class=num>70.0</td>" in page and "30.0 ± 14.1" in page
+    assert "13 / 1" in page and "0.002 *" in page
+
+
+def test_one_seed_shows_no_spread(tmp_path: Path) -> None:
+    records = write_cells(tmp_path, [0], ["zs-cot", "ape"])
+    table = summarize(tmp_path, records, SETTINGS, (), TASKS)
+    assert all(row["sd"] is None for row in table["results"])
+    assert table["paired"]["reference"] == "zs-cot"  # no greater: the first method named
+    (test,) = [t for t in table["paired"]["tests"] if t["task"] == "t/a"]
+    assert (test["other"], test["b"], test["c"], test["p"]) == ("ape", 0, 4, 0.125)  # 2 · 1 / 2^4
+    assert table["chance"]["t/a"]["majority"] == 0.6  # seed 0 only: 3 of 5 True
+
+    markdown = compare_markdown(table)
+    assert "±" not in markdown
+    assert "seed 0 (no sd: it needs ≥ 2 seeds)" in markdown.splitlines()[0]
+    assert "| t/a | 5 | 60.0 | 20.0 | 100.0 |" in markdown
+
+    bars, chance = chart_spec(table)
+    assert [(b.label, b.yerr) for b in bars] == [("zs-cot", None), ("ape", None)]
+    assert bars[1].heights == [100.0, 50.0]
+    assert chance == [(-0.45, 0.45, 60.0), (0.55, 1.45, 50.0)]  # across each task's group of bars
+
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "table.json").write_text(json.dumps(table), encoding="utf-8")
+    page = compare_report(tmp_path)
+    assert "class='whisker'" not in page
+    assert page.count("class='chance'") == 2
+    accuracy_table = page[page.index("<table>") : page.index("</table>")]
+    assert "±" not in accuracy_table
+    assert re.search(r"<td class='num chosen'>100.0</td>", accuracy_table)
+
+
+def test_cells_scored_on_other_test_examples_cannot_be_paired(tmp_path: Path) -> None:
+    records = write_cells(tmp_path, [0, 1])
+    path = tmp_path / "predictions" / "t_b__ape__s1.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    rows[2]["question"] = "another question"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(GreaterError, match=r"task t/b, seed 1: greater and ape were scored on different test examples"):
+        summarize(tmp_path, records, SETTINGS, (), TASKS)
+    path.unlink()
+    with pytest.raises(GreaterError, match=r"t_b__ape__s1.jsonl is missing"):
+        summarize(tmp_path, records, SETTINGS, (), TASKS)
