@@ -366,6 +366,8 @@ def test_cli_evaluate_scores_the_runs_dev_split(capsys, tiny_model_dir, tmp_path
         (("--method", "pe2", "--keep-top", "3"), "--keep-top applies to GReaTer runs only, not to pe2"),
         (("--dev", "500"), "--dev must be at most"),
         (("--filler", "antidisestablishmentarianism"), "is not a single token"),
+        (("--method", "ape", "--nll-weight", "0.5"), "--nll-weight applies to GReaTer runs only, not to ape"),
+        (("--answer-temperature", "0"), "invalid setting answer_temperature=0.0"),
     ],
 )
 def test_cli_bad_fidelity_settings_exit_2(capsys, tiny_model_dir, tmp_path, extra, message):
@@ -376,3 +378,19 @@ def test_cli_bad_fidelity_settings_exit_2(capsys, tiny_model_dir, tmp_path, extr
     assert message in err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # refused before a run directory is made
+
+
+def test_cli_search_settings_beyond_the_paper_reach_the_run(capsys, tiny_model_dir, tmp_path):
+    """--joiner, --num-select, --nll-weight and --answer-temperature are recorded and used: the user
+    turn has the joiner, and a step re-scores at most --num-select candidates."""
+    from test_cli import optimize_argv, run_cli
+
+    extra = ("--joiner", ".", "--num-select", "1", "--nll-weight", "0.5", "--answer-temperature", "1.5")
+    code, _, err = run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "run", *extra))
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert (config["joiner"], config["num_select"]) == (".", 1)
+    assert (config["nll_weight"], config["answer_temperature"]) == (0.5, 1.5)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").open()]
+    assert [len(s["evaluated"]) for s in steps] == [1, 1]  # the default re-scores 3
+    assert json.loads((tmp_path / "run" / "prompt.json").read_text())["joiner"] == "."

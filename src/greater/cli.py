@@ -113,7 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument(
         "--evaluations", type=_positive, default=None, help="baselines: candidate prompts scored (3 × --steps)"
     )
-    opt.add_argument("--init-prompt", default=None)
+    opt.add_argument("--init-prompt", default=None, help="the prompt the search starts from (default: the paper's P1)")
+    opt.add_argument(
+        "--joiner", default=None, help="text between question and prompt (default '. Use', the reference's)"
+    )
     opt.add_argument("--steps", type=_positive, default=None)
     opt.add_argument("--train", type=_positive, default=None, help="training examples")
     opt.add_argument("--test", type=_positive, default=None, help="test examples scored before and after")
@@ -131,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="add each candidate's own NLL at the position to its gradient (not in the reference)",
+    )
+    opt.add_argument(
+        "--num-select", type=_positive, default=None, help="shortlisted candidates re-scored with fresh reasoning (3)"
+    )
+    opt.add_argument("--nll-weight", type=float, default=None, help="λ, the weight of the prompt's NLL in the loss (0.2)")
+    opt.add_argument(
+        "--answer-temperature", type=float, default=None, help="answer logits are divided by this in the loss (0.2)"
     )
     opt.add_argument("--filler", default=None, help="token appended when a prompt grows (default '_')")
     opt.add_argument("--keep-top", type=_positive, default=None, help="best prompts scored on the dev set (10)")

@@ -38,6 +38,7 @@ SELECTION_RULES = ("errors-then-loss", "reference", "loss")
 # the GreaterConfig fields a command-line flag sets (flag dest == field name)
 CONFIG_FLAGS = ("steps", "init_prompt", "top_k", "top_q", "max_new_tokens", "patience", "seed", "batch_size")
 CONFIG_FLAGS += ("selection", "candidate_nll", "filler", "keep_top", "grad_batch_size")
+CONFIG_FLAGS += ("joiner", "num_select", "nll_weight", "answer_temperature")
 
 
 @dataclass
