@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument(
         "--num-select", type=_positive, default=None, help="shortlisted candidates re-scored with fresh reasoning (3)"
     )
-    opt.add_argument("--nll-weight", type=float, default=None, help="λ, the weight of the prompt's NLL in the loss (0.2)")
+    opt.add_argument("--nll-weight", type=float, default=None, help="λ, weight of the prompt NLL in the loss (0.2)")
     opt.add_argument(
         "--answer-temperature", type=float, default=None, help="answer logits are divided by this in the loss (0.2)"
     )
