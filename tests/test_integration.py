@@ -164,3 +164,26 @@ def test_compare_every_method_on_the_embedded_model(tmp_path: Path) -> None:
         assert row["calls"] >= 2
         assert row["seconds"] > 0
     assert table["results"][1]["prompts"]["0"] == "Let's think step by step."  # zs-cot
+
+
+def test_the_loss_targets_the_answer_as_the_model_writes_it() -> None:
+    """After the default extractor ("... is $") SmolLM2 writes "$False", never "$ False": the
+    teacher-forced target must be that spelling, so an example the model answers right (greedy
+    generation, first token = the answer) is also right by the argmax criterion of the loss. With a
+    space-prefixed target (as before) no example was ever right by that criterion."""
+    from greater.engine import Engine
+    from greater.evaluate import DEFAULT_JOINER
+    from greater.optimizer import DEFAULT_INIT_PROMPT
+    from greater.tasks import get_task
+
+    model, tokenizer = load_model()
+    task = get_task("gen/boolean_expressions")
+    train = task.splits(8, None, None, 0).train
+    engine = Engine(model, tokenizer, task, train, joiner=DEFAULT_JOINER, batch_size=8, max_new_tokens=24)
+    prompt = tuple(encode_prompt(tokenizer, DEFAULT_INIT_PROMPT))
+    ((reasoning, terms),) = engine.reason_and_score([prompt], 24)
+    outputs = engine.answer(prompt, reasoning, 4)
+    assert not any(out.startswith(" ") for out in outputs)
+    generated_right = [task.is_correct(out, ex) and out.startswith(ex.answer) for out, ex in zip(outputs, train)]
+    assert any(generated_right)
+    assert terms.correct.tolist() == generated_right

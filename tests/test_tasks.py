@@ -7,6 +7,7 @@ import re
 import sys
 import types
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -693,3 +694,12 @@ def test_demo_task_is_a_generated_task_and_the_readme_names_it() -> None:
     assert demo.group(1).startswith("gen/")
     assert demo.group(1) in task_names()  # runs without data
     assert f"**`{demo.group(1)}`**" in (root / "README.md").read_text()
+
+
+def test_the_answer_target_follows_the_extractor_without_a_space_after_dollar_or_whitespace():
+    task = get_task("gen/boolean_expressions")
+    example = Example("True and False", "False")
+    assert task.extractor.endswith("$")
+    assert task.target_text(example) == "False"
+    assert replace(task, extractor="So the answer is").target_text(example) == " False"
+    assert replace(task, extractor="Answer: ").target_text(example) == "False"

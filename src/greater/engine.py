@@ -57,7 +57,7 @@ class Engine:
         self.examples = examples
         self.layout = ChatLayout.from_tokenizer(tokenizer)
         self.heads = [self.layout.encode_head(tokenizer, ex.question + joiner) for ex in examples]
-        self.answer_ids: list[Ids] = [tuple(encode(tokenizer, " " + task.answer_text(ex))) for ex in examples]
+        self.answer_ids: list[Ids] = [tuple(encode(tokenizer, task.target_text(ex))) for ex in examples]
         self.extractor_ids: Ids = tuple(encode(tokenizer, " " + task.extractor))
         # "auto": from free GPU memory for rows this long (CPU: 32 and 4)
         self.batch_size, self.grad_batch_size = fit_batch_sizes(

@@ -64,7 +64,7 @@ def fitting_rows(
     for name, examples in splits.items():
         kept[name] = []
         for index, ex in enumerate(examples):
-            room = context - fixed - len(encode(tokenizer, " " + task.answer_text(ex)))
+            room = context - fixed - len(encode(tokenizer, task.target_text(ex)))
             # a fast tokenizer takes a 50,000-word question in well under a second
             used = len(encode(tokenizer, ex.question + joiner))
             if used <= room:

@@ -29,8 +29,8 @@ class Task:
     """A named task.
 
     `extractor` is the sentence appended after the model's reasoning that forces the answer
-    into a parseable place; it ends right before the answer (the answer follows after one
-    space, e.g. extractor "... is $" then " True").
+    into a parseable place; it ends right before the answer (`target_text`: extractor "... is $"
+    then "True").
     `load` returns all examples in a fixed order; `splits` cuts them into train/dev/test. A task with its
     own test set (GSM8K, FOLIO) has `load_test` too: then `load` gives the training pool only.
     `normalize` maps a raw answer (gold or predicted) to a comparable canonical string.
@@ -57,6 +57,14 @@ class Task:
     def answer_text(self, example: Example) -> str:
         """The gold answer as the model should write it after the extractor (no leading space)."""
         return example.answer
+
+    def target_text(self, example: Example) -> str:
+        """The gold answer as the loss expects it right after the extractor: with no space after an
+        extractor ending in "$" or whitespace (models write "$True" and "$48" whatever the format
+        sentence shows; docs/fidelity.md), after one space otherwise ("... the answer is" + " True")."""
+        text = self.answer_text(example)
+        last = self.extractor[-1:]
+        return text if last == "$" or last.isspace() else " " + text
 
     def extract(self, continuation: str) -> str:
         """The model's answer from the text it generated after the extractor, normalised."""
