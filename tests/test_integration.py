@@ -184,6 +184,7 @@ def test_the_loss_targets_the_answer_as_the_model_writes_it() -> None:
     ((reasoning, terms),) = engine.reason_and_score([prompt], 24)
     outputs = engine.answer(prompt, reasoning, 4)
     assert not any(out.startswith(" ") for out in outputs)
-    generated_right = [task.is_correct(out, ex) and out.startswith(ex.answer) for out, ex in zip(outputs, train, strict=True)]
+    pairs = zip(outputs, train, strict=True)
+    generated_right = [task.is_correct(out, ex) and out.startswith(ex.answer) for out, ex in pairs]
     assert any(generated_right)
     assert terms.correct.tolist() == generated_right
