@@ -77,10 +77,11 @@ def run_method(
     if not train:
         raise GreaterError(f"task {task.name!r}: no training examples")
     sitting = Sitting(name, resume, checkpoint)
-    if name == "greater":  # optimize() builds its generator from GreaterConfig's decoding switches
+    if name == "greater":  # its generator follows GreaterConfig's decoding switches, not a Workbench's
         result = _greater(model, tokenizer, task, train, greater_config or greater_settings(config), dev, sitting)
     else:
-        bench = Workbench(model, tokenizer, task, train, config, saved=sitting.search, on_progress=sitting.save)
+        on_progress = sitting.save if checkpoint is not None else None
+        bench = Workbench(model, tokenizer, task, train, config, saved=sitting.search, on_progress=on_progress)
         sitting.counts = bench.generator.stats
         best, history = _BASELINES[name](bench)
         finalists: list[dict] = []
