@@ -154,7 +154,8 @@ def test_compare_command_interrupted_then_resumed(capsys, tiny_model_dir: Path, 
     monkeypatch.setattr(compare_module, "run_method", interrupted_on_third)
     code, _, err = run_cli(capsys, argv)
     assert code == 130
-    assert any("finished cells are kept" in line for line in message_lines(err))
+    kept = f"greater: finished cells are kept in {out}, with the progress of the cell that was running; "
+    assert any(line.endswith(kept + "rerun the same command to go on") for line in message_lines(err))
     assert sorted(p.name for p in (out / "cells").iterdir()) == [
         "gen_boolean_expressions__pe2__s0.json",
         "gen_boolean_expressions__zs-cot__s0.json",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
 import torch
@@ -40,6 +40,10 @@ class DecodeStats:
         """Count a forward + backward over a batch with attention `mask` (B, W) of its new tokens."""
         self.backward_tokens += int(mask.sum())
         self.padded_slots += int((mask == 0).sum())
+
+    def __add__(self, other: DecodeStats) -> DecodeStats:
+        """Counter by counter: what two sittings of one run did together (`methods.Sitting`)."""
+        return DecodeStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
 def pack_rows(

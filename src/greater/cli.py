@@ -651,7 +651,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                 cluster=cluster,
             )
         except (KeyboardInterrupt, _Terminated):
-            print(f"greater: finished cells are kept in {args.out}; rerun the same command to go on", file=sys.stderr)
+            kept = "" if cluster is not None else ", with the progress of the cell that was running"
+            again = "rerun the same command to go on"
+            print(f"greater: finished cells are kept in {args.out}{kept}; {again}", file=sys.stderr)
             raise
     _log_compare(tracker, args.out, table)
     print((args.out / "table.md").read_text(encoding="utf-8"), end="")

@@ -5,7 +5,9 @@ otherwise). The task carries its `Task` (with its examples: workers need no data
 model by its label (a hub id, or a path every worker can read; loaded models are kept per worker
 process and reused by its later cells), computes the cell and returns its record and predictions;
 this process — the driver — writes each cell into the output folder as it finishes, so a killed
-driver loses only the cells in flight and a rerun skips the finished ones.
+driver loses only the cells in flight and a rerun skips the finished ones. The cells in flight start
+again from their beginning: a worker may run on a machine without the output folder, so the jobs
+carry no partial file (`CellJob.partial` is None; see greater.compare).
 
 Ray is optional (`pip install 'greater[ray]'`) and imported only here, only when `--ray` is given.
 """

@@ -3,6 +3,7 @@
     out/
       compare.json                    settings every cell was run with (a rerun must match them)
       cells/<task>__<method>__s<seed>.json     one finished cell: prompt, history, usage, test scores
+      partial/<task>__<method>__s<seed>.json   the progress of a cell that has not finished (see below)
       predictions/<task>__<method>__s<seed>[__on_<model>].jsonl
       table.json, table.md, chart.png
 
@@ -13,17 +14,29 @@ other on the same test examples (greater.stats).
 A cell file is written last and atomically, so it exists only for a finished cell: a rerun of the
 same command skips those and computes the rest (and any transfer scores a cell still lacks).
 
+A cell also resumes from inside: while it runs, its progress (`run_method`'s checkpoints: GReaTer's
+`RunState` and history after every step and dev prompt, a baseline's scores after every scoring, and
+the usage so far) is rewritten atomically to its partial file, which a rerun passes back as
+`run_method(resume=...)`, so a killed cell loses at most the step or scoring it was in. The file
+holds the cell's settings key (`_cell_key`: the comparison's settings, the cell and its split's
+fingerprint); a partial file with another key is ignored (with a note) and overwritten. It is
+deleted once the cell file is written.
+
 Cells run one after the other in this process, or as Ray tasks (`cluster=`, see greater.cluster):
-either way this process writes every finished cell, as it finishes, into the same folder.
+either way this process writes every finished cell, as it finishes, into the same folder. Ray
+workers may run on machines that cannot see the folder, so cells run there keep no partial file: a
+killed Ray cell starts again from its beginning.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -37,6 +50,8 @@ from greater.tasks import Example, Task
 from greater.tasks.base import fingerprint as split_fingerprint
 
 SETTINGS_FILE = "compare.json"
+PARTIAL_DIR = "partial"
+PARTIAL_FORMAT = "greater-partial-cell/1"
 REFERENCE = "greater"  # the method the paired tests compare every other with (else the first named)
 # (train, dev, test) sizes, in `Task.splits`' order; dev 0: no dev set
 Sizes = tuple[int | None, int, int | None]
@@ -54,7 +69,8 @@ class Scorer:
 @dataclass
 class CellJob:
     """One cell to compute: a method on a task with a seed; `record` is the cell's file when it exists
-    and only lacks transfer scores."""
+    and only lacks transfer scores; `partial` the file its progress is saved to while it runs (None:
+    none is kept), saved with `settings` (the comparison's, as compare.json has them) in its key."""
 
     task: Task
     method: str
@@ -62,6 +78,8 @@ class CellJob:
     config: MethodConfig
     name: str  # the cell file's stem
     record: dict | None = None
+    partial: Path | None = None
+    settings: dict = field(default_factory=dict)
 
 
 def run_compare(
@@ -102,7 +120,8 @@ def run_compare(
     for task, method, seed in todo:
         path = cell_path(out, task.name, method, seed)
         existing = read_json(path) if path.exists() else None
-        jobs.append(CellJob(task, method, seed, replace(config, seed=seed), path.stem, existing))
+        partial = partial_path(out, path.stem) if cluster is None else None  # see the module's docstring
+        jobs.append(CellJob(task, method, seed, replace(config, seed=seed), path.stem, existing, partial, settings))
     bar = tqdm(total=len(jobs), desc="comparing", unit="cell", disable=not progress, file=sys.stderr)
     if cluster is None or not jobs:  # (nothing left to run: no Ray needed)
         for job in jobs:
@@ -132,6 +151,39 @@ def cell_path(out: Path, task: str, method: str, seed: int) -> Path:
 
 def _cell_name(task: str, method: str, seed: int) -> str:
     return f"{slug(task)}__{slug(method)}__s{seed}"
+
+
+def partial_path(out: Path, name: str) -> Path:
+    """The progress file of the unfinished cell `name` (a cell file's stem)."""
+    return out / PARTIAL_DIR / f"{name}.json"
+
+
+def _cell_key(job: CellJob, split: str) -> str:
+    """What a cell's progress is valid for: the comparison's settings, the cell (task, method, seed)
+    and the fingerprint of its drawn examples (`split`), hashed."""
+    identity = {"settings": job.settings, "cell": job.name, "split": split}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def load_partial(path: Path, key: str) -> dict | None:
+    """The progress saved in `path` for a cell with `key`; None (with a note when there is a file)
+    where there is none, or the file was saved with other settings, or cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        saved = read_json(path)
+    except GreaterError:
+        saved = {}
+    if saved.get("format") == PARTIAL_FORMAT and saved.get("key") == key:
+        print(f"greater: continuing the cell saved in {path}", file=sys.stderr)
+        return saved["progress"]
+    print(f"greater: ignoring {path}: saved with other settings (or unreadable); the cell starts over", file=sys.stderr)
+    return None
+
+
+def save_partial(path: Path, key: str, progress: dict) -> None:
+    """Replace the cell's progress file (atomically: a kill leaves the previous one)."""
+    write_json(path, {"format": PARTIAL_FORMAT, "key": key, "progress": progress})
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -180,14 +232,29 @@ def compute_cell(
     predictions: dict[str, list[dict]] = {}
     record = job.record
     if record is None:
-        result = run_method(method, optimizer.model, optimizer.tokenizer, task, train, config, dev=dev)
+        split_id = split_fingerprint(train, test, dev)
+        resume, checkpoint = None, None
+        if job.partial is not None:
+            key = _cell_key(job, split_id)
+            resume, checkpoint = load_partial(job.partial, key), functools.partial(save_partial, job.partial, key)
+        result = run_method(
+            method,
+            optimizer.model,
+            optimizer.tokenizer,
+            task,
+            train,
+            config,
+            dev=dev,
+            resume=resume,
+            checkpoint=checkpoint,
+        )
         record = {
             "task": task.name,
             "method": method,
             "seed": seed,
             "split": {"n_train": len(train), "n_test": len(test)}
             | ({"n_dev": len(dev)} if dev else {})
-            | ({"fingerprint": split_fingerprint(train, test, dev)} if fingerprint else {}),
+            | ({"fingerprint": split_id} if fingerprint else {}),
             "result": result.to_json(),
             "test": _score(predictions, optimizer, task, test, result.prompt, result.joiner, config, job.name),
             "transfer": {},
@@ -202,12 +269,14 @@ def compute_cell(
 
 
 def _write_cell(out: Path, job: CellJob, record: dict, predictions: dict[str, list[dict]]) -> None:
-    """The predictions files, then the cell file (last, atomically: it marks the cell finished)."""
+    """The predictions files, then the cell file (last, atomically: it marks the cell finished), then
+    the cell's partial file goes (also one left by an earlier sitting where this one ran on Ray)."""
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     for relative, rows in predictions.items():
         write_predictions(out / relative, rows)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     write_json(out / "cells" / f"{job.name}.json", record)
+    partial_path(out, job.name).unlink(missing_ok=True)
 
 
 def _score(

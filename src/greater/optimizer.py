@@ -367,8 +367,18 @@ def resolve_batch_sizes(
     examples (see greater.memory); the CLI stores the numbers in run.json, so a resumed run uses them."""
     if config.batch_size != "auto" and config.grad_batch_size != "auto":
         return config
+    return fitted_generator(model, tokenizer, task, train, config)[0]
+
+
+def fitted_generator(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: list[Example], config: GreaterConfig
+) -> tuple[GreaterConfig, Generator]:
+    """`config` with its batch sizes fitted (as `resolve_batch_sizes`) and the generator `optimize` would
+    make for it: passed to `optimize`, its counters (`stats`, `Result.counts` at the end) can be read
+    while the run goes on (`methods.run_method` saves them with each checkpoint)."""
     engine = _engine(model, tokenizer, task, train, config)
-    return replace(config, batch_size=engine.batch_size, grad_batch_size=engine.grad_batch_size)
+    fitted = replace(config, batch_size=engine.batch_size, grad_batch_size=engine.grad_batch_size)
+    return fitted, engine.generator
 
 
 def _engine(model, tokenizer, task: Task, train: list[Example], config: GreaterConfig, generator=None) -> Engine:

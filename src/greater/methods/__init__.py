@@ -8,12 +8,10 @@ model as task model and optimizer (no API model anywhere).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.batching import DecodeStats
 from greater.errors import GreaterError
 from greater.methods import baselines
 from greater.methods.common import (
@@ -21,11 +19,12 @@ from greater.methods.common import (
     MethodConfig,
     MethodResult,
     Scored,
+    Sitting,
     Usage,
     Workbench,
     pick_on_dev,
 )
-from greater.optimizer import GreaterConfig, optimize
+from greater.optimizer import GreaterConfig, RunState, StepRecord, fitted_generator, optimize
 from greater.tasks import Example, Task
 
 __all__ = ["METHODS", "ZS_COT_PROMPT", "MethodConfig", "MethodResult", "Usage", "run_method"]
@@ -51,6 +50,8 @@ def run_method(
     *,
     dev: list[Example] | None = None,
     greater_config: GreaterConfig | None = None,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> MethodResult:
     """Run method `name` on `train`; `greater_config` overrides what GReaTer derives from `config`.
 
@@ -58,19 +59,30 @@ def run_method(
     `keep_top` best distinct prompts by the method's own score (GReaTer: selection score; a baseline:
     training accuracy, ties by cross-entropy) are scored on dev and the best on dev wins (ties: the
     better own score). A baseline that scored one prompt only (zs-cot) has nothing to choose: no dev
-    pass. The dev pass is part of the run: its model calls count in `usage`."""
+    pass. The dev pass is part of the run: its model calls count in `usage`.
+
+    `checkpoint(progress)` is called with the run's progress as plain JSON (see `Sitting`) whenever
+    it grew: GReaTer after every step and every prompt of its dev pass, a baseline after every
+    scoring that ran the model (one call scores a batch of prompts) and every dev accuracy. Passing
+    the last progress as `resume` to a run of the same method with the same arguments continues it:
+    GReaTer from its saved `RunState`; a baseline replays its seeded search, generating its
+    meta-prompt replies again but taking every prompt's scores from the progress. The result is the
+    uninterrupted run's wherever the model computes the same numbers again (same device, dtype and
+    batch sizes). Its `usage` is the work actually spent: the sum over the sittings of what
+    each did up to its last checkpoint (a baseline's replayed replies count again)."""
     config = config or MethodConfig()
     config.validate()
     if name not in METHODS:
         raise GreaterError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     if not train:
         raise GreaterError(f"task {task.name!r}: no training examples")
-    started = time.perf_counter()
-    if name == "greater":  # optimize() builds its generator from GreaterConfig's decoding switches
-        result, counts = _greater(model, tokenizer, task, train, greater_config or greater_settings(config), dev)
+    sitting = Sitting(name, resume, checkpoint)
+    if name == "greater":  # its generator follows GreaterConfig's decoding switches, not a Workbench's
+        result = _greater(model, tokenizer, task, train, greater_config or greater_settings(config), dev, sitting)
     else:
-        bench = Workbench(model, tokenizer, task, train, config)
-        counts = bench.generator.stats
+        on_progress = sitting.save if checkpoint is not None else None
+        bench = Workbench(model, tokenizer, task, train, config, saved=sitting.search, on_progress=on_progress)
+        sitting.counts = bench.generator.stats
         best, history = _BASELINES[name](bench)
         finalists: list[dict] = []
         if dev and len(bench.scores) > 1:
@@ -78,7 +90,7 @@ def run_method(
         chosen_dev = max((f["dev_accuracy"] for f in finalists), default=None)  # the chosen one is the best on dev
         result = MethodResult(name, best.prompt, config.joiner, best.accuracy, "train accuracy", history)
         result.dev_accuracy, result.finalists = chosen_dev, finalists
-    result.usage = Usage.of(counts, time.perf_counter() - started)
+    result.usage = sitting.usage()
     return result
 
 
@@ -95,13 +107,46 @@ def greater_settings(config: MethodConfig) -> GreaterConfig:
 
 
 def _greater(
-    model, tokenizer, task, train, config: GreaterConfig, dev: list[Example] | None
-) -> tuple[MethodResult, DecodeStats]:
-    result = optimize(model, tokenizer, task, config, train=train, dev=dev)
-    history = [
-        {"round": r.step, "kind": "step", "prompt": r.prompt, "loss": r.loss, "chosen": r.chosen, "best": r.best_score}
-        for r in result.steps
-    ]
+    model, tokenizer, task, train, config: GreaterConfig, dev: list[Example] | None, sitting: Sitting
+) -> MethodResult:
+    """GReaTer, continued from `sitting.search` ({"state": `RunState.to_json`, "history": the history
+    entries of the steps done}) when there is one, checkpointed through `sitting` after every step and
+    every prompt of the dev pass."""
+    # the generator is made here so its counters can be saved with each checkpoint
+    config, generator = fitted_generator(model, tokenizer, task, train, config)
+    sitting.counts = generator.stats
+    saved = sitting.search or {}
+    state = RunState.from_json(saved["state"]) if saved else None
+    history: list[dict] = list(saved.get("history", []))  # the steps of earlier sittings, then this one's
+
+    def on_step(record: StepRecord, run_state: RunState) -> None:
+        history.append(
+            {
+                "round": record.step,
+                "kind": "step",
+                "prompt": record.prompt,
+                "loss": record.loss,
+                "chosen": record.chosen,
+                "best": record.best_score,
+            }
+        )
+        save(run_state)
+
+    def save(run_state: RunState) -> None:
+        sitting.save({"state": run_state.to_json(), "history": history})
+
+    result = optimize(
+        model,
+        tokenizer,
+        task,
+        config,
+        train=train,
+        dev=dev,
+        on_step=on_step,
+        on_dev=save,
+        generator=generator,
+        state=state,
+    )
     method = MethodResult("greater", result.prompt, config.joiner, result.score, "selection loss", history)
     method.dev_accuracy, method.finalists = result.dev_accuracy, result.finalists
-    return method, result.counts
+    return method

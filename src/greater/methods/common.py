@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
@@ -103,6 +104,43 @@ class Usage:
         )
 
 
+class Sitting:
+    """One process's share of a method run that may span several (`run_method`'s `resume` and
+    `checkpoint`): what the earlier sittings spent up to their last checkpoint, this one's counters
+    and clock, and where the run's progress goes.
+
+    A progress is plain JSON: {"method", "search": what the search did (its own format: GReaTer's
+    `RunState` and history, a baseline's `Workbench.progress`), "usage": {"counts": the `DecodeStats`
+    of every sitting so far, "seconds"}}."""
+
+    def __init__(self, method: str, resume: dict | None, checkpoint: Callable[[dict], None] | None) -> None:
+        resume = resume or {}
+        if resume and resume.get("method") != method:
+            raise GreaterError(f"the progress to resume is of a {resume.get('method')} run, not of {method}")
+        spent = resume.get("usage", {})
+        self.method = method
+        self.search: dict | None = resume.get("search")
+        self.earlier = DecodeStats(**spent.get("counts", {}))
+        self.earlier_seconds = float(spent.get("seconds", 0.0))
+        self.checkpoint = checkpoint
+        self.counts = DecodeStats()  # the caller sets the run's generator's counters here
+        self.started = time.perf_counter()
+
+    def spent(self) -> tuple[DecodeStats, float]:
+        """Counters and seconds of every sitting so far, this one up to now."""
+        return self.earlier + self.counts, self.earlier_seconds + time.perf_counter() - self.started
+
+    def usage(self) -> Usage:
+        return Usage.of(*self.spent())
+
+    def save(self, search: dict) -> None:
+        """Hand the run's progress, with `search` as its search part, to `checkpoint` (if any)."""
+        if self.checkpoint is not None:
+            counts, seconds = self.spent()
+            usage = {"counts": asdict(counts), "seconds": seconds}
+            self.checkpoint({"method": self.method, "search": search, "usage": usage})
+
+
 @dataclass
 class MethodResult:
     """A method's prompt, its score on the training examples and how it got there.
@@ -163,7 +201,12 @@ class Workbench:
         task: Task,
         train: list[Example],
         config: MethodConfig,
+        *,
+        saved: dict | None = None,
+        on_progress: Callable[[dict], None] | None = None,
     ) -> None:
+        """`saved`: the last `progress()` of an interrupted run of this search with the same arguments;
+        `on_progress(progress())` is called after every scoring that ran the model."""
         self.model, self.tokenizer, self.task, self.train, self.config = model, tokenizer, task, train, config
         self.layout = ChatLayout.from_tokenizer(tokenizer)
         self.engine = Engine(
@@ -179,40 +222,73 @@ class Workbench:
         self.scores: dict[str, Scored] = {}
         self.evaluated = 0  # distinct candidate prompts scored, against `config.budget`
         self.replies = 0  # meta-prompt calls, to vary the sampling seed
+        self.dev_scores: dict[str, float] = dict((saved or {}).get("dev", {}))  # prompt -> dev accuracy
+        # what an earlier sitting scored: the search is seeded, so replaying it asks for these prompts
+        # again, and each is taken from here instead of being scored again
+        self._saved: dict[str, Scored] = {s["prompt"]: Scored(**s) for s in (saved or {}).get("scores", [])}
+        self.on_progress = on_progress
 
     @property
     def budget_left(self) -> int:
         return self.config.budget - self.evaluated
 
     def score(self, prompts: list[str], *, counted: bool = True) -> list[Scored]:
-        """Score prompts on the training examples (each distinct prompt once; `counted` ones use budget)."""
+        """Score prompts on the training examples (each distinct prompt once; `counted` ones use budget).
+
+        A prompt an earlier sitting scored is taken from `saved` but counts as scored here, so the
+        replayed search spends its budget as the first one did."""
         fresh = [p for p in dict.fromkeys(prompts) if p not in self.scores]
         if fresh:
-            ids = [tuple(encode_prompt(self.tokenizer, p)) for p in fresh]
-            for prompt, (reasoning, terms) in zip(
-                fresh, self.engine.reason_and_score(ids, self.config.max_new_tokens), strict=True
-            ):
-                ce = float(terms.ce.mean())
-                self.scores[prompt] = Scored(
+            todo = [p for p in fresh if p not in self._saved]
+            measured = dict(zip(todo, self._measure(todo), strict=True)) if todo else {}
+            for prompt in fresh:  # in the order asked for: `finalists` keeps it among equal keys
+                self.scores[prompt] = self._saved.pop(prompt) if prompt in self._saved else measured[prompt]
+            if counted:
+                self.evaluated += len(fresh)
+            if todo and self.on_progress is not None:
+                self.on_progress(self.progress())
+        return [self.scores[p] for p in prompts]
+
+    def _measure(self, prompts: list[str]) -> list[Scored]:
+        """Reasoning and answer terms of each prompt on the training examples, in one engine call."""
+        ids = [tuple(encode_prompt(self.tokenizer, p)) for p in prompts]
+        out = []
+        for prompt, (reasoning, terms) in zip(
+            prompts, self.engine.reason_and_score(ids, self.config.max_new_tokens), strict=True
+        ):
+            ce = float(terms.ce.mean())
+            out.append(
+                Scored(
                     prompt=prompt,
                     accuracy=float(terms.correct.float().mean()),
                     ce=ce if math.isfinite(ce) else math.inf,
                     reasonings=[decode(self.tokenizer, r).strip() for r in reasoning],
                     correct=[bool(c) for c in terms.correct],
                 )
-            if counted:
-                self.evaluated += len(fresh)
-        return [self.scores[p] for p in prompts]
+            )
+        return out
+
+    def progress(self) -> dict:
+        """Every prompt scored so far (with the saved ones the replay has not reached yet: a sitting
+        killed during the replay must not lose them) and every dev accuracy, as plain JSON: the `saved`
+        of a later Workbench of this run."""
+        scored = [*self.scores.values(), *self._saved.values()]
+        return {"scores": [asdict(s) for s in scored], "dev": dict(self.dev_scores)}
 
     def finalists(self) -> list[Scored]:
         """The `keep_top` best distinct prompts scored so far, best training key first."""
         return sorted(self.scores.values(), key=lambda s: s.key)[: self.config.keep_top]
 
     def dev_accuracy(self, prompt: str, dev: list[Example]) -> float:
-        """Greedy accuracy of `prompt` on `dev`, counted in this run's usage (as GReaTer's dev pass)."""
-        return accuracy_on(
-            self.engine, dev, prompt, joiner=self.config.joiner, max_new_tokens=self.config.max_new_tokens
-        )
+        """Greedy accuracy of `prompt` on `dev`, counted in this run's usage (as GReaTer's dev pass);
+        memoised by prompt (a run has one dev set), saved ones included."""
+        if prompt not in self.dev_scores:
+            self.dev_scores[prompt] = accuracy_on(
+                self.engine, dev, prompt, joiner=self.config.joiner, max_new_tokens=self.config.max_new_tokens
+            )
+            if self.on_progress is not None:
+                self.on_progress(self.progress())
+        return self.dev_scores[prompt]
 
     def complete(self, meta_prompts: list[str]) -> list[str]:
         """One sampled chat reply of the model to each meta-prompt (a single user turn)."""

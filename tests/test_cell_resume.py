@@ -1,0 +1,177 @@
+"""`greater compare` resumes inside a cell: a cell killed after a step, a dev prompt or a scoring
+continues from its partial file and ends as the uninterrupted cell does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import greater.compare as compare_module
+import greater.methods.common as common_module
+from greater.compare import Scorer, cell_path, partial_path, run_compare
+from greater.engine import Engine
+from greater.tasks import get_task
+from test_compare import CONFIG, SPLIT
+
+TASK = get_task("gen/boolean_expressions")
+STEPS = 3
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class Saves:
+    """Wraps `compare.save_partial`: every progress saved, in order; with `stop_after` n, the n-th
+    save is written and then the process is "killed" (KeyboardInterrupt, as Ctrl-C or SIGTERM)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, stop_after: int | None = None) -> None:
+        self.progress: list[dict] = []
+        real = compare_module.save_partial
+
+        def save(path: Path, key: str, progress: dict) -> None:
+            real(path, key, progress)
+            self.progress.append(json.loads(json.dumps(progress)))  # as saved, not the live objects
+            if len(self.progress) == stop_after:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(compare_module, "save_partial", save)
+
+
+class Scorings:
+    """Every prompt a baseline scored with the model: on the training examples (`Engine.reason_and_score`,
+    by prompt ids) and on dev (`accuracy_on`, by text)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.train: list[tuple[int, ...]] = []
+        self.dev: list[str] = []
+        real_train, real_dev = Engine.reason_and_score, common_module.accuracy_on
+
+        def on_train(engine, prompts, *args, **kwargs):
+            self.train += prompts
+            return real_train(engine, prompts, *args, **kwargs)
+
+        def on_dev(engine, examples, prompt, **kwargs):
+            self.dev.append(prompt)
+            return real_dev(engine, examples, prompt, **kwargs)
+
+        monkeypatch.setattr(Engine, "reason_and_score", on_train)
+        monkeypatch.setattr(common_module, "accuracy_on", on_dev)
+
+
+def cell(out: Path, method: str) -> dict:
+    return read_json(cell_path(out, TASK.name, method, 0))
+
+
+def assert_same_cell(resumed: dict, plain: dict) -> None:
+    """Prompt, history, dev choice and test scores as uninterrupted; the usage at least as large."""
+    mine, theirs = resumed["result"], plain["result"]
+    for key in ("prompt", "joiner", "score", "history", "dev_accuracy", "finalists"):
+        assert mine[key] == theirs[key], key
+    assert resumed["test"] == plain["test"]
+    assert mine["usage"]["calls"] >= theirs["usage"]["calls"]
+    assert mine["usage"]["generated_tokens"] >= theirs["usage"]["generated_tokens"]
+
+
+@pytest.mark.parametrize("dev", [None, 2], ids=["killed-after-step-2", "killed-in-the-dev-pass"])
+def test_a_killed_greater_cell_continues_where_it_stopped(
+    tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, capsys, dev: int | None
+) -> None:
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=STEPS, keep_top=3)
+    with monkeypatch.context() as m:
+        plain_saves = Saves(m)
+        run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "plain", config, split=SPLIT, dev=dev)
+    plain = cell(tmp_path / "plain", "greater")
+    finalists = len(plain["result"]["finalists"])
+    assert len(plain_saves.progress) == STEPS + finalists  # after every step and every dev prompt
+    assert finalists >= (2 if dev else 0)
+    stop = 2 if dev is None else STEPS + 1  # after step 2, or after the first dev prompt
+
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        Saves(m, stop_after=stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT, dev=dev)
+    assert not cell_path(out, TASK.name, "greater", 0).exists()
+    saved = read_json(partial_path(out, cell_path(out, TASK.name, "greater", 0).stem))
+    search = saved["progress"]["search"]
+    assert search["state"]["step"] == min(stop, STEPS)
+    assert len(search["history"]) == min(stop, STEPS)
+    assert len(search["state"]["dev_accuracy"]) == stop - min(stop, STEPS)
+    assert saved["progress"]["usage"]["counts"]["sequences"] > 0
+    capsys.readouterr()
+
+    with monkeypatch.context() as m:
+        again = Saves(m)
+        run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT, dev=dev)
+    assert "greater: continuing the cell saved in" in capsys.readouterr().err
+    assert len(again.progress) == STEPS + finalists - stop  # nothing done twice
+    assert again.progress[0]["search"]["history"][:stop] == search["history"]
+    assert_same_cell(cell(out, "greater"), plain)
+    # the usage of both sittings: the second one's counters start where the saved ones ended
+    first = saved["progress"]["usage"]["counts"]["sequences"]
+    assert again.progress[0]["usage"]["counts"]["sequences"] > first
+    assert not partial_path(out, cell_path(out, TASK.name, "greater", 0).stem).exists()
+
+
+@pytest.mark.parametrize(("method", "stop"), [("ape", 1), ("apo", 2), ("ape", -1)])
+def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
+    tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, method: str, stop: int
+) -> None:
+    """stop: the save after which the cell is killed (-1: the last but one, inside the dev pass)."""
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2, keep_top=3)
+    with monkeypatch.context() as m:
+        plain_saves, plain_scorings = Saves(m), Scorings(m)
+        run_compare(optimizer, [TASK], [method], [0], tmp_path / "plain", config, split=SPLIT, dev=2)
+    plain = cell(tmp_path / "plain", method)
+    assert len(plain_scorings.train) >= 3 and len(plain_scorings.dev) >= 2  # a search, and a choice on dev
+    stop = stop % len(plain_saves.progress)
+    assert 1 <= stop < len(plain_saves.progress)
+
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        first = Scorings(m)
+        Saves(m, stop_after=stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_compare(optimizer, [TASK], [method], [0], out, config, split=SPLIT, dev=2)
+    saved = read_json(partial_path(out, cell_path(out, TASK.name, method, 0).stem))["progress"]["search"]
+    assert len(saved["scores"]) == len(first.train)  # every prompt scored so far
+    with monkeypatch.context() as m:
+        second = Scorings(m)
+        run_compare(optimizer, [TASK], [method], [0], out, config, split=SPLIT, dev=2)
+    # the second sitting scores exactly what the first had not: no saved prompt is scored again
+    assert first.train + second.train == plain_scorings.train
+    assert first.dev + second.dev == plain_scorings.dev
+    assert_same_cell(cell(out, method), plain)
+    assert not partial_path(out, cell_path(out, TASK.name, method, 0).stem).exists()
+
+
+def test_a_partial_file_of_other_settings_is_ignored(
+    tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=STEPS)
+    name = cell_path(tmp_path, TASK.name, "greater", 0).stem
+    with monkeypatch.context() as m:
+        Saves(m, stop_after=2)
+        with pytest.raises(KeyboardInterrupt):
+            run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "three", config, split=SPLIT)
+    # the same cell with one more training example: its progress must not be taken for this one's
+    other = tmp_path / "four"
+    partial_path(other, name).parent.mkdir(parents=True)
+    shutil.copy(partial_path(tmp_path / "three", name), partial_path(other, name))
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        saves = Saves(m)
+        run_compare(optimizer, [TASK], ["greater"], [0], other, config, split=(4, SPLIT[1]))
+    notes = [line for line in capsys.readouterr().err.splitlines() if "partial" in line]
+    assert notes == [
+        f"greater: ignoring {partial_path(other, name)}: saved with other settings (or unreadable); "
+        "the cell starts over"
+    ]
+    assert [len(p["search"]["history"]) for p in saves.progress] == [1, 2, 3]  # from step 1, overwriting it
+    assert len(cell(other, "greater")["result"]["history"]) == STEPS
+    assert not partial_path(other, name).exists()
