@@ -185,7 +185,10 @@ def test_every_method_runs_on_the_tiny_model(tiny_model, smol_tokenizer, method:
     if method == "greater":
         assert result.joiner == ". Use"
         assert result.score_name == "selection loss"
-        assert len(result.history) == 1
+        (step,) = result.history
+        assert 0 <= step["train_errors"] <= len(TRAIN)
+        assert 1 <= len(step["evaluated"]) <= config.num_select
+        assert step["chosen"] in {e["prompt"] for e in step["evaluated"]}
     else:
         assert result.joiner == "."
         assert result.score_name == "train accuracy"

@@ -128,6 +128,9 @@ def _greater(
                 "loss": record.loss,
                 "chosen": record.chosen,
                 "best": record.best_score,
+                # what a reader of a comparison needs to tell why GReaTer won or lost on a task
+                "train_errors": record.train_errors,
+                "evaluated": [{"prompt": e.prompt, "score": e.score} for e in record.evaluated],
             }
         )
         save(run_state)
