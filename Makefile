@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_TASK ?= gen/number_comparison
+DEMO_TASK ?= gen/boolean_expressions
 # the promptfoo version `greater export --format promptfoo` is tested with (greater.cli.PROMPTFOO_VERSION);
 # 0.121.x is the last line that runs on Node 20 (0.122 needs Node >= 22.22)
 PROMPTFOO := 0.121.20
@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/greater optimize --task $(DEMO_TASK) --steps 4 --train 8 --test 40 --max-new-tokens 96 --out runs/demo
+	$(VENV)/bin/greater optimize --task $(DEMO_TASK) --steps 10 --train 16 --dev 32 --keep-top 3 --test 40 \
+		--max-new-tokens 64 --out runs/demo
 
 # tools the tests drive for real: Chromium (report pages) and promptfoo (exported configs); each step is
 # skipped when already installed, so a second `make test` starts at once

@@ -185,6 +185,12 @@ def test_optimize_prints_progress_summary(capsys, tiny_model_dir: Path, tmp_path
     assert code == 0
     assert "initial prompt test accuracy:" in out
     assert "optimized prompt test accuracy:" in out
+    from greater.stats import majority
+    from greater.tasks import get_task
+
+    task = get_task("gen/boolean_expressions")
+    answer, share = majority([ex.answer for ex in task.split(4, 3, 0)[1]])
+    assert f"chance on these test examples (always answering {answer!r}): {share:.3f}" in out
     assert f"run written to {tmp_path / 'run'}" in out
     assert "Traceback" not in err
     assert message_lines(err) == []  # nothing but progress bars on stderr

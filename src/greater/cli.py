@@ -18,6 +18,7 @@ from greater.errors import GreaterError, ResumeConflict
 from greater.methods import METHODS, ZS_COT_PROMPT
 from greater.model import model_label, model_name
 from greater.optimizer import SELECTION_RULES
+from greater.stats import majority
 from greater.tasks.answers import ANSWER_TYPES
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
@@ -390,6 +391,8 @@ def _run_optimize(args, info: dict, config, run, state) -> int:
         print(f"dev accuracy of the chosen prompt: {result.dev_accuracy:.3f} (best of {len(result.finalists)})")
     print(f"optimized prompt: {result.prompt}")
     test_accuracy = {"initial": initial_acc, "optimized": score(result.prompt, "optimized prompt")}
+    common, share = majority([task.normalize(ex.answer) for ex in test])
+    print(f"chance on these test examples (always answering {common!r}): {share:.3f}")
     scores = {"score": result.score, "score_name": f"selection score ({config.selection}, lower is better)"}
     scores |= {"dev_accuracy": result.dev_accuracy, "test_accuracy": test_accuracy}
     prompt_fields = {"prompt_ids": result.prompt_ids, "joiner": config.joiner, "task": task, "scores": scores}
