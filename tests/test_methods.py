@@ -10,7 +10,7 @@ import pytest
 
 from greater.errors import GreaterError
 from greater.layout import encode_prompt
-from greater.methods import METHODS, MethodConfig, common, run_method
+from greater.methods import GREATER_VARIANTS, METHODS, MethodConfig, common, run_method
 from greater.methods import baselines as B
 from greater.methods.common import Scored, Workbench, extract_prompt, pick_on_dev
 from greater.tasks import Example, get_task
@@ -182,8 +182,8 @@ def test_every_method_runs_on_the_tiny_model(tiny_model, smol_tokenizer, method:
     assert result.usage.calls >= len(TRAIN)
     assert result.usage.generated_tokens > 0
     assert result.usage.seconds > 0
-    if method == "greater":
-        assert result.joiner == ". Use"
+    if method in GREATER_VARIANTS:
+        assert result.joiner == (". Use" if method == "greater" else ".")
         assert result.score_name == "selection loss"
         (step,) = result.history
         assert 0 <= step["train_errors"] <= len(TRAIN)
@@ -272,3 +272,12 @@ def test_unknown_method_and_empty_training_set(tiny_model, smol_tokenizer) -> No
     with pytest.raises(GreaterError, match="no training examples"):
         run_method("ape", tiny_model, smol_tokenizer, TASK, [])
     assert Example("q", "a") not in TRAIN
+
+
+def test_greater_zs_starts_from_the_zs_cot_prompt(tiny_model, smol_tokenizer) -> None:
+    config = MethodConfig(steps=1, max_new_tokens=4, batch_size=8)
+    result = run_method("greater-zs", tiny_model, smol_tokenizer, TASK, TRAIN, config)
+    assert result.method == "greater-zs"
+    assert result.history[0]["prompt"] == "Let's think step by step."  # step 1 edits the ZS-CoT prompt
+    plain = run_method("greater", tiny_model, smol_tokenizer, TASK, TRAIN, config)
+    assert plain.history[0]["prompt"] != result.history[0]["prompt"]

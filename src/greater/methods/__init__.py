@@ -9,6 +9,7 @@ model as task model and optimizer (no API model anywhere).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -27,7 +28,7 @@ from greater.methods.common import (
 from greater.optimizer import GreaterConfig, RunState, StepRecord, fitted_generator, optimize
 from greater.tasks import Example, Task
 
-__all__ = ["METHODS", "ZS_COT_PROMPT", "MethodConfig", "MethodResult", "Usage", "run_method"]
+__all__ = ["GREATER_VARIANTS", "METHODS", "ZS_COT_PROMPT", "MethodConfig", "MethodResult", "Usage", "run_method"]
 
 # name -> the search; "greater" is handled by `_greater` (it keeps its own joiner and selection loss)
 _BASELINES: dict[str, Callable[[Workbench], tuple[Scored, list[dict]]]] = {
@@ -37,7 +38,13 @@ _BASELINES: dict[str, Callable[[Workbench], tuple[Scored, list[dict]]]] = {
     "pe2": baselines.pe2,
     "textgrad": baselines.textgrad,
 }
-METHODS = ("greater", *_BASELINES)
+# GReaTer and its variants beyond the paper, each its own row in `greater compare`: name -> the
+# GreaterConfig fields it sets over `greater_settings`
+GREATER_VARIANTS: dict[str, dict] = {
+    "greater": {},
+    "greater-zs": {"init_prompt": ZS_COT_PROMPT, "joiner": "."},  # starts from ZS-CoT's prompt
+}
+METHODS = (*GREATER_VARIANTS, *_BASELINES)
 
 
 def run_method(
@@ -77,8 +84,10 @@ def run_method(
     if not train:
         raise GreaterError(f"task {task.name!r}: no training examples")
     sitting = Sitting(name, resume, checkpoint)
-    if name == "greater":  # its generator follows GreaterConfig's decoding switches, not a Workbench's
-        result = _greater(model, tokenizer, task, train, greater_config or greater_settings(config), dev, sitting)
+    if name in GREATER_VARIANTS:  # its generator follows GreaterConfig's decoding switches, not a Workbench's
+        settings = replace(greater_config or greater_settings(config), **GREATER_VARIANTS[name])
+        result = _greater(model, tokenizer, task, train, settings, dev, sitting)
+        result.method = name
     else:
         on_progress = sitting.save if checkpoint is not None else None
         bench = Workbench(model, tokenizer, task, train, config, saved=sitting.search, on_progress=on_progress)
