@@ -245,6 +245,23 @@ def test_dev_choice_scores_the_best_prompts_and_returns_the_best_on_dev(tiny_mod
     assert result.score == first_best["score"]
 
 
+def test_dev_keeps_initial_scores_the_starting_prompt_on_dev_too(tiny_model, smol_tokenizer):
+    """With keep_top=1 the dev pass sees the best prompt by training score and, with
+    dev_keeps_initial, the starting prompt as well (last: a dev tie keeps the searched prompt)."""
+    examples = TASK.load()
+    train, dev = examples[:3], examples[3:7]
+    config = replace(BASE, steps=3, keep_top=1)
+    plain = optimize(tiny_model, smol_tokenizer, TASK, config, train=train, dev=dev)
+    kept = optimize(tiny_model, smol_tokenizer, TASK, replace(config, dev_keeps_initial=True), train=train, dev=dev)
+    assert kept.finalists[0] == plain.finalists[0]
+    assert plain.finalists[0]["prompt"] != config.init_prompt  # else there would be nothing to add
+    assert [f["prompt"] for f in kept.finalists] == [plain.finalists[0]["prompt"], config.init_prompt]
+    initial = evaluate(tiny_model, smol_tokenizer, TASK, dev, config.init_prompt, max_new_tokens=config.max_new_tokens)
+    assert kept.finalists[1]["dev_accuracy"] == initial.accuracy
+    won = kept.finalists[1] if initial.accuracy > kept.finalists[0]["dev_accuracy"] else kept.finalists[0]
+    assert kept.prompt == won["prompt"]
+
+
 def test_interrupted_dev_pass_resumes_to_the_same_result(tiny_model, smol_tokenizer):
     examples = TASK.load()
     train, dev = examples[:3], examples[3:6]
@@ -386,9 +403,13 @@ def test_cli_search_settings_beyond_the_paper_reach_the_run(capsys, tiny_model_d
     from test_cli import optimize_argv, run_cli
 
     extra = ("--joiner", ".", "--num-select", "1", "--nll-weight", "0.5", "--answer-temperature", "1.5")
+    extra += ("--dev", "3", "--keep-top", "1", "--dev-keeps-initial")
     code, _, err = run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "run", *extra))
     assert code == 0, err
     config = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert config["dev_keeps_initial"] is True
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["finalists"][-1]["prompt"] == result["initial_prompt"]
     assert (config["joiner"], config["num_select"]) == (".", 1)
     assert (config["nll_weight"], config["answer_temperature"]) == (0.5, 1.5)
     steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").open()]

@@ -149,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--filler", default=None, help="token appended when a prompt grows (default '_')")
     opt.add_argument("--keep-top", type=_positive, default=None, help="best prompts scored on the dev set (10)")
     opt.add_argument(
+        "--dev-keeps-initial",
+        action="store_true",
+        default=None,
+        help="score the starting prompt on dev too: never return one worse on dev (not in the paper)",
+    )
+    opt.add_argument(
         "--grad-batch-size",
         type=_size,
         default=None,

@@ -38,7 +38,7 @@ SELECTION_RULES = ("errors-then-loss", "reference", "loss")
 # the GreaterConfig fields a command-line flag sets (flag dest == field name)
 CONFIG_FLAGS = ("steps", "init_prompt", "top_k", "top_q", "max_new_tokens", "patience", "seed", "batch_size")
 CONFIG_FLAGS += ("selection", "candidate_nll", "filler", "keep_top", "grad_batch_size")
-CONFIG_FLAGS += ("joiner", "num_select", "nll_weight", "answer_temperature")
+CONFIG_FLAGS += ("joiner", "num_select", "nll_weight", "answer_temperature", "dev_keeps_initial")
 
 
 @dataclass
@@ -68,6 +68,9 @@ class GreaterConfig:
     filler: str = "_"  # token appended when the position passes the end of an unfinished prompt
     max_new_tokens: int = 1024
     keep_top: int = 10  # best distinct prompts (by selection score) scored on the dev set at the end
+    # also score the starting prompt on dev, so a search that overfits its training examples cannot
+    # return a prompt worse on dev than where it started (not in the paper; off by default)
+    dev_keeps_initial: bool = False
     # rows per generation / scoring batch, and per forward + backward chunk (bounds activation memory);
     # "auto": from free GPU memory (greater.memory), 32 and 4 on a CPU
     batch_size: int | str = "auto"
@@ -321,6 +324,9 @@ def _dev_choice(
     best on dev (ties: the lower selection score) with every finalist's record."""
     tokenizer = engine.tokenizer
     finalists = state.finalists(config.keep_top, returnable) or [tuple(state.best_prompt)]
+    initial = tuple(encode_prompt(tokenizer, config.init_prompt))
+    if config.dev_keeps_initial and initial not in finalists:
+        finalists.append(initial)  # last: on a dev tie the searched prompt stays the choice
     for ids in finalists:
         if ids in state.dev_accuracy:
             continue
