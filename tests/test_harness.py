@@ -140,6 +140,8 @@ def test_evaluate_table_in_process(tiny_model, smol_tokenizer) -> None:
             tiny_model, smol_tokenizer, task, examples, prompt.text, joiner=prompt.joiner, max_new_tokens=3
         )
         assert cell.evaluation.predictions == alone.predictions
+        # the reasoning's length in tokens, at the cap when cut off (random weights rarely stop early)
+        assert max(pred["reasoning_tokens"] for pred in alone.predictions) == 3
 
 
 def test_prompts_table_markdown_layout() -> None:

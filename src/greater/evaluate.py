@@ -66,6 +66,7 @@ def evaluate(
             {
                 "question": ex.question,
                 "reasoning": decode(tokenizer, r),
+                "reasoning_tokens": len(r),  # == max_new_tokens: cut off at the cap
                 "output": out,
                 "predicted": task.extract(out),
                 "gold": task.normalize(ex.answer),
