@@ -167,3 +167,21 @@ def test_cells_scored_on_other_test_examples_cannot_be_paired(tmp_path: Path) ->
     path.unlink()
     with pytest.raises(GreaterError, match=r"t_b__ape__s1.jsonl is missing"):
         summarize(tmp_path, records, SETTINGS, (), TASKS)
+
+
+def test_cut_off_share_comes_from_the_reasoning_lengths_recorded(tmp_path: Path) -> None:
+    records = write_cells(tmp_path, [0, 1])
+    settings = SETTINGS | {"config": {"steps": 1, "max_new_tokens": 8}}
+    table = summarize(tmp_path, records, settings, tasks=TASKS)
+    assert all(r["cut_off"] is None for r in table["results"])  # older predictions: nothing recorded
+    assert "Reasoning cut off" not in compare_markdown(table)
+    for seed, lengths in ((0, [8, 3, 8, 9, 1]), (1, [2, 2, 8, 2, 2])):  # t/a · greater: 4 of 10 at the cap
+        path = tmp_path / f"predictions/t_a__greater__s{seed}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        rows = [row | {"reasoning_tokens": n} for row, n in zip(rows, lengths, strict=True)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = summarize(tmp_path, records, settings, tasks=TASKS)
+    by = {(r["task"], r["method"]): r["cut_off"] for r in table["results"]}
+    assert by["t/a", "greater"] == 0.4
+    assert by["t/a", "zs-cot"] is None
+    assert "| t/a | – | 40 | – |" in compare_markdown(table)

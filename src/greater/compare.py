@@ -317,11 +317,14 @@ def summarize(
     names = list(dict.fromkeys(r["task"] for r in records))
     methods = list(dict.fromkeys(r["method"] for r in records))
     seeds = list(dict.fromkeys(r["seed"] for r in records))
+    rows = {(r["task"], r["method"], r["seed"]): _test_rows(out, r) for r in records}
+    cap = settings.get("config", {}).get("max_new_tokens")
     results = []
     for task in names:
         for method in methods:
             runs = [r for r in records if r["task"] == task and r["method"] == method]
             usage = [r["result"]["usage"] for r in runs]
+            test_rows = [row for r in runs for row in rows[task, method, r["seed"]]]
             row = {
                 "task": task,
                 "method": method,
@@ -332,9 +335,9 @@ def summarize(
                 "seconds": _mean([u["seconds"] for u in usage]),
                 "prompts": {str(r["seed"]): r["result"]["prompt"] for r in runs},
                 "transfer": {m: _spread([r["transfer"][m]["accuracy"] for r in runs]) for m in transfer},
+                "cut_off": _cut_off(test_rows, cap),
             }
             results.append(row)
-    rows = {(r["task"], r["method"], r["seed"]): _test_rows(out, r) for r in records}
     reference = REFERENCE if REFERENCE in methods else methods[0]
     answer_sets = {t.name: t.answer_set for t in tasks}
     return settings | {
@@ -370,6 +373,15 @@ def _test_rows(out: Path, record: dict) -> list[dict]:
         ) from None
     except json.JSONDecodeError as err:
         raise GreaterError(f"{path}: not JSON lines ({err})") from None
+
+
+def _cut_off(test_rows: list[dict], cap: int | None) -> float | None:
+    """The share of test answers whose reasoning ran to the cap (`reasoning_tokens`), over the rows
+    that record it; None when none does (predictions written before it was recorded)."""
+    lengths = [row["reasoning_tokens"] for row in test_rows if "reasoning_tokens" in row]
+    if not lengths or cap is None:
+        return None
+    return sum(n >= cap for n in lengths) / len(lengths)
 
 
 def _chance(seed_rows: list[list[dict]], answer_set: Sequence[str] | None) -> dict:
@@ -447,6 +459,18 @@ def compare_markdown(table: dict) -> str:
         lines += [f"Transfer: the same prompts scored with {model} (test accuracy %, as above).", ""]
         accuracy_table(lambda r, model=model: r["transfer"][model])
     lines += _paired_markdown(table["paired"])
+    if any(r.get("cut_off") is not None for r in table["results"]):
+        lines += [
+            "Reasoning cut off at the cap (% of test answers whose reasoning reached --max-new-tokens; "
+            "a high share means the answers were forced before the reasoning ended):",
+            "",
+            "| task | " + " | ".join(methods) + " |",
+            "|---|" + "---:|" * len(methods),
+        ]
+        for task in tasks:
+            shares = [by[task, m].get("cut_off") for m in methods]
+            lines.append(f"| {task} | " + " | ".join("–" if v is None else f"{100 * v:.0f}" for v in shares) + " |")
+        lines.append("")
     lines += [
         "Cost of one optimization run (mean over tasks and seeds; test scoring not included):",
         "",
