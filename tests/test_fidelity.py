@@ -385,6 +385,7 @@ def test_cli_evaluate_scores_the_runs_dev_split(capsys, tiny_model_dir, tmp_path
         (("--filler", "antidisestablishmentarianism"), "is not a single token"),
         (("--method", "ape", "--nll-weight", "0.5"), "--nll-weight applies to GReaTer runs only, not to ape"),
         (("--answer-temperature", "0"), "invalid setting answer_temperature=0.0"),
+        (("--dev-keeps-initial",), "--dev-keeps-initial scores the starting prompt on the dev set: give --dev N"),
     ],
 )
 def test_cli_bad_fidelity_settings_exit_2(capsys, tiny_model_dir, tmp_path, extra, message):

@@ -362,6 +362,8 @@ def _run_optimize(args, info: dict, config, run, state) -> int:
 
     budget = _budget(args)
     task, model, tokenizer, generator, (train, dev, test) = _prepare_greater(args, info, config, run is None)
+    if config.dev_keeps_initial and not dev:
+        raise GreaterError("--dev-keeps-initial scores the starting prompt on the dev set: give --dev N too")
     if run is None:
         # "auto" batch sizes become numbers fitted to this device's free memory, stored for --resume
         config = resolve_batch_sizes(model, tokenizer, task, train, config)
