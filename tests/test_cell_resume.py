@@ -67,11 +67,25 @@ def cell(out: Path, method: str) -> dict:
     return read_json(cell_path(out, TASK.name, method, 0))
 
 
+def approx_floats(value):
+    """`value` with every float as pytest.approx(rel=1e-6), for == against another JSON value."""
+    if isinstance(value, float):
+        return pytest.approx(value, rel=1e-6)
+    if isinstance(value, dict):
+        return {k: approx_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [approx_floats(v) for v in value]
+    return value
+
+
 def assert_same_cell(resumed: dict, plain: dict) -> None:
     """Prompt, history, dev choice and test scores as uninterrupted; the usage at least as large."""
     mine, theirs = resumed["result"], plain["result"]
-    for key in ("prompt", "joiner", "score", "history", "dev_accuracy", "finalists"):
+    for key in ("prompt", "joiner", "score", "dev_accuracy", "finalists"):
         assert mine[key] == theirs[key], key
+    # the shortlist's scores in the history may differ in the last digits: a resumed step scores its
+    # candidates in other batches than the uninterrupted run did (the prompts and choices do not)
+    assert mine["history"] == approx_floats(theirs["history"]), "history"
     assert resumed["test"] == plain["test"]
     assert mine["usage"]["calls"] >= theirs["usage"]["calls"]
     assert mine["usage"]["generated_tokens"] >= theirs["usage"]["generated_tokens"]
