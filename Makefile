@@ -34,8 +34,12 @@ test-deps:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
 	@command -v npm >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm)
+	@# the registry mirror has once answered "no matching version" for a dependency it serves: retry
 	@grep -qs '"version": "$(PROMPTFOO)"' $(TOOLS)/node_modules/promptfoo/package.json || \
-		npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error promptfoo@$(PROMPTFOO)
+		for attempt in 1 2 3; do \
+			npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error promptfoo@$(PROMPTFOO) && break; \
+			[ $$attempt = 3 ] && exit 1; echo "npm install failed; retrying in 20 s" >&2; sleep 20; \
+		done
 
 test: install test-deps
 	$(PY) -m pytest -q
