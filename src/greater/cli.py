@@ -15,7 +15,7 @@ from pathlib import Path
 
 from greater.device import DTYPES
 from greater.errors import GreaterError, ResumeConflict
-from greater.methods import GREATER_VARIANTS, METHODS, ZS_COT_PROMPT
+from greater.methods import METHODS, PAPER_METHODS, ZS_COT_PROMPT
 from greater.model import model_label, model_name
 from greater.optimizer import SELECTION_RULES
 from greater.stats import majority
@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     common(opt)
     opt.add_argument(
         "--method",
-        choices=[m for m in METHODS if m == "greater" or m not in GREATER_VARIANTS],
+        choices=PAPER_METHODS,
         default="greater",
         help="greater (default) or a baseline (see README)",
     )
@@ -188,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="every method on every task and seed, scored on test, as a table")
     common(cmp, many_tasks=True)
-    paper = ",".join(m for m in METHODS if m == "greater" or m not in GREATER_VARIANTS)  # the paper's methods
+    paper = ",".join(PAPER_METHODS)
     cmp.add_argument("--methods", default=paper, help=f"comma-separated, of {', '.join(METHODS)} (default {paper})")
     cmp.add_argument("--seeds", default="0", help="comma-separated seeds; each seed draws its own split (default 0)")
     cmp.add_argument("--steps", type=_positive, default=10, help="GReaTer steps; sets every method's budget (10)")

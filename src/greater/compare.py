@@ -504,13 +504,7 @@ def _paired_markdown(paired: dict) -> list[str]:
         "| task | comparison | n pairs | difference (points) | 95 % CI | b / c | McNemar p |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for t in paired["tests"]:
-        low, high = t["ci"]
-        lines.append(
-            f"| {t['task'] if t['task'] is not None else 'all tasks (pooled)'} | {ref} vs {t['other']} | "
-            f"{t['n_pairs']} | {100 * t['difference']:+.1f} | [{100 * low:+.1f}, {100 * high:+.1f}] | "
-            f"{t['b']} / {t['c']} | {stats.p_text(t['p'])} |"
-        )
+    lines += ["| " + " | ".join(stats.paired_cells(t, ref)) + " |" for t in paired["tests"]]
     return lines + [""]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from greater.errors import GreaterError
 from greater.runs import read_json, write_atomic
-from greater.stats import p_text
+from greater.stats import paired_cells
 
 FILE = "report.html"
 TOP_CANDIDATES = 8  # candidates shown per step (by gradient)
@@ -359,13 +359,10 @@ def _paired_html(paired: dict | None) -> str:
         "<th>b / c</th><th>McNemar p</th></tr>",
     ]
     for t in paired["tests"]:
-        low, high = t["ci"]
-        rows.append(
-            f"<tr><td>{escape(t['task'] if t['task'] is not None else 'all tasks (pooled)')}</td>"
-            f"<td>{ref} vs {escape(t['other'])}</td><td class=num>{t['n_pairs']}</td>"
-            f"<td class=num>{100 * t['difference']:+.1f}</td><td class=num>[{100 * low:+.1f}, {100 * high:+.1f}]</td>"
-            f"<td class=num>{t['b']} / {t['c']}</td><td class=num>{escape(p_text(t['p']))}</td></tr>"
-        )
+        label, comparison, *numbers = paired_cells(t, paired["reference"])
+        cells = [f"<td>{escape(label)}</td><td>{escape(comparison)}</td>"]
+        cells += [f"<td class=num>{escape(text)}</td>" for text in numbers]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join(rows) + "</table>"
 
 

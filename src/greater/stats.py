@@ -79,3 +79,18 @@ def p_text(p: float) -> str:
     """A p-value as the tables print it, with "*" when it is below `ALPHA`."""
     text = "< 0.001" if p < 0.001 else f"{p:.3f}"
     return text + (" *" if p < ALPHA else "")
+
+
+def paired_cells(test: dict, reference: str) -> list[str]:
+    """One paired test of table.json as the texts of its table row (task, comparison, n pairs,
+    difference, 95 % CI, b / c, McNemar p), for table.md and the HTML report alike."""
+    low, high = test["ci"]
+    return [
+        test["task"] if test["task"] is not None else "all tasks (pooled)",
+        f"{reference} vs {test['other']}",
+        str(test["n_pairs"]),
+        f"{100 * test['difference']:+.1f}",
+        f"[{100 * low:+.1f}, {100 * high:+.1f}]",
+        f"{test['b']} / {test['c']}",
+        p_text(test["p"]),
+    ]

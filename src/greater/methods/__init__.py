@@ -28,7 +28,16 @@ from greater.methods.common import (
 from greater.optimizer import GreaterConfig, RunState, StepRecord, fitted_generator, optimize
 from greater.tasks import Example, Task
 
-__all__ = ["GREATER_VARIANTS", "METHODS", "ZS_COT_PROMPT", "MethodConfig", "MethodResult", "Usage", "run_method"]
+__all__ = [
+    "GREATER_VARIANTS",
+    "METHODS",
+    "PAPER_METHODS",
+    "ZS_COT_PROMPT",
+    "MethodConfig",
+    "MethodResult",
+    "Usage",
+    "run_method",
+]
 
 # name -> the search; "greater" is handled by `_greater` (it keeps its own joiner and selection loss)
 _BASELINES: dict[str, Callable[[Workbench], tuple[Scored, list[dict]]]] = {
@@ -45,6 +54,7 @@ GREATER_VARIANTS: dict[str, dict] = {
     "greater-zs": {"init_prompt": ZS_COT_PROMPT, "joiner": "."},  # starts from ZS-CoT's prompt
 }
 METHODS = (*GREATER_VARIANTS, *_BASELINES)
+PAPER_METHODS = ("greater", *_BASELINES)  # what the paper compares: no variant rows
 
 
 def run_method(
@@ -86,8 +96,7 @@ def run_method(
     sitting = Sitting(name, resume, checkpoint)
     if name in GREATER_VARIANTS:  # its generator follows GreaterConfig's decoding switches, not a Workbench's
         settings = replace(greater_config or greater_settings(config), **GREATER_VARIANTS[name])
-        result = _greater(model, tokenizer, task, train, settings, dev, sitting)
-        result.method = name
+        result = _greater(name, model, tokenizer, task, train, settings, dev, sitting)
     else:
         on_progress = sitting.save if checkpoint is not None else None
         bench = Workbench(model, tokenizer, task, train, config, saved=sitting.search, on_progress=on_progress)
@@ -116,7 +125,7 @@ def greater_settings(config: MethodConfig) -> GreaterConfig:
 
 
 def _greater(
-    model, tokenizer, task, train, config: GreaterConfig, dev: list[Example] | None, sitting: Sitting
+    name: str, model, tokenizer, task, train, config: GreaterConfig, dev: list[Example] | None, sitting: Sitting
 ) -> MethodResult:
     """GReaTer, continued from `sitting.search` ({"state": `RunState.to_json`, "history": the history
     entries of the steps done}) when there is one, checkpointed through `sitting` after every step and
@@ -159,6 +168,6 @@ def _greater(
         generator=generator,
         state=state,
     )
-    method = MethodResult("greater", result.prompt, config.joiner, result.score, "selection loss", history)
+    method = MethodResult(name, result.prompt, config.joiner, result.score, "selection loss", history)
     method.dev_accuracy, method.finalists = result.dev_accuracy, result.finalists
     return method
