@@ -324,9 +324,10 @@ def _dev_choice(
     best on dev (ties: the lower selection score) with every finalist's record."""
     tokenizer = engine.tokenizer
     finalists = state.finalists(config.keep_top, returnable) or [tuple(state.best_prompt)]
-    initial = tuple(encode_prompt(tokenizer, config.init_prompt))
-    if config.dev_keeps_initial and initial not in finalists:
-        finalists.append(initial)  # last: on a dev tie the searched prompt stays the choice
+    if config.dev_keeps_initial:
+        initial = tuple(encode_prompt(tokenizer, config.init_prompt))
+        if initial not in finalists:
+            finalists.append(initial)  # last: on a dev tie the searched prompt stays the choice
     for ids in finalists:
         if ids in state.dev_accuracy:
             continue
