@@ -289,6 +289,10 @@ def test_interrupted_dev_pass_resumes_to_the_same_result(tiny_model, smol_tokeni
 # --- the paper's splits ---------------------------------------------------------------------------
 
 
+NEEDS_BBH = pytest.mark.skipif(not BBH_DIR.is_dir(), reason=f"no BBH data in {BBH_DIR}")
+
+
+@NEEDS_BBH
 def test_bbh_default_split_is_50_100_100_and_test_does_not_depend_on_dev():
     from greater.tasks.bbh import load_bbh_task
 
@@ -304,6 +308,7 @@ def test_bbh_default_split_is_50_100_100_and_test_does_not_depend_on_dev():
     assert task.split(None, None, 3) == (drawn.train, drawn.test)
 
 
+@NEEDS_BBH
 def test_small_bbh_task_shares_what_is_left_and_says_so():
     from greater.tasks.bbh import load_bbh_task
 
