@@ -8,6 +8,9 @@ Candidates, each next to the float32 model (`greater.model.load_model()`):
   x86 engine, per-channel weight scales; the output head too), the embedding shared with the float32
   model; transformers' KV cache.
 - `bf16`: a bfloat16 copy of the model in torch (head in bfloat16, argmax of its logits).
+- `llama-q4_1`: the embedded GGUF file itself (Q4_1 weights, from which the float32 model is
+  de-quantized) run by llama.cpp (`llama-cpp-python`, built from source: `pip install
+  llama-cpp-python`), one context per row as a drafter would keep, rows run one after the other.
 - `ct2-int8`: CTranslate2 int8 (`ct2-transformers-converter --quantization int8` of the float32 model
   saved with `save_pretrained`); every draft call re-runs the whole prefix (no cache between calls).
 
@@ -86,6 +89,70 @@ def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- llama.cpp
+
+
+@dataclass
+class LlamaCppDecoder:
+    """The embedded GGUF run by llama.cpp through llama-cpp-python's `Llama.eval` (its KV cache kept
+    between calls). A drafter keeps one context per row; here one context serves the rows in turn,
+    which costs the same per token."""
+
+    name: str
+    threads: int
+    llm: object = None
+
+    def __post_init__(self) -> None:
+        from llama_cpp import Llama
+
+        from greater.model import embedded_gguf_path
+
+        self.llm = Llama(
+            model_path=str(embedded_gguf_path()),
+            n_ctx=1024,
+            n_batch=512,
+            n_threads=self.threads,
+            n_threads_batch=self.threads,
+            verbose=False,
+        )
+
+    def _last_argmax(self) -> int:
+        # without logits_all, llama-cpp-python keeps only the last token's logits, in the context
+        import numpy as np
+
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))
+        return int(logits.argmax())
+
+    def _start(self, row: list[int]) -> None:
+        self.llm.reset()
+        self.llm.eval(row)
+
+    def follow(self, rows: list[list[int]], refs: list[list[int]]) -> list[list[bool]]:
+        """As `TorchDecoder.follow`, a row at a time: the context in one call, then the reference
+        token by token (how a drafter extends a verified prefix and then drafts)."""
+        hits: list[list[bool]] = []
+        for row, ref in zip(rows, refs, strict=True):
+            self._start(row)
+            got = []
+            for t, token in enumerate(ref):
+                got.append(self._last_argmax() == token)
+                if t + 1 < len(ref):
+                    self.llm.eval([token])
+            hits.append(got)
+        return hits
+
+    def decode_seconds(self, rows: list[list[int]], steps: int) -> float:
+        """Seconds for `steps` greedy decoding calls per row, rows one after the other (prefills untimed)."""
+        total = 0.0
+        for row in rows:
+            self._start(row)
+            start = time.perf_counter()
+            for _ in range(steps):
+                self.llm.eval([self._last_argmax()])
+            total += time.perf_counter() - start
+        return total
 
 
 # ---------------------------------------------------------------- torch decoders
@@ -298,6 +365,9 @@ def rss_of(name: str, args: argparse.Namespace) -> dict:
     if name == "ct2-int8":
         decoder = make_ct2(args.ct2_dir, tokenizer, args.threads, set())
         decoder.draft(row, 2)
+    elif name == "llama-q4_1":
+        decoder = LlamaCppDecoder(name, args.threads)
+        decoder.decode_seconds(row, 2)
     else:
         decoder = {"int8-dyn": int8_decoder, "bf16": bf16_decoder}[name](model, 2)
         decoder.decode_seconds(row, 2)
@@ -389,6 +459,7 @@ def main() -> int:
     makers = {
         "int8-dyn": lambda: int8_decoder(model, pad),
         "bf16": lambda: bf16_decoder(model, pad),
+        "llama-q4_1": lambda: LlamaCppDecoder("llama-q4_1", args.threads),
     }
     for name in wanted:
         if name == "ct2-int8":
@@ -402,7 +473,12 @@ def main() -> int:
                 continue
         else:
             start = time.perf_counter()
-            decoders[name] = makers[name]()
+            try:
+                decoders[name] = makers[name]()
+            except ImportError as exc:  # llama-cpp-python is not a dependency of greater
+                rep.info[f"{name}_error"] = str(exc)
+                say(f"{name} unavailable: {exc}")
+                continue
         loaded = time.perf_counter() - start
         rep.memory[name] = rss_in_child(name, args)  # a fresh process: no pages freed or mapped by this one
         say(f"loaded {name} in {loaded:.1f} s; RSS next to float32 (fresh process): {rep.memory[name]}")
