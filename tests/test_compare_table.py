@@ -11,6 +11,7 @@ import pytest
 
 from greater.compare import chart_spec, compare_markdown, summarize
 from greater.errors import GreaterError
+from greater.evaluate import ends_in_repetition
 from greater.report import compare_report
 from greater.tasks import Task
 
@@ -175,13 +176,26 @@ def test_cut_off_share_comes_from_the_reasoning_lengths_recorded(tmp_path: Path)
     table = summarize(tmp_path, records, settings, tasks=TASKS)
     assert all(r["cut_off"] is None for r in table["results"])  # older predictions: nothing recorded
     assert "Reasoning cut off" not in compare_markdown(table)
-    for seed, lengths in ((0, [8, 3, 8, 9, 1]), (1, [2, 2, 8, 2, 2])):  # t/a · greater: 4 of 10 at the cap
+    loop = "Step 1: add them. " + "The next step is to add them again. " * 3  # a 25-char piece 3 times
+    near = "Step 1: add the two numbers. Step 2: the sum is 7. Step 3: so the answer is"  # no piece 3 times
+    t_a_greater = ((0, [8, 3, 8, 9, 1], [loop, loop, near, loop, near]), (1, [2, 2, 8, 2, 2], [near] * 5))
+    for seed, lengths, texts in t_a_greater:  # 4 of 10 at the cap, 2 of them (not row 1) in a loop
         path = tmp_path / f"predictions/t_a__greater__s{seed}.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()]
-        rows = [row | {"reasoning_tokens": n} for row, n in zip(rows, lengths, strict=True)]
+        rows = [row | {"reasoning_tokens": n, "reasoning": t} for row, n, t in zip(rows, lengths, texts, strict=True)]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = summarize(tmp_path, records, settings, tasks=TASKS)
-    by = {(r["task"], r["method"]): r["cut_off"] for r in table["results"]}
-    assert by["t/a", "greater"] == 0.4
-    assert by["t/a", "zs-cot"] is None
-    assert "| t/a | – | 40 | – |" in compare_markdown(table)
+    by = {(r["task"], r["method"]): (r["cut_off"], r["cut_off_looping"]) for r in table["results"]}
+    assert by["t/a", "greater"] == (0.4, 0.2)
+    assert by["t/a", "zs-cot"] == (None, None)
+    assert "| t/a | – | 40 (20) | – |" in compare_markdown(table)
+
+
+def test_a_reasoning_ends_in_repetition_when_a_piece_recurs_three_times_at_its_end() -> None:
+    sentence = "True is a boolean value that can be True or False. "
+    assert ends_in_repetition("Let us see. " + sentence * 3)
+    assert not ends_in_repetition("Let us see. " + sentence * 2)  # twice is not a loop yet
+    counting = " ".join(str(i) for i in range(120))  # 410 characters, no 25-character piece twice
+    assert not ends_in_repetition(sentence * 3 + counting)  # the loop is over: not in the last 300
+    assert ends_in_repetition("." * 80)  # any piece, punctuation too
+    assert not ends_in_repetition("")

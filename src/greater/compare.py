@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from greater import stats
 from greater.errors import GreaterError
-from greater.evaluate import evaluate, slug, write_predictions
+from greater.evaluate import ends_in_repetition, evaluate, slug, write_predictions
 from greater.methods import MethodConfig, run_method
 from greater.runs import read_json, write_atomic, write_json
 from greater.tasks import Example, Task
@@ -335,7 +335,7 @@ def summarize(
                 "seconds": _mean([u["seconds"] for u in usage]),
                 "prompts": {str(r["seed"]): r["result"]["prompt"] for r in runs},
                 "transfer": {m: _spread([r["transfer"][m]["accuracy"] for r in runs]) for m in transfer},
-                "cut_off": _cut_off(test_rows, cap),
+                **_cut_off(test_rows, cap),
             }
             results.append(row)
     reference = REFERENCE if REFERENCE in methods else methods[0]
@@ -375,13 +375,25 @@ def _test_rows(out: Path, record: dict) -> list[dict]:
         raise GreaterError(f"{path}: not JSON lines ({err})") from None
 
 
-def _cut_off(test_rows: list[dict], cap: int | None) -> float | None:
-    """The share of test answers whose reasoning ran to the cap (`reasoning_tokens`), over the rows
-    that record it; None when none does (predictions written before it was recorded)."""
-    lengths = [row["reasoning_tokens"] for row in test_rows if "reasoning_tokens" in row]
-    if not lengths or cap is None:
-        return None
-    return sum(n >= cap for n in lengths) / len(lengths)
+def _cut_off(test_rows: list[dict], cap: int | None) -> dict:
+    """`cut_off`: the share of test answers whose reasoning ran to the cap (`reasoning_tokens`), over
+    the rows that record it; `cut_off_looping`: the share that ran to the cap inside a repetition loop
+    (`ends_in_repetition`), which a longer cap would not have ended. Both None when no row records
+    its length (predictions written before it was recorded)."""
+    capped = [row for row in test_rows if "reasoning_tokens" in row]
+    if not capped or cap is None:
+        return {"cut_off": None, "cut_off_looping": None}
+    cut = [row for row in capped if row["reasoning_tokens"] >= cap]
+    looping = [row for row in cut if ends_in_repetition(row["reasoning"])]
+    return {"cut_off": len(cut) / len(capped), "cut_off_looping": len(looping) / len(capped)}
+
+
+def _cut_off_cell(row: dict) -> str:
+    """A table.md cell: "cut off (looping)" in %, "–" where nothing was recorded."""
+    if row.get("cut_off") is None:
+        return "–"
+    looping = row.get("cut_off_looping")
+    return f"{100 * row['cut_off']:.0f}" + ("" if looping is None else f" ({100 * looping:.0f})")
 
 
 def _chance(seed_rows: list[list[dict]], answer_set: Sequence[str] | None) -> dict:
@@ -462,14 +474,16 @@ def compare_markdown(table: dict) -> str:
     if any(r.get("cut_off") is not None for r in table["results"]):
         lines += [
             "Reasoning cut off at the cap (% of test answers whose reasoning reached --max-new-tokens; "
-            "a high share means the answers were forced before the reasoning ended):",
+            "a high share means the answers were forced before the reasoning ended). In parentheses: "
+            "the % cut off inside a repetition loop (a 25-character piece three times in the last 300 "
+            "characters), which a longer cap would not have ended:",
             "",
             "| task | " + " | ".join(methods) + " |",
             "|---|" + "---:|" * len(methods),
         ]
         for task in tasks:
-            shares = [by[task, m].get("cut_off") for m in methods]
-            lines.append(f"| {task} | " + " | ".join("–" if v is None else f"{100 * v:.0f}" for v in shares) + " |")
+            cells = [_cut_off_cell(by[task, m]) for m in methods]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
         "Cost of one optimization run (mean over tasks and seeds; test scoring not included):",

@@ -23,6 +23,17 @@ ANSWER_SLACK = 8  # tokens allowed after the extractor beyond the longest gold a
 DEFAULT_JOINER = ". Use"
 
 
+LOOP_WINDOW, LOOP_CHUNK, LOOP_TIMES = 300, 25, 3
+
+
+def ends_in_repetition(reasoning: str) -> bool:
+    """Whether a reasoning ends in a loop: some `LOOP_CHUNK`-character piece occurs `LOOP_TIMES` times
+    (without overlapping) in its last `LOOP_WINDOW` characters. Greedy decoding does not leave such a
+    loop, so a reasoning cut off in one would not have ended under a longer cap either."""
+    tail = reasoning[-LOOP_WINDOW:]
+    return any(tail.count(tail[i : i + LOOP_CHUNK]) >= LOOP_TIMES for i in range(len(tail) - LOOP_CHUNK + 1))
+
+
 @dataclass
 class Evaluation:
     accuracy: float
