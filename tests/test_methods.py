@@ -281,3 +281,29 @@ def test_greater_zs_starts_from_the_zs_cot_prompt(tiny_model, smol_tokenizer) ->
     assert result.history[0]["prompt"] == "Let's think step by step."  # step 1 edits the ZS-CoT prompt
     plain = run_method("greater", tiny_model, smol_tokenizer, TASK, TRAIN, config)
     assert plain.history[0]["prompt"] != result.history[0]["prompt"]
+
+
+def test_a_scoring_call_saves_each_generation_batch_of_prompts_and_a_resumed_bench_scores_only_the_rest(
+    tiny_model, smol_tokenizer, monkeypatch
+) -> None:
+    config = MethodConfig(max_new_tokens=3, batch_size=8)  # 8 rows per batch over 4 examples: 2 prompts
+    prompts = [f"Prompt number {i}." for i in range(5)]
+    saves: list[dict] = []
+    bench = Workbench(tiny_model, smol_tokenizer, TASK, TRAIN, config, on_progress=saves.append)
+    scored = bench.score(prompts)
+    assert [len(save["scores"]) for save in saves] == [2, 4, 5]
+    assert [s.prompt for s in scored] == prompts and bench.evaluated == 5
+
+    measured: list[list[str]] = []
+    real = Workbench._measure
+
+    def spy(self, todo):
+        measured.append(list(todo))
+        return real(self, todo)
+
+    monkeypatch.setattr(Workbench, "_measure", spy)
+    resumed = Workbench(tiny_model, smol_tokenizer, TASK, TRAIN, config, saved=saves[0])  # killed after one batch
+    again = resumed.score(prompts)
+    assert measured == [prompts[2:4], prompts[4:]]
+    assert [(s.prompt, s.accuracy, s.correct) for s in again] == [(s.prompt, s.accuracy, s.correct) for s in scored]
+    assert resumed.evaluated == 5

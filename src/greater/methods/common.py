@@ -206,7 +206,8 @@ class Workbench:
         on_progress: Callable[[dict], None] | None = None,
     ) -> None:
         """`saved`: the last `progress()` of an interrupted run of this search with the same arguments;
-        `on_progress(progress())` is called after every scoring that ran the model."""
+        `on_progress(progress())` is called after every scoring call that ran the model (a generation
+        batch's worth of prompts)."""
         self.model, self.tokenizer, self.task, self.train, self.config = model, tokenizer, task, train, config
         self.layout = ChatLayout.from_tokenizer(tokenizer)
         self.engine = Engine(
@@ -238,15 +239,19 @@ class Workbench:
         A prompt an earlier sitting scored is taken from `saved` but counts as scored here, so the
         replayed search spends its budget as the first one did."""
         fresh = [p for p in dict.fromkeys(prompts) if p not in self.scores]
-        if fresh:
-            todo = [p for p in fresh if p not in self._saved]
-            measured = dict(zip(todo, self._measure(todo), strict=True)) if todo else {}
-            for prompt in fresh:  # in the order asked for: `finalists` keeps it among equal keys
-                self.scores[prompt] = self._saved.pop(prompt) if prompt in self._saved else measured[prompt]
-            if counted:
-                self.evaluated += len(fresh)
-            if todo and self.on_progress is not None:
+        todo = [p for p in fresh if p not in self._saved]
+        # a generation batch's worth of prompts at a time, each chunk saved as soon as it is scored,
+        # so that a kill loses at most one batch (APE scores its whole induction round at once)
+        chunk = max(1, self.engine.batch_size // max(1, len(self.train)))
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            self._saved.update(zip(part, self._measure(part), strict=True))
+            if self.on_progress is not None:
                 self.on_progress(self.progress())
+        for prompt in fresh:  # in the order asked for: `finalists` keeps it among equal keys
+            self.scores[prompt] = self._saved.pop(prompt)
+        if counted:
+            self.evaluated += len(fresh)
         return [self.scores[p] for p in prompts]
 
     def _measure(self, prompts: list[str]) -> list[Scored]:
