@@ -344,7 +344,7 @@ def compare_report(folder: Path) -> str:
 
 
 def _paired_html(paired: dict | None) -> str:
-    """The paired tests of table.json (see greater.compare), as a table; nothing when there are none."""
+    """The paired tests of table.json (see greater.compare_table), as a table; nothing when there are none."""
     if not paired or not paired.get("tests"):
         return ""
     ref = escape(paired["reference"])
