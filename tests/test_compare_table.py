@@ -189,6 +189,10 @@ def test_cut_off_share_comes_from_the_reasoning_lengths_recorded(tmp_path: Path)
     assert by["t/a", "greater"] == (0.4, 0.2)
     assert by["t/a", "zs-cot"] == (None, None)
     assert "| t/a | – | 40 (20) | – |" in compare_markdown(table)
+    (tmp_path / "table.json").write_text(json.dumps(table), encoding="utf-8")
+    page = compare_report(tmp_path)
+    section = page[page.index("<h2>Reasoning cut off at the cap (%)</h2>") :]
+    assert "<tr><td>t/a</td><td class=num>–</td><td class=num>40 (20)</td><td class=num>–</td></tr>" in section
 
 
 def test_a_reasoning_ends_in_repetition_when_a_piece_recurs_three_times_at_its_end() -> None:

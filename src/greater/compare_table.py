@@ -19,6 +19,12 @@ from greater.evaluate import ends_in_repetition, slug
 from greater.tasks import Task
 
 REFERENCE = "greater"  # the method the paired tests compare every other with (else the first named)
+CUT_OFF_NOTE = (
+    "Reasoning cut off at the cap (% of test answers whose reasoning reached --max-new-tokens; a high "
+    "share means the answers were forced before the reasoning ended). In parentheses: the % cut off "
+    "inside a repetition loop (a 25-character piece three times in the last 300 characters), which a "
+    "longer cap would not have ended"
+)
 
 
 def cell_name(task: str, method: str, seed: int) -> str:
@@ -108,7 +114,7 @@ def _cut_off(test_rows: list[dict], cap: int | None) -> dict:
     return {"cut_off": len(cut) / len(capped), "cut_off_looping": len(looping) / len(capped)}
 
 
-def _cut_off_cell(row: dict) -> str:
+def cut_off_cell(row: dict) -> str:
     """A table.md cell: "cut off (looping)" in %, "–" where nothing was recorded."""
     if row.get("cut_off") is None:
         return "–"
@@ -193,16 +199,13 @@ def compare_markdown(table: dict) -> str:
     lines += _paired_markdown(table["paired"])
     if any(r.get("cut_off") is not None for r in table["results"]):
         lines += [
-            "Reasoning cut off at the cap (% of test answers whose reasoning reached --max-new-tokens; "
-            "a high share means the answers were forced before the reasoning ended). In parentheses: "
-            "the % cut off inside a repetition loop (a 25-character piece three times in the last 300 "
-            "characters), which a longer cap would not have ended:",
+            CUT_OFF_NOTE + ":",
             "",
             "| task | " + " | ".join(methods) + " |",
             "|---|" + "---:|" * len(methods),
         ]
         for task in tasks:
-            cells = [_cut_off_cell(by[task, m]) for m in methods]
+            cells = [cut_off_cell(by[task, m]) for m in methods]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [
