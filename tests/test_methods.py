@@ -6,6 +6,8 @@ replaced), the real plumbing on the tiny random model.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from greater.errors import GreaterError
@@ -281,6 +283,10 @@ def test_greater_zs_starts_from_the_zs_cot_prompt(tiny_model, smol_tokenizer) ->
     assert result.history[0]["prompt"] == "Let's think step by step."  # step 1 edits the ZS-CoT prompt
     plain = run_method("greater", tiny_model, smol_tokenizer, TASK, TRAIN, config)
     assert plain.history[0]["prompt"] != result.history[0]["prompt"]
+    # with a dev set, ZS-CoT's prompt itself is scored there beside the searched finalist(s)
+    one = replace(config, keep_top=1)
+    zs_dev = run_method("greater-zs", tiny_model, smol_tokenizer, TASK, TRAIN, one, dev=TASK.load()[4:6])
+    assert [f["prompt"] for f in zs_dev.finalists] == [zs_dev.history[0]["chosen"], "Let's think step by step."]
 
 
 def test_a_scoring_call_saves_each_generation_batch_of_prompts_and_a_resumed_bench_scores_only_the_rest(
