@@ -688,7 +688,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         DEFAULT_JOINER,
         Cell,
         PromptSpec,
-        TaskSplit,
         evaluate_table,
         prompts_table_markdown,
         table_data,
@@ -698,9 +697,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from greater.layout import encode_prompt
     from greater.optimizer import GreaterConfig
     from greater.runs import write_json
-    from greater.tasks import resolve_task
-    from greater.tasks.base import fingerprint
-    from greater.tasks.custom import is_custom_task
 
     defaults = GreaterConfig()
     joiner = args.joiner if args.joiner is not None else DEFAULT_JOINER
@@ -724,25 +720,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise GreaterError("nothing to score: give --prompt, --prompt-file, --baseline or --run")
     if not task_names or not all(task_names):
         raise GreaterError("--task is required")
-    any_custom = any(is_custom_task(name) for name in task_names)
-    splits = []
-    for name in task_names:
-        own = name == run.get("task")  # the run's task: its split and custom-task settings by default
-        given = options if is_custom_task(name) or not any_custom else {}
-        task = resolve_task(name, data_dir, (run.get("task_options", {}) if own else {}) | given)
-        stored_split = run.get("split", {}) if own else {}
-        seed = args.seed if args.seed is not None else stored_split.get("seed") or 0
-        sizes = _split_sizes(stored_split)
-        n_train, n_test = args.train or sizes[0], args.test or sizes[2]
-        n_dev = args.dev if args.dev is not None else sizes[1] if own else 0 if args.split != "dev" else None
-        drawn = task.splits(n_train, n_dev, n_test, seed)
-        examples = getattr(drawn, args.split)[: args.limit]
-        if not examples:
-            raise GreaterError(f"task {task.name!r} has no {args.split} examples in this split; set --{args.split}")
-        record = {"split": args.split, "seed": seed, "train": n_train, "dev": n_dev, "test": n_test}
-        record |= {"limit": args.limit, "n_train": len(drawn.train), "n_dev": len(drawn.dev), "n_test": len(drawn.test)}
-        record["fingerprint"] = fingerprint(drawn.train, drawn.test, drawn.dev)
-        splits.append(TaskSplit(task, examples, record))
+    splits = _evaluation_splits(args, task_names, data_dir, run, options)
     runtime = _runtime(args)
     model, tokenizer = _load(model_ref, args.trust_remote_code, runtime)
     generator = _generator(model_ref, model, tokenizer, runtime, args.trust_remote_code)
@@ -785,6 +763,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print("\n" + prompts_table_markdown(table), end="")
     print(f"table written to {args.out / 'table.md'} and {args.out / 'table.json'}; predictions in {args.out}")
     return 0
+
+
+def _evaluation_splits(args: argparse.Namespace, task_names: list[str], data_dir, run: dict, options: dict) -> list:
+    """`greater evaluate`'s examples per task (`TaskSplit`s): the --split part of each task's split, drawn
+    as a run's was for the run's own task (its seed, sizes and custom-task settings, unless a flag says
+    otherwise) and from the flags for the others; custom-task flags apply to custom tasks only when
+    some task is custom."""
+    from greater.evaluate import TaskSplit
+    from greater.tasks import resolve_task
+    from greater.tasks.base import fingerprint
+    from greater.tasks.custom import is_custom_task
+
+    any_custom = any(is_custom_task(name) for name in task_names)
+    splits = []
+    for name in task_names:
+        own = name == run.get("task")  # the run's task: its split and custom-task settings by default
+        given = options if is_custom_task(name) or not any_custom else {}
+        task = resolve_task(name, data_dir, (run.get("task_options", {}) if own else {}) | given)
+        stored_split = run.get("split", {}) if own else {}
+        seed = args.seed if args.seed is not None else stored_split.get("seed") or 0
+        sizes = _split_sizes(stored_split)
+        n_train, n_test = args.train or sizes[0], args.test or sizes[2]
+        n_dev = args.dev if args.dev is not None else sizes[1] if own else 0 if args.split != "dev" else None
+        drawn = task.splits(n_train, n_dev, n_test, seed)
+        examples = getattr(drawn, args.split)[: args.limit]
+        if not examples:
+            raise GreaterError(f"task {task.name!r} has no {args.split} examples in this split; set --{args.split}")
+        record = {"split": args.split, "seed": seed, "train": n_train, "dev": n_dev, "test": n_test}
+        record |= {"limit": args.limit, "n_train": len(drawn.train), "n_dev": len(drawn.dev), "n_test": len(drawn.test)}
+        record["fingerprint"] = fingerprint(drawn.train, drawn.test, drawn.dev)
+        splits.append(TaskSplit(task, examples, record))
+    return splits
 
 
 def _run_prompt(args: argparse.Namespace) -> tuple[dict, str]:
