@@ -199,7 +199,7 @@ def test_a_reasoning_ends_in_repetition_when_a_piece_recurs_three_times_at_its_e
     sentence = "True is a boolean value that can be True or False. "
     assert ends_in_repetition("Let us see. " + sentence * 3)
     assert not ends_in_repetition("Let us see. " + sentence * 2)  # twice is not a loop yet
-    counting = " ".join(str(i) for i in range(120))  # 410 characters, no 25-character piece twice
+    counting = " ".join(str(i) for i in range(120))  # 369 characters, no 25-character piece twice
     assert not ends_in_repetition(sentence * 3 + counting)  # the loop is over: not in the last 300
     assert ends_in_repetition("." * 80)  # any piece, punctuation too
     assert not ends_in_repetition("")
