@@ -78,6 +78,15 @@ def approx_floats(value):
     return value
 
 
+def without_seconds(value):
+    """`value` without its "seconds" entries (wall time differs between two runs of the same work)."""
+    if isinstance(value, dict):
+        return {k: without_seconds(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [without_seconds(v) for v in value]
+    return value
+
+
 def assert_same_cell(resumed: dict, plain: dict) -> None:
     """Prompt, history, dev choice and test scores as uninterrupted; the usage at least as large."""
     mine, theirs = resumed["result"], plain["result"]
@@ -101,7 +110,9 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
         run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "plain", config, split=SPLIT, dev=dev)
     plain = cell(tmp_path / "plain", "greater")
     finalists = len(plain["result"]["finalists"])
-    assert len(plain_saves.progress) == STEPS + finalists  # after every step and every dev prompt
+    # after every step and every dev prompt, and the finished search's result
+    assert len(plain_saves.progress) == STEPS + finalists + 1
+    assert plain_saves.progress[-1] == {"method": "greater", "result": plain["result"]}  # as the cell has it
     assert finalists >= (2 if dev else 0)
     stop = 2 if dev is None else STEPS + 1  # after step 2, or after the first dev prompt
 
@@ -123,7 +134,7 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
         again = Saves(m)
         run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT, dev=dev)
     assert "greater: continuing the cell saved in" in capsys.readouterr().err
-    assert len(again.progress) == STEPS + finalists - stop  # nothing done twice
+    assert len(again.progress) == STEPS + finalists + 1 - stop  # nothing done twice
     assert again.progress[0]["search"]["history"][:stop] == search["history"]
     assert_same_cell(cell(out, "greater"), plain)
     # the usage of both sittings: the second one's counters start where the saved ones ended
@@ -132,11 +143,12 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
     assert not partial_path(out, cell_path(out, TASK.name, "greater", 0).stem).exists()
 
 
-@pytest.mark.parametrize(("method", "stop"), [("ape", 1), ("apo", 2), ("ape", -1)])
+@pytest.mark.parametrize(("method", "stop"), [("ape", 1), ("apo", 2), ("ape", -2)])
 def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, method: str, stop: int
 ) -> None:
-    """stop: the save after which the cell is killed (-1: the last but one, inside the dev pass)."""
+    """stop: the save after which the cell is killed (-2: inside the dev pass, since the last save is
+    the finished search's result)."""
     optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2, keep_top=3)
     with monkeypatch.context() as m:
         plain_saves, plain_scorings = Saves(m), Scorings(m)
@@ -186,6 +198,37 @@ def test_a_partial_file_of_other_settings_is_ignored(
         f"greater: ignoring {partial_path(other, name)}: saved with other settings (or unreadable); "
         "the cell starts over"
     ]
-    assert [len(p["search"]["history"]) for p in saves.progress] == [1, 2, 3]  # from step 1, overwriting it
+    assert [len(p["search"]["history"]) for p in saves.progress[:-1]] == [1, 2, 3]  # from step 1, overwriting it
+    assert saves.progress[-1]["result"]["history"] == cell(other, "greater")["result"]["history"]
     assert len(cell(other, "greater")["result"]["history"]) == STEPS
     assert not partial_path(other, name).exists()
+
+
+@pytest.mark.parametrize("method", ["greater", "apo"])
+def test_a_cell_killed_while_scoring_on_test_does_not_search_again(
+    tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, method: str
+) -> None:
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2, keep_top=2)
+    run_compare(optimizer, [TASK], [method], [0], tmp_path / "plain", config, split=SPLIT, dev=2)
+    plain = cell(tmp_path / "plain", method)
+
+    out = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        real = compare_module.evaluate
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt  # the search has finished and been saved; test scoring dies
+
+        m.setattr(compare_module, "evaluate", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_compare(optimizer, [TASK], [method], [0], out, config, split=SPLIT, dev=2)
+    saved = read_json(partial_path(out, cell_path(out, TASK.name, method, 0).stem))["progress"]
+    assert without_seconds(saved) == {"method": method, "result": without_seconds(plain["result"])}
+    with monkeypatch.context() as m:
+        m.setattr(compare_module, "run_method", lambda *a, **k: pytest.fail("searched again"))
+        m.setattr(compare_module, "evaluate", real)
+        run_compare(optimizer, [TASK], [method], [0], out, config, split=SPLIT, dev=2)
+    resumed = cell(out, method)
+    assert resumed["result"] == saved["result"]  # the saved search, as it was
+    assert without_seconds(resumed) == without_seconds(plain)
+    assert not partial_path(out, cell_path(out, TASK.name, method, 0).stem).exists()

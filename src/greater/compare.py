@@ -16,7 +16,8 @@ A cell also resumes from inside: while it runs, its progress (`run_method`'s che
 `RunState` and history after every step and dev prompt, a baseline's scores after every generation
 batch of prompts it scores, and the usage so far) is rewritten atomically to its partial file, which
 a rerun passes back as `run_method(resume=...)`, so a killed cell loses at most the step or batch it
-was in. The file
+was in; once the search has finished, its result replaces that progress, so a cell killed while
+scoring on test scores again without searching again. The file
 holds the cell's settings key (`_cell_key`: the comparison's settings, the cell and its split's
 fingerprint); a partial file with another key is ignored (with a note) and overwritten. It is
 deleted once the cell file is written.
@@ -230,17 +231,22 @@ def compute_cell(
         if job.partial is not None:
             key = _cell_key(job, split_id)
             resume, checkpoint = load_partial(job.partial, key), functools.partial(save_partial, job.partial, key)
-        result = run_method(
-            method,
-            optimizer.model,
-            optimizer.tokenizer,
-            task,
-            train,
-            config,
-            dev=dev,
-            resume=resume,
-            checkpoint=checkpoint,
-        )
+        if resume is not None and "result" in resume:  # the search had finished: only test scoring is left
+            result = resume["result"]
+        else:
+            result = run_method(
+                method,
+                optimizer.model,
+                optimizer.tokenizer,
+                task,
+                train,
+                config,
+                dev=dev,
+                resume=resume,
+                checkpoint=checkpoint,
+            ).to_json()
+            if checkpoint is not None:
+                checkpoint({"method": method, "result": result})
         record = {
             "task": task.name,
             "method": method,
@@ -248,8 +254,8 @@ def compute_cell(
             "split": {"n_train": len(train), "n_test": len(test)}
             | ({"n_dev": len(dev)} if dev else {})
             | ({"fingerprint": split_id} if fingerprint else {}),
-            "result": result.to_json(),
-            "test": _score(predictions, optimizer, task, test, result.prompt, result.joiner, config, job.name),
+            "result": result,
+            "test": _score(predictions, optimizer, task, test, result["prompt"], result["joiner"], config, job.name),
             "transfer": {},
             "runtime": {"device": str(optimizer.model.device), "dtype": str(optimizer.model.dtype).split(".")[-1]},
         }
