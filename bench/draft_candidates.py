@@ -155,6 +155,83 @@ class LlamaCppDecoder:
         return total
 
 
+@dataclass
+class LlamaCppBatchDecoder:
+    """The embedded GGUF run by llama.cpp with every row a sequence of one context (`n_seq_max` rows,
+    one `llama_decode` per step for all rows), through llama-cpp-python's low-level API."""
+
+    name: str
+    threads: int
+    rows_max: int = 8
+    n_ctx_row: int = 512
+
+    def __post_init__(self) -> None:
+        from llama_cpp import Llama
+        from llama_cpp import _internals as internals
+
+        from greater.model import embedded_gguf_path
+
+        self.llm = Llama(model_path=str(embedded_gguf_path()), n_ctx=self.n_ctx_row, verbose=False)
+        params = self.llm.context_params
+        params.n_ctx = self.n_ctx_row * self.rows_max
+        params.n_batch = params.n_ubatch = self.n_ctx_row * self.rows_max
+        params.n_seq_max = self.rows_max
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = self.threads
+        self.ctx = internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+        self.batch = internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=self.rows_max, verbose=False)
+        self.n_vocab = self.llm.n_vocab()
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> list[int]:
+        """One llama_decode of (token, position, sequence, wants logits) entries; the argmax of each
+        entry that wants logits, in order."""
+        import numpy as np
+        from llama_cpp import llama_cpp as C
+
+        b = self.batch.batch
+        b.n_tokens = len(entries)
+        for j, (token, pos, seq, logits) in enumerate(entries):
+            b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = token, pos, 1, logits
+            b.seq_id[j][0] = seq
+        self.ctx.decode(self.batch)
+        out = []
+        for j, entry in enumerate(entries):
+            if entry[3]:
+                row = np.ctypeslib.as_array(C.llama_get_logits_ith(self.ctx.ctx, j), shape=(self.n_vocab,))
+                out.append(int(row.argmax()))
+        return out
+
+    def _prefill(self, rows: list[list[int]]) -> list[int]:
+        from llama_cpp import llama_cpp as C
+
+        C.llama_memory_clear(C.llama_get_memory(self.ctx.ctx), True)
+        entries = [(tok, i, s, i == len(row) - 1) for s, row in enumerate(rows) for i, tok in enumerate(row)]
+        return self._decode(entries)
+
+    def follow(self, rows: list[list[int]], refs: list[list[int]]) -> list[list[bool]]:
+        """As `TorchDecoder.follow`, all rows a step at a time in one decode."""
+        guess = self._prefill(rows)
+        hits: list[list[bool]] = [[] for _ in rows]
+        for t in range(max(map(len, refs))):
+            for s, ref in enumerate(refs):
+                if t < len(ref):
+                    hits[s].append(guess[s] == ref[t])
+            live = [s for s, ref in enumerate(refs) if t + 1 < len(ref)]
+            if not live:
+                break
+            step = self._decode([(refs[s][t], len(rows[s]) + t, s, True) for s in live])
+            guess = dict(zip(live, step, strict=True))
+        return hits
+
+    def decode_seconds(self, rows: list[list[int]], steps: int) -> float:
+        """Seconds for `steps` greedy decoding steps of all rows together (prefill untimed)."""
+        guess = self._prefill(rows)
+        start = time.perf_counter()
+        for t in range(steps):
+            guess = self._decode([(guess[s], len(row) + t, s, True) for s, row in enumerate(rows)])
+        return time.perf_counter() - start
+
+
 # ---------------------------------------------------------------- torch decoders
 
 
@@ -365,8 +442,8 @@ def rss_of(name: str, args: argparse.Namespace) -> dict:
     if name == "ct2-int8":
         decoder = make_ct2(args.ct2_dir, tokenizer, args.threads, set())
         decoder.draft(row, 2)
-    elif name == "llama-q4_1":
-        decoder = LlamaCppDecoder(name, args.threads)
+    elif name.startswith("llama-q4_1"):
+        decoder = (LlamaCppDecoder if name == "llama-q4_1" else LlamaCppBatchDecoder)(name, args.threads)
         decoder.decode_seconds(row, 2)
     else:
         decoder = {"int8-dyn": int8_decoder, "bf16": bf16_decoder}[name](model, 2)
@@ -460,6 +537,7 @@ def main() -> int:
         "int8-dyn": lambda: int8_decoder(model, pad),
         "bf16": lambda: bf16_decoder(model, pad),
         "llama-q4_1": lambda: LlamaCppDecoder("llama-q4_1", args.threads),
+        "llama-q4_1-batch": lambda: LlamaCppBatchDecoder("llama-q4_1-batch", args.threads),
     }
     for name in wanted:
         if name == "ct2-int8":
