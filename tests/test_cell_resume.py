@@ -12,7 +12,7 @@ import pytest
 
 import greater.compare as compare_module
 import greater.methods.common as common_module
-from greater.compare import Scorer, cell_path, partial_path, run_compare
+from greater.compare import Scorer, cell_path, partial_path, progress_note, run_compare
 from greater.engine import Engine
 from greater.tasks import get_task
 from test_compare import CONFIG, SPLIT
@@ -113,6 +113,10 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
     # after every step and every dev prompt, and the finished search's result
     assert len(plain_saves.progress) == STEPS + finalists + 1
     assert plain_saves.progress[-1] == {"method": "greater", "result": plain["result"]}  # as the cell has it
+    notes = [progress_note(p, STEPS) for p in plain_saves.progress]  # what the progress bar shows
+    assert notes == [f"step {i}/{STEPS}" for i in range(1, STEPS + 1)] + [
+        f"step {STEPS}/{STEPS}, {i} on dev" for i in range(1, finalists + 1)
+    ] + ["search done, scoring on test"]
     assert finalists >= (2 if dev else 0)
     stop = 2 if dev is None else STEPS + 1  # after step 2, or after the first dev prompt
 
@@ -155,6 +159,9 @@ def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
         run_compare(optimizer, [TASK], [method], [0], tmp_path / "plain", config, split=SPLIT, dev=2)
     plain = cell(tmp_path / "plain", method)
     assert len(plain_scorings.train) >= 3 and len(plain_scorings.dev) >= 2  # a search, and a choice on dev
+    notes = [progress_note(p, 2) for p in plain_saves.progress]
+    assert notes[0] == f"{len(plain_saves.progress[0]['search']['scores'])} prompts scored"
+    assert notes[-2].endswith(f", {len(plain_scorings.dev)} on dev") and notes[-1] == "search done, scoring on test"
     stop = stop % len(plain_saves.progress)
     assert 1 <= stop < len(plain_saves.progress)
 
@@ -232,3 +239,26 @@ def test_a_cell_killed_while_scoring_on_test_does_not_search_again(
     assert resumed["result"] == saved["result"]  # the saved search, as it was
     assert without_seconds(resumed) == without_seconds(plain)
     assert not partial_path(out, cell_path(out, TASK.name, method, 0).stem).exists()
+
+
+def test_the_progress_bar_says_how_far_the_running_cell_is(
+    tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch
+) -> None:
+    shown: list[str] = []
+
+    class Bar:  # stands in for tqdm: records what the bar would show
+        def __init__(self, *args, **kwargs) -> None: ...
+
+        def set_postfix_str(self, text: str) -> None:
+            shown.append(text)
+
+        def update(self, n: int) -> None: ...
+
+        def close(self) -> None: ...
+
+    monkeypatch.setattr(compare_module, "tqdm", Bar)
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2)
+    run_compare(optimizer, [TASK], ["greater"], [0], tmp_path, config, split=SPLIT, progress=True)
+    cell_label = f"{TASK.name} greater seed 0"
+    notes = ("step 1/2", "step 2/2", "search done, scoring on test")
+    assert shown == [cell_label] + [f"{cell_label}: {text}" for text in notes]

@@ -30,11 +30,10 @@ killed Ray cell starts again from its beginning.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -123,8 +122,13 @@ def run_compare(
     bar = tqdm(total=len(jobs), desc="comparing", unit="cell", disable=not progress, file=sys.stderr)
     if cluster is None or not jobs:  # (nothing left to run: no Ray needed)
         for job in jobs:
-            bar.set_postfix_str(f"{job.task.name} {job.method} seed {job.seed}")
-            _write_cell(out, job, *compute_cell(job, optimizer, transfer, sizes, fingerprint))
+            label = f"{job.task.name} {job.method} seed {job.seed}"
+            bar.set_postfix_str(label)
+
+            def note(text: str, label: str = label) -> None:
+                bar.set_postfix_str(f"{label}: {text}")
+
+            _write_cell(out, job, *compute_cell(job, optimizer, transfer, sizes, fingerprint, note))
             bar.update(1)
     else:
         from greater.cluster import run_on_ray
@@ -215,11 +219,13 @@ def compute_cell(
     transfer: Sequence[Scorer],
     sizes: Sizes,
     fingerprint: bool,
+    note: Callable[[str], None] | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Optimize (unless the job has its record and only lacks transfer scores) and score on test.
 
     Returns the cell's record and its predictions files (path relative to the output folder -> rows);
-    nothing is written here, so a Ray worker can compute a cell for the driver to write."""
+    nothing is written here, so a Ray worker can compute a cell for the driver to write. `note` gets
+    a line on the cell's progress (`progress_note`) after every save of it."""
     task, method, seed, config = job.task, job.method, job.seed, job.config
     drawn = task.splits(*sizes, seed)
     train, dev, test = drawn.train, drawn.dev, drawn.test
@@ -230,7 +236,13 @@ def compute_cell(
         resume, checkpoint = None, None
         if job.partial is not None:
             key = _cell_key(job, split_id)
-            resume, checkpoint = load_partial(job.partial, key), functools.partial(save_partial, job.partial, key)
+            resume = load_partial(job.partial, key)
+
+            def checkpoint(progress: dict, key: str = key) -> None:
+                save_partial(job.partial, key, progress)
+                if note is not None:
+                    note(progress_note(progress, config.steps))
+
         if resume is not None and "result" in resume:  # the search had finished: only test scoring is left
             result = resume["result"]
         else:
@@ -265,6 +277,20 @@ def compute_cell(
             name = f"{job.name}__on_{slug(scorer.label)}"
             record["transfer"][scorer.label] = _score(predictions, scorer, task, test, prompt, joiner, config, name)
     return record, predictions
+
+
+def progress_note(progress: dict, steps: int) -> str:
+    """A short line on a cell's saved progress: GReaTer's steps done and dev prompts scored, a
+    baseline's prompts scored on train and dev, or that only test scoring is left."""
+    if "result" in progress:
+        return "search done, scoring on test"
+    search = progress.get("search") or {}
+    if "history" in search:  # GReaTer: its RunState and step records
+        text = f"step {len(search['history'])}/{steps}"
+        dev = len(search.get("state", {}).get("dev_accuracy", {}))
+    else:
+        text, dev = f"{len(search.get('scores', []))} prompts scored", len(search.get("dev", {}))
+    return text + (f", {dev} on dev" if dev else "")
 
 
 def _write_cell(out: Path, job: CellJob, record: dict, predictions: dict[str, list[dict]]) -> None:
