@@ -12,6 +12,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 from greater.device import DTYPES
 from greater.errors import GreaterError, ResumeConflict
@@ -19,6 +20,7 @@ from greater.methods import METHODS, PAPER_METHODS, ZS_COT_PROMPT
 from greater.model import model_label, model_name
 from greater.optimizer import SELECTION_RULES
 from greater.stats import majority
+from greater.tasks import Example, Task
 from greater.tasks.answers import ANSWER_TYPES
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
@@ -361,7 +363,8 @@ def _run_optimize(args, info: dict, config, run, state) -> int:
     from greater.optimizer import resolve_batch_sizes
 
     budget = _budget(args)
-    task, model, tokenizer, generator, (train, dev, test) = _prepare_greater(args, info, config, run is None)
+    inputs = _prepare_greater(args, info, config, run is None)
+    task, model, tokenizer, generator, train, dev, test = inputs
     if config.dev_keeps_initial and not dev:
         raise GreaterError("--dev-keeps-initial scores the starting prompt on the dev set: give --dev N too")
     if run is None:
@@ -389,9 +392,7 @@ def _run_optimize(args, info: dict, config, run, state) -> int:
         run.save_initial_accuracy(config.init_prompt, initial_acc)
         budget.test_seconds = time.monotonic() - eval_started
     try:
-        result = _optimize_checkpointed(
-            args, run, tracker, budget, config, state, model, tokenizer, task, train, dev, test, generator
-        )
+        result = _optimize_checkpointed(args, run, tracker, budget, config, state, inputs)
     except _OutOfTime as stop:
         print(
             f"greater: --max-time {args.max_time} spent after step {stop.step} of {config.steps}; "
@@ -420,8 +421,20 @@ def _run_optimize(args, info: dict, config, run, state) -> int:
     return 0
 
 
-def _prepare_greater(args: argparse.Namespace, info: dict, config, new: bool) -> tuple:
-    """(task, model, tokenizer, generator, (train, dev, test)) of a GReaTer run: the model loaded as
+class _GreaterInputs(NamedTuple):
+    """What a GReaTer run works on, once loaded and checked (`_prepare_greater`)."""
+
+    task: Task
+    model: object
+    tokenizer: object
+    generator: object
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+
+
+def _prepare_greater(args: argparse.Namespace, info: dict, config, new: bool) -> _GreaterInputs:
+    """The task, model, tokenizer, generator and split of a GReaTer run: the model loaded as
     info's runtime says, the prompt and filler checked against its tokenizer and every row against its
     context (all before anything is written), the split drawn."""
     from greater.layout import encode_prompt
@@ -442,18 +455,17 @@ def _prepare_greater(args: argparse.Namespace, info: dict, config, new: bool) ->
     longest = len(prompt_ids) + config.steps
     task = _fitting_task(model, tokenizer, task, info, longest, config.joiner, config.max_new_tokens)
     drawn = task.splits(*_split_sizes(split), split["seed"])
-    return task, model, tokenizer, generator, (drawn.train, drawn.dev, drawn.test)
+    return _GreaterInputs(task, model, tokenizer, generator, drawn.train, drawn.dev, drawn.test)
 
 
-def _optimize_checkpointed(
-    args, run, tracker, budget, config, state, model, tokenizer, task, train, dev, test, generator
-):
+def _optimize_checkpointed(args, run, tracker, budget, config, state, inputs: _GreaterInputs):
     """`optimize` with a progress bar, each step checkpointed into `run` and logged to `tracker`, and
     --max-time checked after each (raises `_OutOfTime`); Ctrl-C and SIGTERM print how to resume."""
     from tqdm import tqdm
 
     from greater.optimizer import StepRecord, optimize
 
+    task, model, tokenizer, generator, train, dev, test = inputs
     bar = tqdm(total=config.steps, initial=state.step if state else 0, desc="optimizing", unit="step", file=sys.stderr)
 
     def on_step(record: StepRecord, run_state) -> None:
