@@ -106,16 +106,17 @@ def _cut_off(test_rows: list[dict], cap: int | None) -> dict:
     the rows that record it; `cut_off_looping`: the share that ran to the cap inside a repetition loop
     (`ends_in_repetition`), which a longer cap would not have ended. Both None when no row records
     its length (predictions written before it was recorded)."""
-    capped = [row for row in test_rows if "reasoning_tokens" in row]
-    if not capped or cap is None:
+    recorded = [row for row in test_rows if "reasoning_tokens" in row]
+    if not recorded or cap is None:
         return {"cut_off": None, "cut_off_looping": None}
-    cut = [row for row in capped if row["reasoning_tokens"] >= cap]
+    cut = [row for row in recorded if row["reasoning_tokens"] >= cap]
     looping = [row for row in cut if ends_in_repetition(row["reasoning"])]
-    return {"cut_off": len(cut) / len(capped), "cut_off_looping": len(looping) / len(capped)}
+    return {"cut_off": len(cut) / len(recorded), "cut_off_looping": len(looping) / len(recorded)}
 
 
 def cut_off_cell(row: dict) -> str:
-    """A table.md cell: "cut off (looping)" in %, "–" where nothing was recorded."""
+    """One cell of the cut-off table (table.md and the HTML report): "cut off (looping)" in %, "–"
+    where nothing was recorded."""
     if row.get("cut_off") is None:
         return "–"
     looping = row.get("cut_off_looping")
