@@ -170,10 +170,33 @@ def test_compare_command_interrupted_then_resumed(capsys, tiny_model_dir: Path, 
     assert "chart.png" in stdout
 
 
+def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    methods = ["greater:num_select=1", "zs-cot"]
+    argv = [
+        "compare",
+        "--model",
+        str(tiny_model_dir),
+        "--task",
+        "gen/boolean_expressions",
+        "--methods",
+        ",".join(methods),
+    ]
+    argv += ["--steps", "2", "--train", "3", "--test", "4", "--max-new-tokens", "4", "--out", str(out)]
+    code, stdout, err = run_cli(capsys, argv)
+    assert code == 0, err
+    check_table(out, ["gen/boolean_expressions"], methods, [0], [])
+    cell = read_json(out / "cells" / "gen_boolean_expressions__greater_num_select_1__s0.json")
+    assert cell["method"] == "greater:num_select=1"
+    assert [len(step["evaluated"]) for step in cell["result"]["history"]] == [1, 1]
+    assert "| greater:num_select=1 | zs-cot |" in stdout
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--methods", "greater,opro"], "unknown method 'opro' in --methods"),
+        (["--methods", "greater,opro"], "unknown method 'opro'; choose from greater, greater-zs, zs-cot"),
+        (["--methods", "greater:nll_weight=x"], "method 'greater:nll_weight=x': 'x' is no value for nll_weight"),
         (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
         (["--methods", ","], "--methods is empty"),
         (["--keep-top", "2"], "--keep-top picks the prompts scored on the dev set; give --dev N too"),

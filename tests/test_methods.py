@@ -12,7 +12,7 @@ import pytest
 
 from greater.errors import GreaterError
 from greater.layout import encode_prompt
-from greater.methods import GREATER_VARIANTS, METHODS, MethodConfig, common, run_method
+from greater.methods import GREATER_VARIANTS, METHODS, ZS_COT_PROMPT, MethodConfig, common, greater_fields, run_method
 from greater.methods import baselines as B
 from greater.methods.common import Scored, Workbench, extract_prompt, pick_on_dev
 from greater.tasks import Example, get_task
@@ -287,6 +287,53 @@ def test_greater_zs_starts_from_the_zs_cot_prompt(tiny_model, smol_tokenizer) ->
     one = replace(config, keep_top=1)
     zs_dev = run_method("greater-zs", tiny_model, smol_tokenizer, TASK, TRAIN, one, dev=TASK.load()[4:6])
     assert [f["prompt"] for f in zs_dev.finalists] == [zs_dev.history[0]["chosen"], "Let's think step by step."]
+
+
+@pytest.mark.parametrize(
+    ("name", "fields"),
+    [
+        ("greater", {}),
+        ("ape", None),
+        ("greater:nll_weight=0.5:num_select=6", {"nll_weight": 0.5, "num_select": 6}),
+        ("greater:candidate_nll=True:selection=loss", {"candidate_nll": True, "selection": "loss"}),
+        (
+            "greater-zs:answer_temperature=1",
+            {"init_prompt": ZS_COT_PROMPT, "joiner": ".", "dev_keeps_initial": True, "answer_temperature": 1.0},
+        ),
+    ],
+)
+def test_a_greater_method_name_carries_its_options(name: str, fields: dict | None) -> None:
+    assert greater_fields(name) == fields
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("opro", "unknown method 'opro'; choose from greater, greater-zs, zs-cot"),
+        ("ape:num_select=2", "method 'ape:num_select=2': only GReaTer methods (greater, greater-zs) take"),
+        ("greater:steps=3", "method 'greater:steps=3': 'steps=3' is not one of num_select=VALUE, nll_weight"),
+        ("greater:nll_weight", "method 'greater:nll_weight': nll_weight needs a value (nll_weight=VALUE)"),
+        ("greater:num_select=two", "method 'greater:num_select=two': 'two' is no value for num_select"),
+        ("greater:candidate_nll=yes", "method 'greater:candidate_nll=yes': 'yes' is no value for candidate_nll"),
+        ("greater:num_select=0", "invalid setting num_select=0"),
+        ("greater:selection=best", "invalid setting selection='best'"),
+    ],
+)
+def test_a_bad_method_name_says_what_is_wrong(name: str, message: str) -> None:
+    with pytest.raises(GreaterError) as raised:
+        greater_fields(name)
+    assert str(raised.value).startswith(message)
+
+
+def test_a_greater_option_in_the_method_name_changes_the_search(tiny_model, smol_tokenizer) -> None:
+    config = MethodConfig(steps=2, max_new_tokens=4, batch_size=8)  # num_select 3
+    one = run_method("greater:num_select=1", tiny_model, smol_tokenizer, TASK, TRAIN, config)
+    assert one.method == "greater:num_select=1"
+    assert [len(step["evaluated"]) for step in one.history] == [1, 1]
+    plain = run_method("greater", tiny_model, smol_tokenizer, TASK, TRAIN, config)
+    assert all(len(step["evaluated"]) > 1 for step in plain.history)
+    # the candidate it re-scores is the one the plain run ranks first by gradient
+    assert one.history[0]["evaluated"][0]["prompt"] == plain.history[0]["evaluated"][0]["prompt"]
 
 
 def test_a_scoring_call_saves_each_generation_batch_of_prompts_and_a_resumed_bench_scores_only_the_rest(

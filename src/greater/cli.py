@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from greater.device import DTYPES
 from greater.errors import GreaterError, ResumeConflict
-from greater.methods import METHODS, PAPER_METHODS, ZS_COT_PROMPT
+from greater.methods import METHODS, PAPER_METHODS, TUNABLE, ZS_COT_PROMPT, greater_fields
 from greater.model import model_label, model_name
 from greater.optimizer import SELECTION_RULES
 from greater.stats import majority
@@ -191,7 +191,12 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="every method on every task and seed, scored on test, as a table")
     common(cmp, many_tasks=True)
     paper = ",".join(PAPER_METHODS)
-    cmp.add_argument("--methods", default=paper, help=f"comma-separated, of {', '.join(METHODS)} (default {paper})")
+    cmp.add_argument(
+        "--methods",
+        default=paper,
+        help=f"comma-separated, of {', '.join(METHODS)} (default {paper}); a GReaTer method may add "
+        f"options, each as :NAME=VALUE ({', '.join(TUNABLE)}), e.g. greater:nll_weight=0.5",
+    )
     cmp.add_argument("--seeds", default="0", help="comma-separated seeds; each seed draws its own split (default 0)")
     cmp.add_argument("--steps", type=_positive, default=10, help="GReaTer steps; sets every method's budget (10)")
     cmp.add_argument("--evaluations", type=_positive, default=None, help="baselines' candidate prompts (3 × steps)")
@@ -624,9 +629,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from greater.tasks import resolve_task
 
     methods = _names(args.methods, "--methods")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise GreaterError(f"unknown method {unknown[0]!r} in --methods; choose from {', '.join(METHODS)}")
+    for method in methods:
+        greater_fields(method)
     try:
         seeds = [int(s) for s in _names(args.seeds, "--seeds")]
     except ValueError:

@@ -32,10 +32,12 @@ __all__ = [
     "GREATER_VARIANTS",
     "METHODS",
     "PAPER_METHODS",
+    "TUNABLE",
     "ZS_COT_PROMPT",
     "MethodConfig",
     "MethodResult",
     "Usage",
+    "greater_fields",
     "run_method",
 ]
 
@@ -56,6 +58,48 @@ GREATER_VARIANTS: dict[str, dict] = {
 }
 METHODS = (*GREATER_VARIANTS, *_BASELINES)
 PAPER_METHODS = ("greater", *_BASELINES)  # what the paper compares: no variant rows
+# what a GReaTer method's name may set after it, each as ":field=value" ("greater:nll_weight=0.5:num_select=6"):
+# the search's own options, so such a row differs from its base row in nothing else
+TUNABLE: dict[str, Callable[[str], object]] = {
+    "num_select": int,
+    "nll_weight": float,
+    "answer_temperature": float,
+    "top_k": int,
+    "top_q": int,
+    "selection": str,
+    "selection_nll_weight": float,
+    "candidate_nll": lambda text: {"true": True, "false": False}[text.lower()],
+    "patience": int,
+}
+
+
+def greater_fields(name: str) -> dict | None:
+    """The GreaterConfig fields method `name` sets over `greater_settings`, or None for a baseline.
+
+    `name` is a row of GREATER_VARIANTS, optionally followed by `TUNABLE` options:
+    "greater-zs:nll_weight=0.5" -> {"init_prompt": ..., "joiner": ".", "dev_keeps_initial": True, "nll_weight": 0.5}.
+    A name that is neither raises GreaterError, saying which part is wrong."""
+    base, *options = name.split(":")
+    if base not in METHODS:
+        raise GreaterError(f"unknown method {base!r}; choose from {', '.join(METHODS)}")
+    if base not in GREATER_VARIANTS:
+        if options:
+            greater = ", ".join(GREATER_VARIANTS)
+            raise GreaterError(f"method {name!r}: only GReaTer methods ({greater}) take :option=value")
+        return None
+    fields = dict(GREATER_VARIANTS[base])
+    for option in options:
+        key, _, text = option.partition("=")
+        if key not in TUNABLE:
+            raise GreaterError(f"method {name!r}: {option!r} is not one of {', '.join(k + '=VALUE' for k in TUNABLE)}")
+        if not text:
+            raise GreaterError(f"method {name!r}: {key} needs a value ({key}=VALUE)")
+        try:
+            fields[key] = TUNABLE[key](text)
+        except (ValueError, KeyError):
+            raise GreaterError(f"method {name!r}: {text!r} is no value for {key}") from None
+    replace(GreaterConfig(), **fields).validate()
+    return fields
 
 
 def run_method(
@@ -90,13 +134,12 @@ def run_method(
     each did up to its last checkpoint (a baseline's replayed replies count again)."""
     config = config or MethodConfig()
     config.validate()
-    if name not in METHODS:
-        raise GreaterError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    fields = greater_fields(name)
     if not train:
         raise GreaterError(f"task {task.name!r}: no training examples")
     sitting = Sitting(name, resume, checkpoint)
-    if name in GREATER_VARIANTS:  # its generator follows GreaterConfig's decoding switches, not a Workbench's
-        settings = replace(greater_config or greater_settings(config), **GREATER_VARIANTS[name])
+    if fields is not None:  # GReaTer: its generator follows GreaterConfig's decoding switches, not a Workbench's
+        settings = replace(greater_config or greater_settings(config), **fields)
         result = _greater(name, model, tokenizer, task, train, settings, dev, sitting)
     else:
         on_progress = sitting.save if checkpoint is not None else None
