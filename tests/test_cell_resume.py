@@ -14,6 +14,7 @@ import greater.compare as compare_module
 import greater.methods.common as common_module
 from greater.compare import Scorer, cell_path, partial_path, progress_note, run_compare
 from greater.engine import Engine
+from greater.generation import TransformersGenerator
 from greater.tasks import get_task
 from test_compare import CONFIG, SPLIT
 
@@ -110,10 +111,12 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
         run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "plain", config, split=SPLIT, dev=dev)
     plain = cell(tmp_path / "plain", "greater")
     finalists = len(plain["result"]["finalists"])
-    # after every step and every dev prompt, and the finished search's result
-    assert len(plain_saves.progress) == STEPS + finalists + 1
-    assert plain_saves.progress[-1] == {"method": "greater", "result": plain["result"]}  # as the cell has it
-    notes = [progress_note(p, STEPS) for p in plain_saves.progress]  # what the progress bar shows
+    # after every step and every dev prompt, the finished search's result, and each test batch (one here)
+    assert len(plain_saves.progress) == STEPS + finalists + 2
+    assert plain_saves.progress[-2] == {"method": "greater", "result": plain["result"]}  # as the cell has it
+    assert len(plain_saves.progress[-1].pop("test_reasoning")) == SPLIT[1]
+    assert plain_saves.progress[-1] == plain_saves.progress[-2]
+    notes = [progress_note(p, STEPS) for p in plain_saves.progress[:-1]]  # what the progress bar shows
     assert notes == [f"step {i}/{STEPS}" for i in range(1, STEPS + 1)] + [
         f"step {STEPS}/{STEPS}, {i} on dev" for i in range(1, finalists + 1)
     ] + ["search done, scoring on test"]
@@ -138,7 +141,7 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
         again = Saves(m)
         run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT, dev=dev)
     assert "greater: continuing the cell saved in" in capsys.readouterr().err
-    assert len(again.progress) == STEPS + finalists + 1 - stop  # nothing done twice
+    assert len(again.progress) == STEPS + finalists + 2 - stop  # nothing done twice
     assert again.progress[0]["search"]["history"][:stop] == search["history"]
     assert_same_cell(cell(out, "greater"), plain)
     # the usage of both sittings: the second one's counters start where the saved ones ended
@@ -147,12 +150,12 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
     assert not partial_path(out, cell_path(out, TASK.name, "greater", 0).stem).exists()
 
 
-@pytest.mark.parametrize(("method", "stop"), [("ape", 1), ("apo", 2), ("ape", -2)])
+@pytest.mark.parametrize(("method", "stop"), [("ape", 1), ("apo", 2), ("ape", -3)])
 def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, method: str, stop: int
 ) -> None:
-    """stop: the save after which the cell is killed (-2: inside the dev pass, since the last save is
-    the finished search's result)."""
+    """stop: the save after which the cell is killed (-3: inside the dev pass, since the last two saves
+    are the finished search's result and the test reasonings)."""
     optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2, keep_top=3)
     with monkeypatch.context() as m:
         plain_saves, plain_scorings = Saves(m), Scorings(m)
@@ -161,7 +164,8 @@ def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
     assert len(plain_scorings.train) >= 3 and len(plain_scorings.dev) >= 2  # a search, and a choice on dev
     notes = [progress_note(p, 2) for p in plain_saves.progress]
     assert notes[0] == f"{len(plain_saves.progress[0]['search']['scores'])} prompts scored"
-    assert notes[-2].endswith(f", {len(plain_scorings.dev)} on dev") and notes[-1] == "search done, scoring on test"
+    assert notes[-3].endswith(f", {len(plain_scorings.dev)} on dev") and notes[-2] == "search done, scoring on test"
+    assert notes[-1] == f"search done, scoring on test: {SPLIT[1]} reasonings"  # one test batch
     stop = stop % len(plain_saves.progress)
     assert 1 <= stop < len(plain_saves.progress)
 
@@ -205,8 +209,8 @@ def test_a_partial_file_of_other_settings_is_ignored(
         f"greater: ignoring {partial_path(other, name)}: saved with other settings (or unreadable); "
         "the cell starts over"
     ]
-    assert [len(p["search"]["history"]) for p in saves.progress[:-1]] == [1, 2, 3]  # from step 1, overwriting it
-    assert saves.progress[-1]["result"]["history"] == cell(other, "greater")["result"]["history"]
+    assert [len(p["search"]["history"]) for p in saves.progress[:-2]] == [1, 2, 3]  # from step 1, overwriting it
+    assert saves.progress[-2]["result"]["history"] == cell(other, "greater")["result"]["history"]
     assert len(cell(other, "greater")["result"]["history"]) == STEPS
     assert not partial_path(other, name).exists()
 
@@ -241,6 +245,45 @@ def test_a_cell_killed_while_scoring_on_test_does_not_search_again(
     assert not partial_path(out, cell_path(out, TASK.name, method, 0).stem).exists()
 
 
+def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
+    tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch
+) -> None:
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2, batch_size=2)
+    run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "plain", config, split=SPLIT)  # 4 test examples
+    plain = cell(tmp_path / "plain", "greater")
+
+    out = tmp_path / "cut"
+    real_save = compare_module.save_partial
+
+    def killed_after_a_test_batch(path: Path, key: str, progress: dict) -> None:
+        real_save(path, key, progress)
+        if "test_reasoning" in progress:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(compare_module, "save_partial", killed_after_a_test_batch)
+        with pytest.raises(KeyboardInterrupt):
+            run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT)
+    saved = read_json(partial_path(out, cell_path(out, TASK.name, "greater", 0).stem))["progress"]
+    assert len(saved["test_reasoning"]) == 2
+    assert progress_note(saved, 2) == "search done, scoring on test: 2 reasonings"
+
+    generated: list[int] = []
+    real_generate = TransformersGenerator.generate
+
+    def counted(self, contexts, max_new_tokens):
+        generated.append(len(contexts))
+        return real_generate(self, contexts, max_new_tokens)
+
+    with monkeypatch.context() as m:
+        m.setattr(compare_module, "run_method", lambda *a, **k: pytest.fail("searched again"))
+        m.setattr(TransformersGenerator, "generate", counted)
+        run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT)
+    assert generated == [2, 4]  # the other test batch's reasonings, then every answer
+    assert without_seconds(cell(out, "greater")) == without_seconds(plain)
+    assert not partial_path(out, cell_path(out, TASK.name, "greater", 0).stem).exists()
+
+
 def test_the_progress_bar_says_how_far_the_running_cell_is(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch
 ) -> None:
@@ -260,5 +303,10 @@ def test_the_progress_bar_says_how_far_the_running_cell_is(
     optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2)
     run_compare(optimizer, [TASK], ["greater"], [0], tmp_path, config, split=SPLIT, progress=True)
     cell_label = f"{TASK.name} greater seed 0"
-    notes = ("step 1/2", "step 2/2", "search done, scoring on test")
+    notes = (
+        "step 1/2",
+        "step 2/2",
+        "search done, scoring on test",
+        f"search done, scoring on test: {SPLIT[1]} reasonings",
+    )
     assert shown == [cell_label] + [f"{cell_label}: {text}" for text in notes]

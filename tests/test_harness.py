@@ -19,6 +19,7 @@ from greater.evaluate import (
     prompts_table_markdown,
     table_data,
 )
+from greater.generation import TransformersGenerator
 from greater.tasks import get_task
 from test_cli import message_lines, run_cli
 
@@ -142,6 +143,44 @@ def test_evaluate_table_in_process(tiny_model, smol_tokenizer) -> None:
         assert cell.evaluation.predictions == alone.predictions
         # the reasoning's length in tokens, at the cap when cut off (random weights rarely stop early)
         assert max(pred["reasoning_tokens"] for pred in alone.predictions) == 3
+
+
+def test_evaluate_batch_by_batch_saves_each_batch_and_resumes_to_the_same_predictions(
+    tiny_model, smol_tokenizer, monkeypatch
+) -> None:
+    task = get_task("gen/arithmetic")
+    examples = task.load()[:5]  # questions of several lengths: the generator reorders them
+    assert len({len(ex.question) for ex in examples}) > 1
+    batches: list[list[tuple[int, ...]]] = []  # every generation batch the model ran, as its contexts
+    real = TransformersGenerator._decode_batch
+
+    def spy(self, contexts, max_new_tokens):
+        batches.append(list(contexts))
+        return real(self, contexts, max_new_tokens)
+
+    monkeypatch.setattr(TransformersGenerator, "_decode_batch", spy)
+    settings = {"joiner": ".", "max_new_tokens": 6, "batch_size": 2}
+    whole = evaluate(tiny_model, smol_tokenizer, task, examples, "Think.", **settings)
+    whole_batches, batches[:] = list(batches), []
+    saves: list[dict[int, list[int]]] = []
+    batched = evaluate(
+        tiny_model,
+        smol_tokenizer,
+        task,
+        examples,
+        "Think.",
+        on_reasoning=lambda done: saves.append(dict(done)),
+        **settings,
+    )
+    assert batched.predictions == whole.predictions
+    assert batches == whole_batches  # reasoning: the same three batches of 2, 2 and 1 rows; then the answers
+    assert [len(save) for save in saves] == [2, 4, 5] and sorted(saves[-1]) == list(range(5))
+    assert all(saves[-1][i] == ids for save in saves for i, ids in save.items())  # a saved reasoning stays
+
+    batches.clear()
+    resumed = evaluate(tiny_model, smol_tokenizer, task, examples, "Think.", saved_reasoning=saves[0], **settings)
+    assert resumed.predictions == whole.predictions
+    assert batches == whole_batches[1:]  # the saved batch is not generated again
 
 
 def test_prompts_table_markdown_layout() -> None:

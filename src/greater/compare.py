@@ -16,8 +16,9 @@ A cell also resumes from inside: while it runs, its progress (`run_method`'s che
 `RunState` and history after every step and dev prompt, a baseline's scores after every generation
 batch of prompts it scores, and the usage so far) is rewritten atomically to its partial file, which
 a rerun passes back as `run_method(resume=...)`, so a killed cell loses at most the step or batch it
-was in; once the search has finished, its result replaces that progress, so a cell killed while
-scoring on test scores again without searching again. The file
+was in; once the search has finished, its result replaces that progress, and the test reasonings
+join it one generation batch at a time, so a cell killed while scoring on test goes on from its last
+batch without searching again. The file
 holds the cell's settings key (`_cell_key`: the comparison's settings, the cell and its split's
 fingerprint); a partial file with another key is ignored (with a note) and overwritten. It is
 deleted once the cell file is written.
@@ -243,22 +244,14 @@ def compute_cell(
                 if note is not None:
                     note(progress_note(progress, config.steps))
 
-        if resume is not None and "result" in resume:  # the search had finished: only test scoring is left
-            result = resume["result"]
-        else:
-            result = run_method(
-                method,
-                optimizer.model,
-                optimizer.tokenizer,
-                task,
-                train,
-                config,
-                dev=dev,
-                resume=resume,
-                checkpoint=checkpoint,
-            ).to_json()
-            if checkpoint is not None:
-                checkpoint({"method": method, "result": result})
+        result, saved_reasoning = _search(job, optimizer, train, dev, resume, checkpoint)
+        on_reasoning = None
+        if checkpoint is not None:
+
+            def on_reasoning(done: dict[int, list[int]], result: dict = result) -> None:
+                reasoned = {str(i): r for i, r in done.items()}  # JSON keys are text
+                checkpoint({"method": method, "result": result, "test_reasoning": reasoned})
+
         record = {
             "task": task.name,
             "method": method,
@@ -267,7 +260,18 @@ def compute_cell(
             | ({"n_dev": len(dev)} if dev else {})
             | ({"fingerprint": split_id} if fingerprint else {}),
             "result": result,
-            "test": _score(predictions, optimizer, task, test, result["prompt"], result["joiner"], config, job.name),
+            "test": _score(
+                predictions,
+                optimizer,
+                task,
+                test,
+                result["prompt"],
+                result["joiner"],
+                config,
+                job.name,
+                saved_reasoning=saved_reasoning,
+                on_reasoning=on_reasoning,
+            ),
             "transfer": {},
             "runtime": {"device": str(optimizer.model.device), "dtype": str(optimizer.model.dtype).split(".")[-1]},
         }
@@ -279,11 +283,40 @@ def compute_cell(
     return record, predictions
 
 
+def _search(
+    job: CellJob,
+    optimizer: Scorer,
+    train: list[Example],
+    dev: list[Example],
+    resume: dict | None,
+    checkpoint: Callable[[dict], None] | None,
+) -> tuple[dict, dict[int, list[int]]]:
+    """The cell's search result and the test reasonings saved after it: from `resume` when its search
+    had finished, else by running the method (from `resume`'s progress) and saving its result."""
+    if resume is not None and "result" in resume:
+        return resume["result"], {int(i): ids for i, ids in resume.get("test_reasoning", {}).items()}
+    result = run_method(
+        job.method,
+        optimizer.model,
+        optimizer.tokenizer,
+        job.task,
+        train,
+        job.config,
+        dev=dev,
+        resume=resume,
+        checkpoint=checkpoint,
+    ).to_json()
+    if checkpoint is not None:
+        checkpoint({"method": job.method, "result": result})
+    return result, {}
+
+
 def progress_note(progress: dict, steps: int) -> str:
     """A short line on a cell's saved progress: GReaTer's steps done and dev prompts scored, a
     baseline's prompts scored on train and dev, or that only test scoring is left."""
     if "result" in progress:
-        return "search done, scoring on test"
+        reasoned = len(progress.get("test_reasoning", {}))
+        return "search done, scoring on test" + (f": {reasoned} reasonings" if reasoned else "")
     search = progress.get("search") or {}
     if "history" in search:  # GReaTer: its RunState and step records
         text = f"step {len(search['history'])}/{steps}"
@@ -313,8 +346,11 @@ def _score(
     joiner: str,
     config,
     name: str,
+    saved_reasoning: dict[int, list[int]] | None = None,
+    on_reasoning: Callable[[dict[int, list[int]]], None] | None = None,
 ) -> dict:
-    """Test accuracy of a prompt; its per-example predictions go into `predictions` as predictions/<name>.jsonl."""
+    """Test accuracy of a prompt; its per-example predictions go into `predictions` as
+    predictions/<name>.jsonl. `saved_reasoning` and `on_reasoning`: see `evaluate`."""
     ev = evaluate(
         scorer.model,
         scorer.tokenizer,
@@ -324,6 +360,8 @@ def _score(
         joiner=joiner,
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
+        saved_reasoning=saved_reasoning,
+        on_reasoning=on_reasoning,
     )
     relative = f"predictions/{name}.jsonl"
     predictions[relative] = ev.predictions

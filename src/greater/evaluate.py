@@ -54,8 +54,15 @@ def evaluate(
     generator: Generator | None = None,
     progress: bool = False,
     desc: str = "evaluating",
+    saved_reasoning: dict[int, list[int]] | None = None,
+    on_reasoning: Callable[[dict[int, list[int]]], None] | None = None,
 ) -> Evaluation:
-    """Score `prompt` on `examples` with greedy reasoning capped at `max_new_tokens`."""
+    """Score `prompt` on `examples` with greedy reasoning capped at `max_new_tokens`.
+
+    With `on_reasoning`, the reasonings are generated one generation batch at a time and
+    `on_reasoning(done)` gets every reasoning so far (example index -> token ids) after each batch;
+    passing `done` back as `saved_reasoning` skips the batches it holds. The predictions are those of
+    one uninterrupted call either way (`reason_in_batches`)."""
     engine = Engine(
         model,
         tokenizer,
@@ -69,7 +76,9 @@ def evaluate(
     prompt_ids = tuple(encode_prompt(tokenizer, prompt))
     with tqdm(total=2 * len(examples), desc=desc, unit="gen", disable=not progress, file=sys.stderr) as bar:
         engine.generator.progress = bar
-        (reasoning,) = engine.reason([prompt_ids], max_new_tokens)
+        done = dict(saved_reasoning or {})
+        bar.update(len(done))
+        reasoning = reason_in_batches(engine, prompt_ids, max_new_tokens, done, on_reasoning)
         outputs = engine.answer(prompt_ids, reasoning, max(map(len, engine.answer_ids)) + ANSWER_SLACK)
     predictions = []
     for ex, r, out in zip(examples, reasoning, outputs, strict=True):
@@ -87,6 +96,32 @@ def evaluate(
     n = len(predictions)
     accuracy = sum(p["correct"] for p in predictions) / n if n else 0.0
     return Evaluation(accuracy=accuracy, n=n, predictions=predictions)
+
+
+def reason_in_batches(
+    engine: Engine,
+    prompt: tuple[int, ...],
+    max_new_tokens: int,
+    done: dict[int, list[int]],
+    on_batch: Callable[[dict[int, list[int]]], None] | None,
+) -> list[list[int]]:
+    """Greedy reasoning of `prompt` for every example of `engine`, in example order; examples in
+    `done` (index -> reasoning, updated in place) are not generated again.
+
+    Without `on_batch`, one generation call. With it, one call per generation batch, each batch
+    exactly one of the single call's (the generator's order, longest context first, cut every
+    `engine.batch_size` rows), so the reasonings are the same numbers; `on_batch(done)` after each."""
+    contexts = [seq.ids for seq in engine.sequences(prompt)]
+    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))  # TransformersGenerator's order
+    size = engine.batch_size if on_batch is not None else len(order)
+    for start in range(0, len(order), max(size, 1)):
+        rows = [i for i in order[start : start + size] if i not in done]
+        if not rows:
+            continue
+        done.update(zip(rows, engine.generator.generate([contexts[i] for i in rows], max_new_tokens), strict=True))
+        if on_batch is not None:
+            on_batch(done)
+    return [done[i] for i in range(len(contexts))]
 
 
 def accuracy_on(engine: Engine, examples: list[Example], prompt: str, *, joiner: str, max_new_tokens: int) -> float:
