@@ -14,7 +14,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.engine import Engine
-from greater.generation import Generator
+from greater.generation import Generator, longest_first
 from greater.layout import decode, encode_prompt
 from greater.runs import write_atomic, write_json
 from greater.tasks import Example, Task
@@ -112,7 +112,7 @@ def reason_in_batches(
     exactly one of the single call's (the generator's order, longest context first, cut every
     `engine.batch_size` rows), so the reasonings are the same numbers; `on_batch(done)` after each."""
     contexts = [seq.ids for seq in engine.sequences(prompt)]
-    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))  # TransformersGenerator's order
+    order = longest_first(contexts)  # the order TransformersGenerator batches rows in
     size = engine.batch_size if on_batch is not None else len(order)
     for start in range(0, len(order), max(size, 1)):
         rows = [i for i in order[start : start + size] if i not in done]

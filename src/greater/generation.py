@@ -90,6 +90,12 @@ def pad_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
     return pad if pad is not None else min(stop_token_ids(model, tokenizer), default=0)
 
 
+def longest_first(contexts: list[tuple[int, ...]]) -> list[int]:
+    """Indexes of `contexts`, longest first (ties in their order): the rows of a generation batch are
+    consecutive in it, which keeps padding small."""
+    return sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+
+
 class TransformersGenerator(Generator):
     """Greedy generation on a transformers model; rows sorted by length to keep padding small.
 
@@ -121,7 +127,7 @@ class TransformersGenerator(Generator):
         if max_new_tokens <= 0 or not contexts:
             return [[] for _ in contexts]
         self.stats.sequences += len(contexts)
-        order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+        order = longest_first(contexts)
         batch = self._decode_batch if self.cached else self._generate_batch
         outs = run_chunked([contexts[i] for i in order], self.batch_size, lambda c: batch(c, max_new_tokens))
         result: list[list[int]] = [[] for _ in contexts]
