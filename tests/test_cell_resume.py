@@ -115,6 +115,7 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
     assert len(plain_saves.progress) == STEPS + finalists + 2
     assert plain_saves.progress[-2] == {"method": "greater", "result": plain["result"]}  # as the cell has it
     assert len(plain_saves.progress[-1].pop("test_reasoning")) == SPLIT[1]
+    assert plain_saves.progress[-1].pop("test_batch_size") == CONFIG.batch_size
     assert plain_saves.progress[-1] == plain_saves.progress[-2]
     notes = [progress_note(p, STEPS) for p in plain_saves.progress[:-1]]  # what the progress bar shows
     assert notes == [f"step {i}/{STEPS}" for i in range(1, STEPS + 1)] + [
@@ -265,7 +266,8 @@ def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
         with pytest.raises(KeyboardInterrupt):
             run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT)
     saved = read_json(partial_path(out, cell_path(out, TASK.name, "greater", 0).stem))["progress"]
-    assert len(saved["test_reasoning"]) == 2
+    assert len(saved["test_reasoning"]) == 2 and saved["test_batch_size"] == 2
+    shutil.copytree(out, tmp_path / "cut-copy")
     assert progress_note(saved, 2) == "search done, scoring on test: 2 reasonings"
 
     generated: list[int] = []
@@ -282,6 +284,25 @@ def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
     assert generated == [2, 4]  # the other test batch's reasonings, then every answer
     assert without_seconds(cell(out, "greater")) == without_seconds(plain)
     assert not partial_path(out, cell_path(out, TASK.name, "greater", 0).stem).exists()
+
+    # the rest is cut at the saved batch size, which an "auto" size may not give again in a later sitting
+    other = tmp_path / "other-sitting"
+    shutil.copytree(tmp_path / "cut-copy", other)
+    partial = partial_path(other, cell_path(other, TASK.name, "greater", 0).stem)
+    data = read_json(partial)
+    data["progress"]["test_batch_size"] = 1
+    partial.write_text(json.dumps(data), encoding="utf-8")
+    batches: list[int] = []
+    real_batch = TransformersGenerator._decode_batch
+
+    def sized(self, contexts, max_new_tokens):
+        batches.append(len(contexts))
+        return real_batch(self, contexts, max_new_tokens)
+
+    with monkeypatch.context() as m:
+        m.setattr(TransformersGenerator, "_decode_batch", sized)
+        run_compare(optimizer, [TASK], ["greater"], [0], other, config, split=SPLIT)
+    assert batches == [1, 1, 1, 1, 1, 1]  # two reasonings, four answers, one row at a time
 
 
 def test_the_progress_bar_says_how_far_the_running_cell_is(

@@ -163,18 +163,20 @@ def test_evaluate_batch_by_batch_saves_each_batch_and_resumes_to_the_same_predic
     whole = evaluate(tiny_model, smol_tokenizer, task, examples, "Think.", **settings)
     whole_batches, batches[:] = list(batches), []
     saves: list[dict[int, list[int]]] = []
+    sizes: list[int] = []
     batched = evaluate(
         tiny_model,
         smol_tokenizer,
         task,
         examples,
         "Think.",
-        on_reasoning=lambda done: saves.append(dict(done)),
+        on_reasoning=lambda done, size: saves.append(dict(done)) or sizes.append(size),
         **settings,
     )
     assert batched.predictions == whole.predictions
     assert batches == whole_batches  # reasoning: the same three batches of 2, 2 and 1 rows; then the answers
     assert [len(save) for save in saves] == [2, 4, 5] and sorted(saves[-1]) == list(range(5))
+    assert sizes == [2, 2, 2]
     assert all(saves[-1][i] == ids for save in saves for i, ids in save.items())  # a saved reasoning stays
 
     batches.clear()

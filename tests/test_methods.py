@@ -317,6 +317,8 @@ def test_a_greater_method_name_carries_its_options(name: str, fields: dict | Non
         ("greater:candidate_nll=yes", "method 'greater:candidate_nll=yes': 'yes' is no value for candidate_nll"),
         ("greater:num_select=0", "invalid setting num_select=0"),
         ("greater:selection=best", "invalid setting selection='best'"),
+        ("greater:top_k=5:top_k=6", "method 'greater:top_k=5:top_k=6': top_k is set twice"),
+        ("greater:nll_weight=nan", "method 'greater:nll_weight=nan': 'nan' is no value for nll_weight"),
     ],
 )
 def test_a_bad_method_name_says_what_is_wrong(name: str, message: str) -> None:

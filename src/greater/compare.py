@@ -245,12 +245,15 @@ def compute_cell(
                     note(progress_note(progress, config.steps))
 
         result, saved_reasoning = _search(job, optimizer, train, dev, resume, checkpoint)
+        # the saved batches were cut at the batch size of their sitting ("auto" may differ in this one)
+        test_config = replace(config, batch_size=resume["test_batch_size"]) if saved_reasoning else config
         on_reasoning = None
         if checkpoint is not None:
 
-            def on_reasoning(done: dict[int, list[int]], result: dict = result) -> None:
+            def on_reasoning(done: dict[int, list[int]], batch_size: int, result: dict = result) -> None:
                 reasoned = {str(i): r for i, r in done.items()}  # JSON keys are text
-                checkpoint({"method": method, "result": result, "test_reasoning": reasoned})
+                progress = {"method": method, "result": result, "test_reasoning": reasoned}
+                checkpoint(progress | {"test_batch_size": batch_size})
 
         record = {
             "task": task.name,
@@ -267,7 +270,7 @@ def compute_cell(
                 test,
                 result["prompt"],
                 result["joiner"],
-                config,
+                test_config,
                 job.name,
                 saved_reasoning=saved_reasoning,
                 on_reasoning=on_reasoning,
@@ -347,7 +350,7 @@ def _score(
     config,
     name: str,
     saved_reasoning: dict[int, list[int]] | None = None,
-    on_reasoning: Callable[[dict[int, list[int]]], None] | None = None,
+    on_reasoning: Callable[[dict[int, list[int]], int], None] | None = None,
 ) -> dict:
     """Test accuracy of a prompt; its per-example predictions go into `predictions` as
     predictions/<name>.jsonl. `saved_reasoning` and `on_reasoning`: see `evaluate`."""

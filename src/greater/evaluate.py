@@ -55,14 +55,15 @@ def evaluate(
     progress: bool = False,
     desc: str = "evaluating",
     saved_reasoning: dict[int, list[int]] | None = None,
-    on_reasoning: Callable[[dict[int, list[int]]], None] | None = None,
+    on_reasoning: Callable[[dict[int, list[int]], int], None] | None = None,
 ) -> Evaluation:
     """Score `prompt` on `examples` with greedy reasoning capped at `max_new_tokens`.
 
     With `on_reasoning`, the reasonings are generated one generation batch at a time and
-    `on_reasoning(done)` gets every reasoning so far (example index -> token ids) after each batch;
-    passing `done` back as `saved_reasoning` skips the batches it holds. The predictions are those of
-    one uninterrupted call either way (`reason_in_batches`)."""
+    `on_reasoning(done, batch_size)` gets every reasoning so far (example index -> token ids) and the
+    batch size after each batch; passing `done` back as `saved_reasoning`, with that batch size as
+    `batch_size`, skips the batches it holds. The predictions are those of one uninterrupted call
+    either way (`reason_in_batches`)."""
     engine = Engine(
         model,
         tokenizer,
@@ -78,7 +79,8 @@ def evaluate(
         engine.generator.progress = bar
         done = dict(saved_reasoning or {})
         bar.update(len(done))
-        reasoning = reason_in_batches(engine, prompt_ids, max_new_tokens, done, on_reasoning)
+        on_batch = None if on_reasoning is None else (lambda done: on_reasoning(done, engine.batch_size))
+        reasoning = reason_in_batches(engine, prompt_ids, max_new_tokens, done, on_batch)
         outputs = engine.answer(prompt_ids, reasoning, max(map(len, engine.answer_ids)) + ANSWER_SLACK)
     predictions = []
     for ex, r, out in zip(examples, reasoning, outputs, strict=True):
@@ -110,7 +112,9 @@ def reason_in_batches(
 
     Without `on_batch`, one generation call. With it, one call per generation batch, each batch
     exactly one of the single call's (the generator's order, longest context first, cut every
-    `engine.batch_size` rows), so the reasonings are the same numbers; `on_batch(done)` after each."""
+    `engine.batch_size` rows), so the reasonings are the same numbers; `on_batch(done)` after each.
+    That holds for the engine's own generator (whose batch size is the engine's) as long as no batch
+    runs out of memory (one call would go on at half the size; here each batch starts at the full one)."""
     contexts = [seq.ids for seq in engine.sequences(prompt)]
     order = longest_first(contexts)  # the order TransformersGenerator batches rows in
     size = engine.batch_size if on_batch is not None else len(order)

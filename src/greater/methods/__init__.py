@@ -8,6 +8,7 @@ model as task model and optimizer (no API model anywhere).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -94,10 +95,14 @@ def greater_fields(name: str) -> dict | None:
             raise GreaterError(f"method {name!r}: {option!r} is not one of {', '.join(k + '=VALUE' for k in TUNABLE)}")
         if not text:
             raise GreaterError(f"method {name!r}: {key} needs a value ({key}=VALUE)")
+        if key in fields and key not in GREATER_VARIANTS[base]:
+            raise GreaterError(f"method {name!r}: {key} is set twice")
         try:
             fields[key] = TUNABLE[key](text)
         except (ValueError, KeyError):
             raise GreaterError(f"method {name!r}: {text!r} is no value for {key}") from None
+        if isinstance(fields[key], float) and not math.isfinite(fields[key]):
+            raise GreaterError(f"method {name!r}: {text!r} is no value for {key}")
     replace(GreaterConfig(), **fields).validate()
     return fields
 
