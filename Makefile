@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/greater optimize --task $(DEMO_TASK) --steps 10 --train 16 --dev 32 --keep-top 3 --test 40 \
+	$(VENV)/bin/greater optimize --task $(DEMO_TASK) --steps 10 --train 16 --dev 32 --keep-top 2 --test 40 \
 		--max-new-tokens 64 --out runs/demo
 
 # tools the tests drive for real: Chromium (report pages) and promptfoo (exported configs); each step is
