@@ -184,6 +184,9 @@ def test_cut_off_share_comes_from_the_reasoning_lengths_recorded(tmp_path: Path)
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         rows = [row | {"reasoning_tokens": n, "reasoning": t} for row, n, t in zip(rows, lengths, texts, strict=True)]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if seed == 0:  # seed 1 not recorded yet: no share, rather than seed 0's passed off as both seeds'
+            half = summarize(tmp_path, records, settings, tasks=TASKS)["results"]
+            assert next(r for r in half if (r["task"], r["method"]) == ("t/a", "greater"))["cut_off"] is None
     table = summarize(tmp_path, records, settings, tasks=TASKS)
     by = {(r["task"], r["method"]): (r["cut_off"], r["cut_off_looping"]) for r in table["results"]}
     assert by["t/a", "greater"] == (0.4, 0.2)

@@ -23,7 +23,7 @@ CUT_OFF_NOTE = (
     "Reasoning cut off at the cap (% of test answers whose reasoning reached --max-new-tokens; a high "
     "share means the answers were forced before the reasoning ended). In parentheses: the % cut off "
     "inside a repetition loop (a 25-character piece three times in the last 300 characters), which a "
-    "longer cap would not have ended"
+    "longer cap would not have ended; – : not every seed's predictions recorded their reasoning's length"
 )
 
 
@@ -102,21 +102,20 @@ def _test_rows(out: Path, record: dict) -> list[dict]:
 
 
 def _cut_off(test_rows: list[dict], cap: int | None) -> dict:
-    """`cut_off`: the share of test answers whose reasoning ran to the cap (`reasoning_tokens`), over
-    the rows that record it; `cut_off_looping`: the share that ran to the cap inside a repetition loop
-    (`ends_in_repetition`), which a longer cap would not have ended. Both None when no row records
-    its length (predictions written before it was recorded)."""
-    recorded = [row for row in test_rows if "reasoning_tokens" in row]
-    if not recorded or cap is None:
+    """`cut_off`: the share of test answers whose reasoning ran to the cap (`reasoning_tokens`);
+    `cut_off_looping`: the share that ran to the cap inside a repetition loop (`ends_in_repetition`),
+    which a longer cap would not have ended. Both None unless every row records its length: a share
+    over the seeds whose predictions were written after it was recorded would pass for all seeds'."""
+    if not test_rows or cap is None or any("reasoning_tokens" not in row for row in test_rows):
         return {"cut_off": None, "cut_off_looping": None}
-    cut = [row for row in recorded if row["reasoning_tokens"] >= cap]
+    cut = [row for row in test_rows if row["reasoning_tokens"] >= cap]
     looping = [row for row in cut if ends_in_repetition(row["reasoning"])]
-    return {"cut_off": len(cut) / len(recorded), "cut_off_looping": len(looping) / len(recorded)}
+    return {"cut_off": len(cut) / len(test_rows), "cut_off_looping": len(looping) / len(test_rows)}
 
 
 def cut_off_cell(row: dict) -> str:
     """One cell of the cut-off table (table.md and the HTML report): "cut off (looping)" in %, "–"
-    where nothing was recorded."""
+    where some test answers of the cell's seeds did not record their reasoning's length."""
     if row.get("cut_off") is None:
         return "–"
     looping = row.get("cut_off_looping")
