@@ -64,6 +64,20 @@ class Scorings:
         monkeypatch.setattr(common_module, "accuracy_on", on_dev)
 
 
+def generator_calls(m: pytest.MonkeyPatch, method: str) -> list[list[tuple[int, ...]]]:
+    """The contexts of every call of `TransformersGenerator.<method>` ("generate": one generation call;
+    "_decode_batch": one batch the model runs) while `m` is in effect, in order."""
+    calls: list[list[tuple[int, ...]]] = []
+    real = getattr(TransformersGenerator, method)
+
+    def recorded(self, contexts, max_new_tokens):
+        calls.append(list(contexts))
+        return real(self, contexts, max_new_tokens)
+
+    m.setattr(TransformersGenerator, method, recorded)
+    return calls
+
+
 def cell(out: Path, method: str) -> dict:
     return read_json(cell_path(out, TASK.name, method, 0))
 
@@ -270,18 +284,11 @@ def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
     shutil.copytree(out, tmp_path / "cut-copy")
     assert progress_note(saved, 2) == "search done, scoring on test: 2 reasonings"
 
-    generated: list[int] = []
-    real_generate = TransformersGenerator.generate
-
-    def counted(self, contexts, max_new_tokens):
-        generated.append(len(contexts))
-        return real_generate(self, contexts, max_new_tokens)
-
     with monkeypatch.context() as m:
         m.setattr(compare_module, "run_method", lambda *a, **k: pytest.fail("searched again"))
-        m.setattr(TransformersGenerator, "generate", counted)
+        generated = generator_calls(m, "generate")
         run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT)
-    assert generated == [2, 4]  # the other test batch's reasonings, then every answer
+    assert list(map(len, generated)) == [2, 4]  # the other test batch's reasonings, then every answer
     assert without_seconds(cell(out, "greater")) == without_seconds(plain)
     assert not partial_path(out, cell_path(out, TASK.name, "greater", 0).stem).exists()
 
@@ -292,17 +299,10 @@ def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
     data = read_json(partial)
     data["progress"]["test_batch_size"] = 1
     partial.write_text(json.dumps(data), encoding="utf-8")
-    batches: list[int] = []
-    real_batch = TransformersGenerator._decode_batch
-
-    def sized(self, contexts, max_new_tokens):
-        batches.append(len(contexts))
-        return real_batch(self, contexts, max_new_tokens)
-
     with monkeypatch.context() as m:
-        m.setattr(TransformersGenerator, "_decode_batch", sized)
+        batches = generator_calls(m, "_decode_batch")
         run_compare(optimizer, [TASK], ["greater"], [0], other, config, split=SPLIT)
-    assert batches == [1, 1, 1, 1, 1, 1]  # two reasonings, four answers, one row at a time
+    assert list(map(len, batches)) == [1, 1, 1, 1, 1, 1]  # two reasonings, four answers, one row at a time
 
 
 def test_the_progress_bar_says_how_far_the_running_cell_is(

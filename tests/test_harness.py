@@ -19,8 +19,8 @@ from greater.evaluate import (
     prompts_table_markdown,
     table_data,
 )
-from greater.generation import TransformersGenerator
 from greater.tasks import get_task
+from test_cell_resume import generator_calls
 from test_cli import message_lines, run_cli
 
 
@@ -151,14 +151,7 @@ def test_evaluate_batch_by_batch_saves_each_batch_and_resumes_to_the_same_predic
     task = get_task("gen/arithmetic")
     examples = task.load()[:5]  # questions of several lengths: the generator reorders them
     assert len({len(ex.question) for ex in examples}) > 1
-    batches: list[list[tuple[int, ...]]] = []  # every generation batch the model ran, as its contexts
-    real = TransformersGenerator._decode_batch
-
-    def spy(self, contexts, max_new_tokens):
-        batches.append(list(contexts))
-        return real(self, contexts, max_new_tokens)
-
-    monkeypatch.setattr(TransformersGenerator, "_decode_batch", spy)
+    batches = generator_calls(monkeypatch, "_decode_batch")  # every generation batch the model ran
     settings = {"joiner": ".", "max_new_tokens": 6, "batch_size": 2}
     whole = evaluate(tiny_model, smol_tokenizer, task, examples, "Think.", **settings)
     whole_batches, batches[:] = list(batches), []

@@ -88,21 +88,22 @@ def greater_fields(name: str) -> dict | None:
             greater = ", ".join(GREATER_VARIANTS)
             raise GreaterError(f"method {name!r}: only GReaTer methods ({greater}) take :option=value")
         return None
-    fields = dict(GREATER_VARIANTS[base])
+    given: dict = {}
     for option in options:
         key, _, text = option.partition("=")
         if key not in TUNABLE:
             raise GreaterError(f"method {name!r}: {option!r} is not one of {', '.join(k + '=VALUE' for k in TUNABLE)}")
         if not text:
             raise GreaterError(f"method {name!r}: {key} needs a value ({key}=VALUE)")
-        if key in fields and key not in GREATER_VARIANTS[base]:
+        if key in given:
             raise GreaterError(f"method {name!r}: {key} is set twice")
         try:
-            fields[key] = TUNABLE[key](text)
+            given[key] = TUNABLE[key](text)
+            if isinstance(given[key], float) and not math.isfinite(given[key]):
+                raise ValueError(text)
         except (ValueError, KeyError):
             raise GreaterError(f"method {name!r}: {text!r} is no value for {key}") from None
-        if isinstance(fields[key], float) and not math.isfinite(fields[key]):
-            raise GreaterError(f"method {name!r}: {text!r} is no value for {key}")
+    fields = GREATER_VARIANTS[base] | given
     replace(GreaterConfig(), **fields).validate()
     return fields
 
