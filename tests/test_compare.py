@@ -197,6 +197,11 @@ def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, t
     [
         (["--methods", "greater,opro"], "unknown method 'opro'; choose from greater, greater-zs, zs-cot"),
         (["--methods", "greater:nll_weight=x"], "method 'greater:nll_weight=x': 'x' is no value for nll_weight"),
+        (
+            ["--methods", "greater:nll_weight=.5:top_k=8,zs-cot,greater:top_k=8:nll_weight=0.5"],
+            "methods 'greater:nll_weight=.5:top_k=8' and 'greater:top_k=8:nll_weight=0.5' run the same GReaTer",
+        ),
+        (["--methods", "greater,greater:num_select=3"], "methods 'greater' and 'greater:num_select=3' run the same"),
         (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
         (["--methods", ","], "--methods is empty"),
         (["--keep-top", "2"], "--keep-top picks the prompts scored on the dev set; give --dev N too"),

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from greater.device import DTYPES
 from greater.errors import GreaterError, ResumeConflict
-from greater.methods import METHODS, PAPER_METHODS, TUNABLE, ZS_COT_PROMPT, greater_fields
+from greater.methods import METHODS, PAPER_METHODS, TUNABLE, ZS_COT_PROMPT, distinct_settings
 from greater.model import model_label, model_name
 from greater.optimizer import SELECTION_RULES
 from greater.stats import majority
@@ -625,12 +625,10 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from greater.compare import Scorer, run_compare
-    from greater.methods import MethodConfig
+    from greater.methods import MethodConfig, greater_settings
     from greater.tasks import resolve_task
 
     methods = _names(args.methods, "--methods")
-    for method in methods:
-        greater_fields(method)
     try:
         seeds = [int(s) for s in _names(args.seeds, "--seeds")]
     except ValueError:
@@ -641,6 +639,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise GreaterError("--keep-top picks the prompts scored on the dev set; give --dev N too")
     flags = ("steps", "evaluations", "max_new_tokens", "batch_size", "meta_max_new_tokens", "keep_top")
     config = MethodConfig.from_args(args, flags, "greater compare")
+    distinct_settings(methods, greater_settings(config))
     options = _task_options(args)
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded

@@ -108,6 +108,22 @@ def greater_fields(name: str) -> dict | None:
     return fields
 
 
+def distinct_settings(names: list[str], base: GreaterConfig) -> None:
+    """Raise GreaterError if two GReaTer methods among `names` run the same settings over `base`
+    ("greater:nll_weight=.5" and "greater:nll_weight=0.5", options in another order, or an option at
+    its value in `base`): each would be a row of its own, spending a search on a copy."""
+    seen: list[tuple[str, GreaterConfig]] = []
+    for name in names:
+        fields = greater_fields(name)
+        if fields is None:
+            continue
+        config = replace(base, **fields)
+        for other, other_config in seen:
+            if config == other_config:
+                raise GreaterError(f"methods {other!r} and {name!r} run the same GReaTer settings; keep one")
+        seen.append((name, config))
+
+
 def run_method(
     name: str,
     model: PreTrainedModel,
