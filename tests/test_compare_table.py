@@ -206,3 +206,33 @@ def test_a_reasoning_ends_in_repetition_when_a_piece_recurs_three_times_at_its_e
     assert not ends_in_repetition(sentence * 3 + counting)  # the loop is over: not in the last 300
     assert ends_in_repetition("." * 80)  # any piece, punctuation too
     assert not ends_in_repetition("")
+
+
+def test_the_most_common_answer_per_seed_shows_a_prompt_that_answers_the_same_whatever_the_question(
+    tmp_path: Path,
+) -> None:
+    records = write_cells(tmp_path, [0, 1])  # a wrong answer is written as "?"
+    path = tmp_path / "predictions/t_b__ape__s0.jsonl"  # a long extracted answer, with a "|" in it
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = [row | {"predicted": "7 | is more than 5, so", "correct": False} for row in rows]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = summarize(tmp_path, records, SETTINGS, tasks=TASKS)
+    top = {(r["task"], r["method"]): r["top_answers"] for r in table["results"]}
+    # t/a golds T T F T F / T F T T T; greater right on 11110 / 11101, ape on all, zs-cot on 01000 / 01010
+    assert top["t/a", "greater"] == {"0": {"answer": "True", "share": 0.6}, "1": {"answer": "True", "share": 0.6}}
+    assert top["t/a", "ape"] == {"0": {"answer": "True", "share": 0.6}, "1": {"answer": "True", "share": 0.8}}
+    assert top["t/a", "zs-cot"] == {"0": {"answer": "?", "share": 0.8}, "1": {"answer": "?", "share": 0.6}}
+    assert top["t/b", "ape"]["0"] == {"answer": "7 | is more than 5, so", "share": 1.0}
+    text = compare_markdown(table)
+    assert "| t/a | ? 80 · ? 60 | True 60 · True 60 | True 60 · True 80 |" in text
+    assert "| t/b | ? 100 · ? 100 | 3 50 · 5 50 | 7 \\| is more tha… 100 · 5 50 |" in text
+    (tmp_path / "table.json").write_text(json.dumps(table), encoding="utf-8")
+    page = compare_report(tmp_path)
+    section = page[page.index("<h2>Most common answer on test</h2>") :]
+    assert "<tr><td>t/a</td><td class=num>? 80 · ? 60</td><td class=num>True 60 · True 60</td>" in section
+    older = json.loads((tmp_path / "table.json").read_text())
+    for row in older["results"]:  # a table.json written before the answers were recorded
+        del row["top_answers"]
+    (tmp_path / "table.json").write_text(json.dumps(older), encoding="utf-8")
+    assert "Most common answer" not in compare_report(tmp_path)
+    assert "most common answer on test" not in compare_markdown(older).lower()

@@ -1,9 +1,9 @@
 """The table of a `greater compare` folder: `summarize` reads the finished cells and their predictions
 into table.json's dict (per task and method the mean test accuracy over seeds and its sd from two
-seeds on, model calls and tokens, the share of reasoning cut off at the cap; per task the chance
-level; paired tests of one method against each other, by greater.stats), which `compare_markdown`
-writes as table.md and `write_chart` as chart.png (`chart_spec`: the bars, testable without
-matplotlib)."""
+seeds on, model calls and tokens, the share of reasoning cut off at the cap, the most common answer
+per seed; per task the chance level; paired tests of one method against each other, by
+greater.stats), which `compare_markdown` writes as table.md and `write_chart` as chart.png
+(`chart_spec`: the bars, testable without matplotlib)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ CUT_OFF_NOTE = (
     "inside a repetition loop (a 25-character piece three times in the last 300 characters), which a "
     "longer cap would not have ended; – : not every seed's predictions recorded their reasoning's length"
 )
+
+TOP_ANSWER_NOTE = (
+    "The most common answer on test, per seed, and its % of the test answers: near 100, the prompt makes "
+    "the model give that answer whatever the question (its accuracy is then that answer's share of the gold answers)"
+)
+TOP_ANSWER_CHARS = 16  # a longer extracted answer (a sentence the answer pattern caught) is shortened
 
 
 def cell_name(task: str, method: str, seed: int) -> str:
@@ -62,6 +68,7 @@ def summarize(
                 "prompts": {str(r["seed"]): r["result"]["prompt"] for r in runs},
                 "transfer": {m: _spread([r["transfer"][m]["accuracy"] for r in runs]) for m in transfer},
                 **_cut_off(test_rows, cap),
+                "top_answers": {str(r["seed"]): _top_answer(rows[task, method, r["seed"]]) for r in runs},
             }
             results.append(row)
     reference = REFERENCE if REFERENCE in methods else methods[0]
@@ -111,6 +118,28 @@ def _cut_off(test_rows: list[dict], cap: int | None) -> dict:
     cut = [row for row in test_rows if row["reasoning_tokens"] >= cap]
     looping = [row for row in cut if ends_in_repetition(row["reasoning"])]
     return {"cut_off": len(cut) / len(test_rows), "cut_off_looping": len(looping) / len(test_rows)}
+
+
+def _top_answer(test_rows: list[dict]) -> dict:
+    """The answer a cell's prompt made the model give most often on test, and its share of the answers:
+    a share near 1 is a prompt that answers the same whatever the question (its accuracy is then the
+    chance of that answer)."""
+    answer, share = stats.majority([str(row["predicted"]) for row in test_rows])
+    return {"answer": answer, "share": share}
+
+
+def top_answer_cell(row: dict) -> str:
+    """One cell of the most-common-answer table (table.md and the HTML report): per seed "answer %",
+    joined by " · "; "–" for a table.json written before it was recorded."""
+    if not row.get("top_answers"):
+        return "–"
+    shown = []
+    for top in row["top_answers"].values():
+        answer = (
+            top["answer"] if len(top["answer"]) <= TOP_ANSWER_CHARS else top["answer"][: TOP_ANSWER_CHARS - 1] + "…"
+        )
+        shown.append(f"{answer} {100 * top['share']:.0f}")
+    return " · ".join(shown)
 
 
 def cut_off_cell(row: dict) -> str:
@@ -206,6 +235,12 @@ def compare_markdown(table: dict) -> str:
         ]
         for task in tasks:
             cells = [cut_off_cell(by[task, m]) for m in methods]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if any(r.get("top_answers") for r in table["results"]):
+        lines += [TOP_ANSWER_NOTE + ":", "", "| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+        for task in tasks:
+            cells = [top_answer_cell(by[task, m]).replace("|", "\\|") for m in methods]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [

@@ -15,7 +15,7 @@ import re
 from html import escape
 from pathlib import Path
 
-from greater.compare_table import CUT_OFF_NOTE, cut_off_cell
+from greater.compare_table import CUT_OFF_NOTE, TOP_ANSWER_NOTE, cut_off_cell, top_answer_cell
 from greater.errors import GreaterError
 from greater.runs import read_json, write_atomic
 from greater.stats import paired_cells
@@ -336,7 +336,12 @@ def compare_report(folder: Path) -> str:
         chart,
         image,
         _paired_html(table.get("paired")),
-        _cut_off_html(tasks, methods, by),
+        ""
+        if all(r.get("cut_off") is None for r in by.values())
+        else _cell_table_html("Reasoning cut off at the cap (%)", CUT_OFF_NOTE, tasks, methods, by, cut_off_cell),
+        ""
+        if not any(r.get("top_answers") for r in by.values())
+        else _cell_table_html("Most common answer on test", TOP_ANSWER_NOTE, tasks, methods, by, top_answer_cell),
         "<h2>Cost of one optimization run</h2>",
         "\n".join(cost),
         "<h2>Prompts</h2>",
@@ -345,18 +350,17 @@ def compare_report(folder: Path) -> str:
     return _page("greater compare report", "\n".join(body))
 
 
-def _cut_off_html(tasks: list[str], methods: list[str], by: dict) -> str:
-    """table.json's cut-off shares (see greater.compare_table), as a table; nothing when none was recorded."""
-    if all(r.get("cut_off") is None for r in by.values()):
-        return ""
+def _cell_table_html(title: str, note: str, tasks: list[str], methods: list[str], by: dict, cell) -> str:
+    """A task × method table of table.json's results, each cell `cell(result)` ("—" where the pair has
+    none), under `title` and `note`."""
     rows = [
-        "<h2>Reasoning cut off at the cap (%)</h2>",
-        f"<p class='meta'>{escape(CUT_OFF_NOTE)}.</p>",
+        f"<h2>{escape(title)}</h2>",
+        f"<p class='meta'>{escape(note)}.</p>",
         "<table><tr><th>task</th>" + "".join(f"<th>{escape(m)}</th>" for m in methods) + "</tr>",
     ]
     for task in tasks:
         cells = "".join(
-            f"<td class=num>{'—' if (task, m) not in by else escape(cut_off_cell(by[task, m]))}</td>" for m in methods
+            f"<td class=num>{'—' if (task, m) not in by else escape(cell(by[task, m]))}</td>" for m in methods
         )
         rows.append(f"<tr><td>{escape(task)}</td>{cells}</tr>")
     return "\n".join(rows) + "</table>"
