@@ -14,6 +14,7 @@ from greater.compare import Scorer, cell_path, run_compare
 from greater.errors import GreaterError
 from greater.evaluate import evaluate
 from greater.methods import MethodConfig
+from greater.report import compare_report
 from greater.tasks import get_task
 from test_cli import message_lines, run_cli
 
@@ -302,6 +303,18 @@ def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> N
             assert [f["prompt"] for f in finalists] == list(dict.fromkeys(h["prompt"] for h in ranked))[:3]
             assert [f["score"] for f in finalists] == [h["accuracy"] for h in ranked[: len(finalists)]]
 
+    # the table shows each chosen prompt's dev accuracy ("–" for zs-cot); none without a dev set
+    by = {r["method"]: r["dev"] for r in read_json(out / "table.json")["results"]}
+    dev_of = {m: read_json(cell_path(out, task.name, m, 0))["result"]["dev_accuracy"] for m in ("greater", "ape")}
+    assert by == {"greater": _one_seed(dev_of["greater"]), "ape": _one_seed(dev_of["ape"]), "zs-cot": None}
+    line = f"| {task.name} | {100 * dev_of['greater']:.1f} | {100 * dev_of['ape']:.1f} | – |"
+    text = (out / "table.md").read_text(encoding="utf-8")
+    assert line in text.split("Dev accuracy (%) of the chosen prompt")[1]
+    page = compare_report(out)
+    section = page[page.index("<h2>Dev accuracy of the chosen prompt (%)</h2>") :]
+    assert f"<tr><td>{task.name}</td><td class=num>{100 * dev_of['greater']:.1f}</td>" in section
+    assert all(r["dev"] is None for r in read_json(plain / "table.json")["results"])
+    assert "Dev accuracy" not in (plain / "table.md").read_text(encoding="utf-8")
     # the settings record dev and keep_top only when there is a dev set: a folder made before dev sets
     # (exactly these settings) resumes with the same command
     assert read_json(out / "compare.json")["split"] == {"train": 3, "test": 4, "dev": n_dev}
@@ -350,3 +363,7 @@ def test_compare_command_with_dev_and_a_rerun_with_another_dev(capsys, tiny_mode
         f"greater: error: {out} holds a comparison run with dev=2, not 3; "
         "rerun with the same settings to resume it, or choose another --out"
     ]
+
+
+def _one_seed(accuracy: float) -> dict:
+    return {"mean": accuracy, "sd": None, "accuracies": [accuracy]}

@@ -26,6 +26,10 @@ CUT_OFF_NOTE = (
     "longer cap would not have ended; – : not every seed's predictions recorded their reasoning's length"
 )
 
+DEV_NOTE = (
+    "Dev accuracy (%) of the chosen prompt, over seeds as above: the dev examples chose it among the "
+    "method's finalists, so it overstates what the prompt scores on test; –: no dev pass (one prompt, or no --dev)"
+)
 TOP_ANSWER_NOTE = (
     "The most common answer on test, per seed, and its % of the test answers: near 100, the prompt makes "
     "the model give that answer whatever the question (its accuracy is then that answer's share of the gold answers)"
@@ -67,6 +71,7 @@ def summarize(
                 "seconds": _mean([u["seconds"] for u in usage]),
                 "prompts": {str(r["seed"]): r["result"]["prompt"] for r in runs},
                 "transfer": {m: _spread([r["transfer"][m]["accuracy"] for r in runs]) for m in transfer},
+                "dev": _dev_spread(runs),
                 **_cut_off(test_rows, cap),
                 "top_answers": {str(r["seed"]): _top_answer(rows[task, method, r["seed"]]) for r in runs},
             }
@@ -89,6 +94,13 @@ def _spread(values: list[float]) -> dict:
     """Mean, sample standard deviation (None for one seed: there is no spread to show) and the values."""
     sd = statistics.stdev(values) if len(values) > 1 else None
     return {"mean": _mean(values), "sd": sd, "accuracies": values}
+
+
+def _dev_spread(runs: list[dict]) -> dict | None:
+    """The chosen prompt's dev accuracy over seeds (as `_spread`); None for a method with no dev pass
+    (zs-cot, or a comparison without --dev) or cells written before it was recorded."""
+    values = [r["result"].get("dev_accuracy") for r in runs]
+    return None if any(v is None for v in values) else _spread(values)
 
 
 def _mean(values: list[float]) -> float:
@@ -207,24 +219,27 @@ def compare_markdown(table: dict) -> str:
     ]
     chance = {t: 100 * table["chance"][t]["majority"] for t in tasks}
 
-    def accuracy_table(pick: Callable[[dict], dict]) -> None:
-        lines.append("| task | n test | chance | " + " | ".join(methods) + " |")
-        lines.append("|---|---:|---:|" + "---:|" * len(methods))
+    def accuracy_table(pick: Callable[[dict], dict | None], on_test: bool = True) -> None:
+        lines.append("| task | " + ("n test | chance | " if on_test else "") + " | ".join(methods) + " |")
+        lines.append("|---|" + ("---:|---:|" if on_test else "") + "---:|" * len(methods))
         for task in tasks:
-            cells = [_pct(pick(by[task, m])) for m in methods]
-            lines.append(
-                f"| {task} | {by[task, methods[0]]['n_test']} | {chance[task]:.1f} | " + " | ".join(cells) + " |"
-            )
+            cells = [spread_cell(pick(by[task, m])) for m in methods]
+            head = f"{by[task, methods[0]]['n_test']} | {chance[task]:.1f} | " if on_test else ""
+            lines.append(f"| {task} | {head}" + " | ".join(cells) + " |")
         if len(tasks) > 1:
-            means = [100 * _mean([pick(by[t, m])["mean"] for t in tasks]) for m in methods]
-            mean_chance = _mean(list(chance.values()))
-            lines.append(f"| mean | | {mean_chance:.1f} | " + " | ".join(f"{v:.1f}" for v in means) + " |")
+            spreads = [[pick(by[t, m]) for t in tasks] for m in methods]
+            means = ["–" if None in s else f"{100 * _mean([x['mean'] for x in s]):.1f}" for s in spreads]
+            head = f" | | {_mean(list(chance.values())):.1f} | " if on_test else " | "
+            lines.append(f"| mean{head}" + " | ".join(means) + " |")
         lines.append("")
 
     accuracy_table(lambda r: r)
     for model in table["transfer_models"]:
         lines += [f"Transfer: the same prompts scored with {model} (test accuracy %, as above).", ""]
         accuracy_table(lambda r, model=model: r["transfer"][model])
+    if any(r.get("dev") for r in table["results"]):
+        lines += [DEV_NOTE + ":", ""]
+        accuracy_table(lambda r: r.get("dev"), on_test=False)
     lines += _paired_markdown(table["paired"])
     if any(r.get("cut_off") is not None for r in table["results"]):
         lines += [
@@ -280,7 +295,10 @@ def _paired_markdown(paired: dict) -> list[str]:
     return lines + [""]
 
 
-def _pct(spread: dict) -> str:
+def spread_cell(spread: dict | None) -> str:
+    """A mean over seeds in %, "± sd" from two seeds on; "–" for None (nothing measured)."""
+    if spread is None:
+        return "–"
     mean = f"{100 * spread['mean']:.1f}"
     return mean if spread["sd"] is None else f"{mean} ± {100 * spread['sd']:.1f}"
 

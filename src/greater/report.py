@@ -15,7 +15,7 @@ import re
 from html import escape
 from pathlib import Path
 
-from greater.compare_table import CUT_OFF_NOTE, TOP_ANSWER_NOTE, cut_off_cell, top_answer_cell
+from greater.compare_table import CUT_OFF_NOTE, DEV_NOTE, TOP_ANSWER_NOTE, cut_off_cell, spread_cell, top_answer_cell
 from greater.errors import GreaterError
 from greater.runs import read_json, write_atomic
 from greater.stats import paired_cells
@@ -335,6 +335,11 @@ def compare_report(folder: Path) -> str:
         "\n".join(rows),
         chart,
         image,
+        ""
+        if not any(r.get("dev") for r in by.values())
+        else _cell_table_html(
+            "Dev accuracy of the chosen prompt (%)", DEV_NOTE, tasks, methods, by, lambda r: spread_cell(r.get("dev"))
+        ),
         _paired_html(table.get("paired")),
         ""
         if all(r.get("cut_off") is None for r in by.values())
