@@ -314,6 +314,25 @@ def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> N
     section = page[page.index("<h2>Dev accuracy of the chosen prompt (%)</h2>") :]
     assert f"<tr><td>{task.name}</td><td class=num>{100 * dev_of['greater']:.1f}</td>" in section
     assert all(r["dev"] is None for r in read_json(plain / "table.json")["results"])
+    # the searches table: each cell's training errors by step (GReaTer), finalists' dev, dev -> test
+    searches = read_json(out / "table.json")["searches"]
+    assert [(s["method"], s["seed"]) for s in searches] == [("greater", 0), ("ape", 0), ("zs-cot", 0)]
+    for search in searches:
+        cell = read_json(cell_path(out, task.name, search["method"], 0))
+        steps = [h for h in cell["result"]["history"] if h.get("kind") == "step"]
+        errors = [h["train_errors"] for h in steps] if search["method"] == "greater" else None
+        assert search["train_errors"] == errors and (errors is None or len(errors) == CONFIG.steps)
+        assert search["finalists_dev"] == [f["dev_accuracy"] for f in cell["result"]["finalists"]]
+        assert (search["dev"], search["test"]) == (cell["result"]["dev_accuracy"], cell["test"]["accuracy"])
+    greater = searches[0]
+    row = (
+        f"| {task.name} | greater | 0 | {' '.join(map(str, greater['train_errors']))} (of {SPLIT[0]}) | "
+        + " ".join(f"{100 * a:.0f}" for a in greater["finalists_dev"])
+        + f" | {100 * greater['dev']:.0f} → {100 * greater['test']:.0f} |"
+    )
+    assert row in text.split("Searches, cell by cell")[1]
+    assert f"| {task.name} | zs-cot | 0 | – | – | – → {100 * searches[2]['test']:.0f} |" in text
+    assert "<h2>Searches</h2>" in page
     assert "Dev accuracy" not in (plain / "table.md").read_text(encoding="utf-8")
     # the settings record dev and keep_top only when there is a dev set: a folder made before dev sets
     # (exactly these settings) resumes with the same command

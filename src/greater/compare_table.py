@@ -87,6 +87,10 @@ def summarize(
         "chance": {t: _chance([rows[t, reference, s] for s in seeds], answer_sets.get(t)) for t in names},
         "paired": _paired(rows, names, methods, seeds, reference),
         "cells": [f"cells/{cell_name(r['task'], r['method'], r['seed'])}.json" for r in records],
+        "searches": [
+            _search(r)
+            for r in sorted(records, key=lambda r: (names.index(r["task"]), methods.index(r["method"]), r["seed"]))
+        ],
     }
 
 
@@ -94,6 +98,49 @@ def _spread(values: list[float]) -> dict:
     """Mean, sample standard deviation (None for one seed: there is no spread to show) and the values."""
     sd = statistics.stdev(values) if len(values) > 1 else None
     return {"mean": _mean(values), "sd": sd, "accuracies": values}
+
+
+def _search(record: dict) -> dict:
+    """What one cell's search did, to read why its prompt scores what it does: GReaTer's training
+    errors per step (None for a baseline, or a cell written before they were recorded), its finalists'
+    dev accuracies in their training-score order, the chosen prompt's dev and test accuracy."""
+    result = record["result"]
+    steps = [h for h in result.get("history", []) if h.get("kind") == "step"]
+    errors = [h.get("train_errors") for h in steps]
+    return {
+        "task": record["task"],
+        "method": record["method"],
+        "seed": record["seed"],
+        "n_train": record.get("split", {}).get("n_train"),
+        "train_errors": None if not errors or None in errors else errors,
+        "finalists_dev": [f["dev_accuracy"] for f in result.get("finalists", [])],
+        "dev": result.get("dev_accuracy"),
+        "test": record["test"]["accuracy"],
+    }
+
+
+def search_cells(search: dict) -> list[str]:
+    """One row of the searches table (table.md and the HTML report): task, method, seed, training
+    errors by step ("of n"), finalists' dev %, the chosen prompt's dev → test %."""
+    errors = search["train_errors"]
+    shown = "–" if errors is None else " ".join(map(str, errors)) + f" (of {search['n_train']})"
+    finalists = " ".join(f"{100 * a:.0f}" for a in search["finalists_dev"]) or "–"
+    dev = "–" if search["dev"] is None else f"{100 * search['dev']:.0f}"
+    return [
+        search["task"],
+        search["method"],
+        str(search["seed"]),
+        shown,
+        finalists,
+        f"{dev} → {100 * search['test']:.0f}",
+    ]
+
+
+SEARCHES_NOTE = (
+    "Searches, cell by cell: GReaTer's training examples answered wrong after each step; the finalists' "
+    "dev accuracy (%, in the order of their training score); the chosen prompt's dev → test accuracy (%)"
+)
+SEARCHES_HEAD = ["task", "method", "seed", "training errors by step", "finalists on dev", "chosen: dev → test"]
 
 
 def _dev_spread(runs: list[dict]) -> dict | None:
@@ -257,6 +304,10 @@ def compare_markdown(table: dict) -> str:
         for task in tasks:
             cells = [top_answer_cell(by[task, m]).replace("|", "\\|") for m in methods]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if any(search["finalists_dev"] or search["train_errors"] for search in table.get("searches", [])):
+        lines += [SEARCHES_NOTE + ":", "", "| " + " | ".join(SEARCHES_HEAD) + " |", "|---|---|---:|---|---|---:|"]
+        lines += ["| " + " | ".join(search_cells(search)) + " |" for search in table["searches"]]
         lines.append("")
     lines += [
         "Cost of one optimization run (mean over tasks and seeds; test scoring not included):",

@@ -15,7 +15,17 @@ import re
 from html import escape
 from pathlib import Path
 
-from greater.compare_table import CUT_OFF_NOTE, DEV_NOTE, TOP_ANSWER_NOTE, cut_off_cell, spread_cell, top_answer_cell
+from greater.compare_table import (
+    CUT_OFF_NOTE,
+    DEV_NOTE,
+    SEARCHES_HEAD,
+    SEARCHES_NOTE,
+    TOP_ANSWER_NOTE,
+    cut_off_cell,
+    search_cells,
+    spread_cell,
+    top_answer_cell,
+)
 from greater.errors import GreaterError
 from greater.runs import read_json, write_atomic
 from greater.stats import paired_cells
@@ -342,6 +352,9 @@ def compare_report(folder: Path) -> str:
         ),
         _paired_html(table.get("paired")),
         ""
+        if not any(s["finalists_dev"] or s["train_errors"] for s in table.get("searches", []))
+        else _rows_html("Searches", SEARCHES_NOTE, SEARCHES_HEAD, [search_cells(s) for s in table["searches"]]),
+        ""
         if all(r.get("cut_off") is None for r in by.values())
         else _cell_table_html("Reasoning cut off at the cap (%)", CUT_OFF_NOTE, tasks, methods, by, cut_off_cell),
         ""
@@ -358,17 +371,21 @@ def compare_report(folder: Path) -> str:
 def _cell_table_html(title: str, note: str, tasks: list[str], methods: list[str], by: dict, cell) -> str:
     """A task × method table of table.json's results, each cell `cell(result)` ("—" where the pair has
     none), under `title` and `note`."""
-    rows = [
+    rows = [[task] + ["—" if (task, m) not in by else cell(by[task, m]) for m in methods] for task in tasks]
+    return _rows_html(title, note, ["task", *methods], rows)
+
+
+def _rows_html(title: str, note: str, head: list[str], rows: list[list[str]]) -> str:
+    """A table under `title` and `note`: `head`, then `rows` (their first column text, the others numbers)."""
+    lines = [
         f"<h2>{escape(title)}</h2>",
         f"<p class='meta'>{escape(note)}.</p>",
-        "<table><tr><th>task</th>" + "".join(f"<th>{escape(m)}</th>" for m in methods) + "</tr>",
+        "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>",
     ]
-    for task in tasks:
-        cells = "".join(
-            f"<td class=num>{'—' if (task, m) not in by else escape(cell(by[task, m]))}</td>" for m in methods
-        )
-        rows.append(f"<tr><td>{escape(task)}</td>{cells}</tr>")
-    return "\n".join(rows) + "</table>"
+    for row in rows:
+        cells = "".join(f"<td class=num>{escape(c)}</td>" for c in row[1:])
+        lines.append(f"<tr><td>{escape(row[0])}</td>{cells}</tr>")
+    return "\n".join(lines) + "</table>"
 
 
 def _paired_html(paired: dict | None) -> str:
