@@ -1,9 +1,9 @@
 """The table of a `greater compare` folder: `summarize` reads the finished cells and their predictions
 into table.json's dict (per task and method the mean test accuracy over seeds and its sd from two
-seeds on, model calls and tokens, the share of reasoning cut off at the cap, the most common answer
-per seed; per task the chance level; paired tests of one method against each other, by
-greater.stats), which `compare_markdown` writes as table.md and `write_chart` as chart.png
-(`chart_spec`: the bars, testable without matplotlib)."""
+seeds on, the chosen prompts' dev accuracy, model calls and tokens, the share of reasoning cut off at
+the cap, the most common answer per seed; per task the chance level; per cell what its search did;
+paired tests of one method against each other, by greater.stats), which `compare_markdown` writes as
+table.md and `write_chart` as chart.png (`chart_spec`: the bars, testable without matplotlib)."""
 
 from __future__ import annotations
 
@@ -181,8 +181,8 @@ def _cut_off(test_rows: list[dict], cap: int | None) -> dict:
 
 def _top_answer(test_rows: list[dict]) -> dict:
     """The answer a cell's prompt made the model give most often on test, and its share of the answers:
-    a share near 1 is a prompt that answers the same whatever the question (its accuracy is then the
-    chance of that answer)."""
+    a share near 1 is a prompt that answers the same whatever the question (its accuracy is then that
+    answer's share of the gold answers)."""
     answer, share = stats.majority([str(row["predicted"]) for row in test_rows])
     return {"answer": answer, "share": share}
 
