@@ -201,6 +201,28 @@ def top_answer_cell(row: dict) -> str:
     return " · ".join(shown)
 
 
+def has_dev(table: dict) -> bool:
+    """Whether some method's chosen prompts have a dev accuracy (the dev table is shown)."""
+    return any(r.get("dev") for r in table.get("results", []))
+
+
+def has_searches(table: dict) -> bool:
+    """Whether some cell's search has something to show (the searches table): GReaTer's training
+    errors or finalists scored on dev (older table.json: no searches)."""
+    return any(s["finalists_dev"] or s["train_errors"] for s in table.get("searches", []))
+
+
+def cell_tables(table: dict) -> list[tuple[str, str, Callable[[dict], str]]]:
+    """The task × method tables that follow the paired tests in table.md and the report page, those
+    with something to show: (title, note, the text of one (task, method) result)."""
+    results, shown = table.get("results", []), []
+    if any(r.get("cut_off") is not None for r in results):
+        shown.append(("Reasoning cut off at the cap (%)", CUT_OFF_NOTE, cut_off_cell))
+    if any(r.get("top_answers") for r in results):
+        shown.append(("Most common answer on test", TOP_ANSWER_NOTE, top_answer_cell))
+    return shown
+
+
 def cut_off_cell(row: dict) -> str:
     """One cell of the cut-off table (table.md and the HTML report): "cut off (looping)" in %, "–"
     where some test answers of the cell's seeds did not record their reasoning's length."""
@@ -284,28 +306,17 @@ def compare_markdown(table: dict) -> str:
     for model in table["transfer_models"]:
         lines += [f"Transfer: the same prompts scored with {model} (test accuracy %, as above).", ""]
         accuracy_table(lambda r, model=model: r["transfer"][model])
-    if any(r.get("dev") for r in table["results"]):
+    if has_dev(table):
         lines += [DEV_NOTE + ":", ""]
         accuracy_table(lambda r: r.get("dev"), on_test=False)
     lines += _paired_markdown(table["paired"])
-    if any(r.get("cut_off") is not None for r in table["results"]):
-        lines += [
-            CUT_OFF_NOTE + ":",
-            "",
-            "| task | " + " | ".join(methods) + " |",
-            "|---|" + "---:|" * len(methods),
-        ]
+    for _title, note, cell in cell_tables(table):
+        lines += [note + ":", "", "| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
         for task in tasks:
-            cells = [cut_off_cell(by[task, m]) for m in methods]
+            cells = [cell(by[task, m]).replace("|", "\\|") for m in methods]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         lines.append("")
-    if any(r.get("top_answers") for r in table["results"]):
-        lines += [TOP_ANSWER_NOTE + ":", "", "| task | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
-        for task in tasks:
-            cells = [top_answer_cell(by[task, m]).replace("|", "\\|") for m in methods]
-            lines.append(f"| {task} | " + " | ".join(cells) + " |")
-        lines.append("")
-    if any(search["finalists_dev"] or search["train_errors"] for search in table.get("searches", [])):
+    if has_searches(table):
         lines += [SEARCHES_NOTE + ":", "", "| " + " | ".join(SEARCHES_HEAD) + " |", "|---|---|---:|---|---|---:|"]
         lines += ["| " + " | ".join(search_cells(search)) + " |" for search in table["searches"]]
         lines.append("")

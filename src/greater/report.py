@@ -16,15 +16,14 @@ from html import escape
 from pathlib import Path
 
 from greater.compare_table import (
-    CUT_OFF_NOTE,
     DEV_NOTE,
     SEARCHES_HEAD,
     SEARCHES_NOTE,
-    TOP_ANSWER_NOTE,
-    cut_off_cell,
+    cell_tables,
+    has_dev,
+    has_searches,
     search_cells,
     spread_cell,
-    top_answer_cell,
 )
 from greater.errors import GreaterError
 from greater.runs import read_json, write_atomic
@@ -346,20 +345,15 @@ def compare_report(folder: Path) -> str:
         chart,
         image,
         ""
-        if not any(r.get("dev") for r in by.values())
+        if not has_dev(table)
         else _cell_table_html(
             "Dev accuracy of the chosen prompt (%)", DEV_NOTE, tasks, methods, by, lambda r: spread_cell(r.get("dev"))
         ),
         _paired_html(table.get("paired")),
+        *(_cell_table_html(title, note, tasks, methods, by, cell) for title, note, cell in cell_tables(table)),
         ""
-        if not any(s["finalists_dev"] or s["train_errors"] for s in table.get("searches", []))
+        if not has_searches(table)
         else _rows_html("Searches", SEARCHES_NOTE, SEARCHES_HEAD, [search_cells(s) for s in table["searches"]]),
-        ""
-        if all(r.get("cut_off") is None for r in by.values())
-        else _cell_table_html("Reasoning cut off at the cap (%)", CUT_OFF_NOTE, tasks, methods, by, cut_off_cell),
-        ""
-        if not any(r.get("top_answers") for r in by.values())
-        else _cell_table_html("Most common answer on test", TOP_ANSWER_NOTE, tasks, methods, by, top_answer_cell),
         "<h2>Cost of one optimization run</h2>",
         "\n".join(cost),
         "<h2>Prompts</h2>",
