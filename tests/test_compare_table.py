@@ -236,3 +236,30 @@ def test_the_most_common_answer_per_seed_shows_a_prompt_that_answers_the_same_wh
     (tmp_path / "table.json").write_text(json.dumps(older), encoding="utf-8")
     assert "Most common answer" not in compare_report(tmp_path)
     assert "most common answer on test" not in compare_markdown(older).lower()
+
+
+def test_finalists_distinctness_shows_whether_the_dev_pass_chose_among_variants_of_one_prompt(tmp_path: Path) -> None:
+    records = write_cells(tmp_path, [0, 1])
+    finalists = {  # method -> seed -> its finalists' prompts
+        "greater": {0: ["a b c d", "a b c e"], 1: ["a b c d", "a b x y", "a b c d"]},
+        "ape": {0: ["a b", "c d"], 1: ["one two three four", "five six"]},
+    }
+    for record in records:
+        prompts = finalists.get(record["method"], {}).get(record["seed"], [])
+        record["result"]["finalists"] = [{"prompt": p, "score": 0.5, "dev_accuracy": 0.5} for p in prompts]
+    table = summarize(tmp_path, records, SETTINGS, tasks=TASKS)
+    distinct = {(r["task"], r["method"]): r["finalists_distinct"] for r in table["results"]}
+    # greater seed 0: 1 of 4 words; seed 1: pairs 2/4, 0/4, 2/4 → 1/3
+    assert distinct["t/a", "greater"]["accuracies"] == pytest.approx([0.25, 1 / 3])
+    assert distinct["t/a", "greater"]["mean"] == pytest.approx((0.25 + 1 / 3) / 2)
+    assert distinct["t/a", "ape"]["accuracies"] == [1.0, 1.0]  # 2 of 2; 4 of 4 (no word in place)
+    assert distinct["t/a", "zs-cot"] is None  # one prompt: nothing to compare
+    text = compare_markdown(table)
+    assert "| t/a | – | 29.2 ± 5.9 | 100.0 ± 0.0 |" in text
+    (tmp_path / "table.json").write_text(json.dumps(table), encoding="utf-8")
+    page = compare_report(tmp_path)
+    section = page[page.index("<h2>How different the finalists are (%)</h2>") :]
+    assert "<tr><td>t/a</td><td class=num>–</td><td class=num>29.2 ± 5.9</td><td class=num>100.0 ± 0.0</td>" in section
+    for record in records:  # cells without finalists (no dev pass): no table
+        record["result"]["finalists"] = []
+    assert "How different" not in compare_markdown(summarize(tmp_path, records, SETTINGS, tasks=TASKS))

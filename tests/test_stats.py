@@ -83,3 +83,30 @@ def test_majority_is_the_share_of_the_most_common_answer() -> None:
 )
 def test_p_text_marks_p_below_alpha(p: float, text: str) -> None:
     assert stats.p_text(p) == text
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "distance"),
+    [
+        ("let us think step by step", "let us think step by step", 0),
+        ("let us think step by step", "let me think step by step", 1),  # one word replaced
+        ("think step by step", "let us think step by step", 2),  # two inserted
+        ("a b c", "c b a", 2),  # a→c, c→a
+        ("", "one two three", 3),
+        ("kitten sitting", "sitting kitten on mat", 3),  # insert "sitting", keep "kitten", sitting→on, insert "mat"
+    ],
+)
+def test_word_edit_distance_counts_words_inserted_deleted_or_replaced(a: str, b: str, distance: int) -> None:
+    assert stats.word_edit_distance(a.split(), b.split()) == distance
+    assert stats.word_edit_distance(b.split(), a.split()) == distance
+
+
+def test_distinctness_is_the_mean_edit_distance_over_pairs_as_a_share_of_the_longer_prompt() -> None:
+    # pairs: ab-ab (1 of 4 words), ab-ax (2 of 4), ab-ax again (2 of 4)
+    prompts = ["a b c d", "a b c e", "a b x y"]
+    assert stats.distinctness(prompts) == pytest.approx((0.25 + 0.5 + 0.5) / 3)
+    assert stats.distinctness(["a b c d", "w x y z"]) == 1.0
+    assert stats.distinctness(["same words", "same words", "same words"]) == 0.0
+    assert stats.distinctness(["only one"]) is None
+    assert stats.distinctness([]) is None
+    assert stats.distinctness(["", ""]) == 0.0  # two empty prompts: copies, not a division by zero

@@ -1,9 +1,10 @@
 """The table of a `greater compare` folder: `summarize` reads the finished cells and their predictions
 into table.json's dict (per task and method the mean test accuracy over seeds and its sd from two
 seeds on, the chosen prompts' dev accuracy, model calls and tokens, the share of reasoning cut off at
-the cap, the most common answer per seed; per task the chance level; per cell what its search did;
-paired tests of one method against each other, by greater.stats), which `compare_markdown` writes as
-table.md and `write_chart` as chart.png (`chart_spec`: the bars, testable without matplotlib)."""
+the cap, the most common answer per seed, how different the search's finalists are; per task the
+chance level; per cell what its search did; paired tests of one method against each other, by
+greater.stats), which `compare_markdown` writes as table.md and `write_chart` as chart.png
+(`chart_spec`: the bars, testable without matplotlib)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ DEV_NOTE = (
 TOP_ANSWER_NOTE = (
     "The most common answer on test, per seed, and its % of the test answers: near 100, the prompt makes "
     "the model give that answer whatever the question (its accuracy is then that answer's share of the gold answers)"
+)
+DISTINCT_NOTE = (
+    "How different each search's finalists are (%, over seeds as above): the mean word edit distance "
+    "between two finalists, as a share of the longer one's words (0: copies, 100: nothing in common in "
+    "place); a low value means the dev pass chose among variants of one prompt; –: under two finalists"
 )
 TOP_ANSWER_CHARS = 16  # a longer extracted answer (a sentence the answer pattern caught) is shortened
 
@@ -72,6 +78,7 @@ def summarize(
                 "prompts": {str(r["seed"]): r["result"]["prompt"] for r in runs},
                 "transfer": {m: _spread([r["transfer"][m]["accuracy"] for r in runs]) for m in transfer},
                 "dev": _dev_spread(runs),
+                "finalists_distinct": _distinct_spread(runs),
                 **_cut_off(test_rows, cap),
                 "top_answers": {str(r["seed"]): _top_answer(rows[task, method, r["seed"]]) for r in runs},
             }
@@ -150,6 +157,18 @@ def _dev_spread(runs: list[dict]) -> dict | None:
     return None if any(v is None for v in values) else _spread(values)
 
 
+def _distinct_spread(runs: list[dict]) -> dict | None:
+    """The finalists' distinctness (`stats.distinctness`) over seeds (as `_spread`); None where some
+    cell has fewer than two finalists (zs-cot, no --dev, --keep-top 1)."""
+    values = [stats.distinctness([f["prompt"] for f in r["result"].get("finalists", [])]) for r in runs]
+    return None if any(v is None for v in values) else _spread(values)
+
+
+def distinct_cell(row: dict) -> str:
+    """One cell of the finalists' distinctness table: mean ± sd in %, "–" where not measured."""
+    return spread_cell(row.get("finalists_distinct"))
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -220,6 +239,8 @@ def cell_tables(table: dict) -> list[tuple[str, str, Callable[[dict], str]]]:
         shown.append(("Reasoning cut off at the cap (%)", CUT_OFF_NOTE, cut_off_cell))
     if any(r.get("top_answers") for r in results):
         shown.append(("Most common answer on test", TOP_ANSWER_NOTE, top_answer_cell))
+    if any(r.get("finalists_distinct") for r in results):
+        shown.append(("How different the finalists are (%)", DISTINCT_NOTE, distinct_cell))
     return shown
 
 

@@ -1,5 +1,6 @@
 """The statistics of `greater compare`'s table: paired tests between two methods scored on the same
-test examples, and the chance level of a task. Pure functions of plain values (no model, no files).
+test examples, the chance level of a task, and how different a search's finalists are. Pure
+functions of plain values (no model, no files).
 
 A *pair* is one test example of one seed, scored by both methods: (reference correct, other correct).
 """
@@ -73,6 +74,28 @@ def majority(answers: Sequence[str]) -> tuple[str, float]:
         raise ValueError("no answers")
     answer, count = Counter(answers).most_common(1)[0]
     return answer, count / len(answers)
+
+
+def word_edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Levenshtein distance between two word lists: the fewest words inserted, deleted or replaced."""
+    previous = list(range(len(b) + 1))
+    for i, word in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other)))
+        previous = current
+    return previous[-1]
+
+
+def distinctness(prompts: Sequence[str]) -> float | None:
+    """How different a search's finalists are: the mean, over pairs of prompts, of their word edit
+    distance divided by the longer one's word count. 0: copies; 1: no word in common in place.
+    None under two prompts (nothing to compare)."""
+    words = [p.split() for p in prompts]
+    pairs = [(a, b) for i, a in enumerate(words) for b in words[i + 1 :]]
+    if not pairs:
+        return None
+    return sum(word_edit_distance(a, b) / max(len(a), len(b), 1) for a, b in pairs) / len(pairs)
 
 
 def p_text(p: float) -> str:
