@@ -263,3 +263,24 @@ def test_finalists_distinctness_shows_whether_the_dev_pass_chose_among_variants_
     for record in records:  # cells without finalists (no dev pass): no table
         record["result"]["finalists"] = []
     assert "How different" not in compare_markdown(summarize(tmp_path, records, SETTINGS, tasks=TASKS))
+
+
+def test_each_method_is_tested_against_always_giving_the_majority_answer(tmp_path: Path) -> None:
+    records = write_cells(tmp_path, [0, 1])
+    table = summarize(tmp_path, records, SETTINGS, tasks=TASKS)
+    versus = {(r["task"], r["method"]): r["versus_chance"] for r in table["results"]}
+    # t/a golds T T F T F / T F T T T: the majority answer True, gold 7 times of 10. greater right on
+    # 11110 / 11101: only greater right where the gold is False twice (b), only "True" right once (c)
+    assert table["chance"]["t/a"]["majority_answer"] == "True"
+    assert (versus["t/a", "greater"]["b"], versus["t/a", "greater"]["c"]) == (2, 1)
+    assert versus["t/a", "greater"]["difference"] == pytest.approx(0.1)
+    assert versus["t/a", "greater"]["p"] == 1.0
+    # zs-cot right on 01000 / 01010: once where the gold is False (seed 1), wrong 5 times where it is True
+    assert (versus["t/a", "zs-cot"]["b"], versus["t/a", "zs-cot"]["c"]) == (1, 5)
+    assert versus["t/a", "zs-cot"]["p"] == pytest.approx(2 * (1 + 6) / 2**6)
+    text = compare_markdown(table)
+    assert "| t/a | -40.0 (p 0.219) | +10.0 (p 1.000) | +30.0 (p 0.250) |" in text  # ape: 3 / 0
+    (tmp_path / "table.json").write_text(json.dumps(table), encoding="utf-8")
+    section = compare_report(tmp_path)
+    section = section[section.index("<h2>Against always giving the majority answer</h2>") :]
+    assert "<tr><td>t/a</td><td class=num>-40.0 (p 0.219)</td><td class=num>+10.0 (p 1.000)</td>" in section

@@ -31,6 +31,11 @@ DEV_NOTE = (
     "Dev accuracy (%) of the chosen prompt, over seeds as above: the dev examples chose it among the "
     "method's finalists, so it overstates what the prompt scores on test; –: no dev pass (one prompt, or no --dev)"
 )
+VERSUS_CHANCE_NOTE = (
+    "Against always giving the majority answer (the chance column), on the same test examples: the method's "
+    "accuracy minus chance in points, and McNemar's exact p over the pairs of all seeds (* below 0.05): a "
+    "difference without * is not distinguishable from answering the same thing to every question"
+)
 TOP_ANSWER_NOTE = (
     "The most common answer on test, per seed, and its % of the test answers: near 100, the prompt makes "
     "the model give that answer whatever the question (its accuracy is then that answer's share of the gold answers)"
@@ -61,6 +66,9 @@ def summarize(
     seeds = list(dict.fromkeys(r["seed"] for r in records))
     rows = {(r["task"], r["method"], r["seed"]): _test_rows(out, r) for r in records}
     cap = settings.get("config", {}).get("max_new_tokens")
+    reference = REFERENCE if REFERENCE in methods else methods[0]
+    answer_sets = {t.name: t.answer_set for t in tasks}
+    chance = {t: _chance([rows[t, reference, s] for s in seeds], answer_sets.get(t)) for t in names}
     results = []
     for task in names:
         for method in methods:
@@ -81,17 +89,18 @@ def summarize(
                 "finalists_distinct": _distinct_spread(runs),
                 **_cut_off(test_rows, cap),
                 "top_answers": {str(r["seed"]): _top_answer(rows[task, method, r["seed"]]) for r in runs},
+                "versus_chance": _versus_chance(
+                    [rows[task, method, r["seed"]] for r in runs], chance[task]["majority_answer"]
+                ),
             }
             results.append(row)
-    reference = REFERENCE if REFERENCE in methods else methods[0]
-    answer_sets = {t.name: t.answer_set for t in tasks}
     return settings | {
         "tasks": names,
         "methods": methods,
         "seeds": seeds,
         "transfer_models": list(transfer),
         "results": results,
-        "chance": {t: _chance([rows[t, reference, s] for s in seeds], answer_sets.get(t)) for t in names},
+        "chance": chance,
         "paired": _paired(rows, names, methods, seeds, reference),
         "cells": [f"cells/{cell_name(r['task'], r['method'], r['seed'])}.json" for r in records],
         "searches": [
@@ -237,6 +246,8 @@ def cell_tables(table: dict) -> list[tuple[str, str, Callable[[dict], str]]]:
     results, shown = table.get("results", []), []
     if any(r.get("cut_off") is not None for r in results):
         shown.append(("Reasoning cut off at the cap (%)", CUT_OFF_NOTE, cut_off_cell))
+    if any(r.get("versus_chance") for r in results):
+        shown.append(("Against always giving the majority answer", VERSUS_CHANCE_NOTE, versus_chance_cell))
     if any(r.get("top_answers") for r in results):
         shown.append(("Most common answer on test", TOP_ANSWER_NOTE, top_answer_cell))
     if any(r.get("finalists_distinct") for r in results):
@@ -259,6 +270,22 @@ def _chance(seed_rows: list[list[dict]], answer_set: Sequence[str] | None) -> di
     `uniform`, 1/k for a task whose questions all have the same k answers (else None)."""
     answer, share = stats.majority([row["gold"] for rows in seed_rows for row in rows])
     return {"majority": share, "majority_answer": answer, "uniform": 1 / len(answer_set) if answer_set else None}
+
+
+def _versus_chance(seed_rows: list[list[dict]], majority_answer: object) -> dict:
+    """A method against always giving the task's majority answer, on the same test examples:
+    `stats.paired_test` with the constant answer as the other method (a pair: the method correct, the
+    gold is the majority answer). Says whether a score above or below chance is more than noise."""
+    return stats.paired_test([[(row["correct"], row["gold"] == majority_answer) for row in rows] for rows in seed_rows])
+
+
+def versus_chance_cell(row: dict) -> str:
+    """One cell of the against-chance table: the difference in points and McNemar's p ("*" below
+    alpha); "–" for a table.json written before it was recorded."""
+    test = row.get("versus_chance")
+    if not test:
+        return "–"
+    return f"{100 * test['difference']:+.1f} (p {stats.p_text(test['p'])})"
 
 
 def _paired(rows: dict, tasks: list[str], methods: list[str], seeds: list, reference: str) -> dict:
