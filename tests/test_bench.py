@@ -44,3 +44,44 @@ def test_gpu_check_tiny_runs_on_cpu_and_writes_its_figures(tmp_path: Path) -> No
             assert step["peak_memory"]["mib"] > 0
         assert part["peak_memory_mib"] == max(s["peak_memory"]["mib"] for s in part["steps"])
         assert f"[{name}] median step {part['median_step_s']:.2f} s" in proc.stdout
+
+
+def _cell(task: str, method: str, seed: int, dev: float, test: float) -> dict:
+    return {"task": task, "method": method, "seed": seed, "result": {"dev_accuracy": dev}, "test": {"accuracy": test}}
+
+
+def test_evidence_rules_decide_on_dev_only_and_wait_for_every_cell(tmp_path: Path) -> None:
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    records = []
+    for task in ("t/a", "t/b"):
+        for seed in (0, 1, 2):
+            records.append(_cell(task, "greater", seed, 0.50, 0.40))
+            records.append(_cell(task, "greater-zs", seed, 0.55, 0.10))  # better on dev, worse on test
+        records.append(_cell(task, "greater:num_select=6", 0, 0.5625, 0.90))  # +6.25 dev points at seed 0
+    records.append(_cell("t/a", "greater:nll_weight=0.6", 0, 0.75, 0.90))  # one task of two: pending
+    for i, record in enumerate(records):
+        (cells / f"{i}.json").write_text(json.dumps(record))
+    script = [sys.executable, str(BENCH / "evidence_rules.py"), str(tmp_path)]
+    proc = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "greater-zs: 6 of 6 cells; dev 55.0 vs greater 50.0 (+5.0); test 10.0 vs 40.0 -> gets a row" in lines[1]
+    assert lines[3].endswith(
+        "greater:nll_weight=0.6: 1 of 2 cells; dev 75.0 vs greater 50.0 (+25.0); test 90.0 vs 40.0 -> pending"
+    )
+    assert lines[4].endswith(
+        "greater:num_select=6: 2 of 2 cells; dev 56.2 vs greater 50.0 (+6.2); test 90.0 vs 40.0 -> passes the screen"
+    )
+    for record in records:  # 5 dev points at seed 0 is the bar; 4 is not
+        if record["method"] == "greater:num_select=6":
+            record["result"]["dev_accuracy"] = 0.54
+    for i, record in enumerate(records):
+        (cells / f"{i}.json").write_text(json.dumps(record))
+    proc = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines()[4].endswith("(+4.0); test 90.0 vs 40.0 -> does not pass")
+    empty = tmp_path / "empty"
+    (empty / "cells").mkdir(parents=True)
+    proc = subprocess.run([*script[:-1], str(empty)], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr.strip() == f"error: no greater cells in {empty / 'cells'}"
