@@ -85,8 +85,10 @@ def summarize(
                 "seconds": _mean([u["seconds"] for u in usage]),
                 "prompts": {str(r["seed"]): r["result"]["prompt"] for r in runs},
                 "transfer": {m: _spread([r["transfer"][m]["accuracy"] for r in runs]) for m in transfer},
-                "dev": _dev_spread(runs),
-                "finalists_distinct": _distinct_spread(runs),
+                "dev": _spread_of_all([r["result"].get("dev_accuracy") for r in runs]),
+                "finalists_distinct": _spread_of_all(
+                    [stats.distinctness([f["prompt"] for f in r["result"].get("finalists", [])]) for r in runs]
+                ),
                 **_cut_off(test_rows, cap),
                 "top_answers": {str(r["seed"]): _top_answer(rows[task, method, r["seed"]]) for r in runs},
                 "versus_chance": _versus_chance(
@@ -159,17 +161,11 @@ SEARCHES_NOTE = (
 SEARCHES_HEAD = ["task", "method", "seed", "training errors by step", "finalists on dev", "chosen: dev → test"]
 
 
-def _dev_spread(runs: list[dict]) -> dict | None:
-    """The chosen prompt's dev accuracy over seeds (as `_spread`); None for a method with no dev pass
-    (zs-cot, or a comparison without --dev) or cells written before it was recorded."""
-    values = [r["result"].get("dev_accuracy") for r in runs]
-    return None if any(v is None for v in values) else _spread(values)
-
-
-def _distinct_spread(runs: list[dict]) -> dict | None:
-    """The finalists' distinctness (`stats.distinctness`) over seeds (as `_spread`); None where some
-    cell has fewer than two finalists (zs-cot, no --dev, --keep-top 1)."""
-    values = [stats.distinctness([f["prompt"] for f in r["result"].get("finalists", [])]) for r in runs]
+def _spread_of_all(values: list[float | None]) -> dict | None:
+    """`_spread` of one value per seed; None when some seed's cell has none, so a mean never hides a
+    missing seed. Used for the chosen prompt's dev accuracy (none: no dev pass, i.e. zs-cot or no
+    --dev, or a cell written before it was recorded) and the finalists' `stats.distinctness` (none:
+    under two finalists)."""
     return None if any(v is None for v in values) else _spread(values)
 
 
