@@ -47,16 +47,16 @@ def verdict(cells: list[dict], method: str, seeds: tuple[int, ...], margin: floa
     mine = cell_scores(cells, method, seeds)
     shared = sorted(set(mine) & set(base))
     dev, base_dev = mean([mine[k][0] for k in shared]), mean([base[k][0] for k in shared])
-    complete = len(mine) == len(base) == len({t for t, _ in base}) * len(seeds)
+    needed = len({task for task, _ in base}) * len(seeds)
     return {
         "method": method,
         "cells": len(mine),
-        "needed": len({t for t, _ in base}) * len(seeds),
+        "needed": needed,
         "dev": dev,
         "base_dev": base_dev,
         "test": mean([mine[k][1] for k in shared]),
         "base_test": mean([base[k][1] for k in shared]),
-        "passes": (dev - base_dev > margin) if complete else None,
+        "passes": (dev - base_dev > margin) if len(mine) == len(base) == needed else None,
     }
 
 
