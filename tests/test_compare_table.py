@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from greater.compare_table import chart_spec, compare_markdown, summarize
+from greater.compare_table import chart_spec, compare_markdown, summarize, write_chart
 from greater.errors import GreaterError
 from greater.evaluate import ends_in_repetition
 from greater.report import compare_report
@@ -155,6 +155,18 @@ def test_one_seed_shows_no_spread(tmp_path: Path) -> None:
     accuracy_table = page[page.index("<table>") : page.index("</table>")]
     assert "±" not in accuracy_table
     assert re.search(r"<td class='num chosen'>100.0</td>", accuracy_table)
+
+
+def test_two_writers_of_one_chart_do_not_take_each_others_temp_file(tmp_path: Path) -> None:
+    """Two `compare` runs into one folder each write chart.png; with one fixed temp name the second
+    renamed the first's file away and crashed (FileNotFoundError) after its cells were done."""
+    table = summarize(tmp_path, write_cells(tmp_path, [0], ["zs-cot", "ape"]), SETTINGS, (), TASKS)
+    theirs = tmp_path / ".chart.png.tmp"  # the other writer's, mid-write
+    theirs.write_bytes(b"half a png")
+    write_chart(table, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert theirs.read_bytes() == b"half a png"
+    assert sorted(p.name for p in tmp_path.glob(".chart.png*")) == [".chart.png.tmp"]  # none of ours left
 
 
 def test_cells_scored_on_other_test_examples_cannot_be_paired(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ greater.stats), which `compare_markdown` writes as table.md and `write_chart` as
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from greater import stats
 from greater.errors import GreaterError
 from greater.evaluate import ends_in_repetition, slug
+from greater.runs import write_atomic
 from greater.tasks import Task
 
 REFERENCE = "greater"  # the method the paired tests compare every other with (else the first named)
@@ -464,7 +466,7 @@ def write_chart(table: dict, path: Path) -> None:
     ax.set_title(f"{table['model']} · seeds {', '.join(map(str, table['seeds']))}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars may reach 100
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, png.getvalue())
