@@ -50,6 +50,14 @@ def test_bootstrap_ci_is_deterministic_and_holds_the_observed_difference() -> No
     assert high == pytest.approx(observed + half, abs=1 / 35)
 
 
+def test_bootstrap_ci_does_not_depend_on_the_order_of_groups_or_pairs() -> None:
+    # the same cells summarized with tasks or methods named in another order must give the same table
+    groups = [[(T, F)] * 4 + [(F, T)] * 3 + [(T, T)] * 5, [(T, F)] * 2 + [(F, T)] * 3 + [(F, F)] * 3, GROUPS[0]]
+    ci = stats.bootstrap_ci(groups)
+    assert stats.bootstrap_ci(groups[::-1]) == ci
+    assert stats.bootstrap_ci([group[::-1] for group in groups]) == ci
+
+
 def test_bootstrap_resamples_within_each_seed() -> None:
     # each seed on its own has no spread (every pair the same), so neither has any resample; pooling
     # the two seeds before resampling would give an interval around 0

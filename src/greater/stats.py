@@ -39,8 +39,9 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """A paired bootstrap percentile interval of the accuracy difference (reference − other, as a
     fraction) over all pairs: each resample draws, within each group (a seed's test examples), as many
-    pairs as the group has, with replacement. Deterministic for a given `seed`."""
-    differences = [[int(ref) - int(other) for ref, other in group] for group in groups if group]
+    pairs as the group has, with replacement. Deterministic for a given `seed`, and the same whatever the
+    order of the groups or of the pairs within one (both are sorted before resampling)."""
+    differences = sorted(sorted(int(ref) - int(other) for ref, other in group) for group in groups if group)
     n = sum(map(len, differences))
     if n == 0:
         raise ValueError("no pairs to resample")
