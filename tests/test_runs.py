@@ -73,8 +73,14 @@ def _optimize_args(model_dir: Path, out: Path, steps: int = 6) -> list[str]:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
+    # a suite started in the background (`nohup ... &`) ignores SIGINT, and a child inherits that:
+    # give the run the default handling a terminal's Ctrl-C meets
     return subprocess.Popen(
-        [sys.executable, "-m", "greater.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "greater.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
