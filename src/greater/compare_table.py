@@ -76,7 +76,7 @@ def summarize(
         for method in methods:
             runs = [r for r in records if r["task"] == task and r["method"] == method]
             usage = [r["result"]["usage"] for r in runs]
-            test_rows = [row for r in runs for row in rows[task, method, r["seed"]]]
+            seed_rows = [rows[task, method, r["seed"]] for r in runs]
             row = {
                 "task": task,
                 "method": method,
@@ -91,11 +91,11 @@ def summarize(
                 "finalists_distinct": _spread_of_all(
                     [stats.distinctness([f["prompt"] for f in r["result"].get("finalists", [])]) for r in runs]
                 ),
-                **_cut_off(test_rows, cap),
-                "top_answers": {str(r["seed"]): _top_answer(rows[task, method, r["seed"]]) for r in runs},
-                "versus_chance": _versus_chance(
-                    [rows[task, method, r["seed"]] for r in runs], chance[task]["majority_answer"]
-                ),
+                **_cut_off([row for one_seed in seed_rows for row in one_seed], cap),
+                "top_answers": {
+                    str(r["seed"]): _top_answer(one_seed) for r, one_seed in zip(runs, seed_rows, strict=True)
+                },
+                "versus_chance": _versus_chance(seed_rows, chance[task]["majority_answer"]),
             }
             results.append(row)
     return settings | {

@@ -30,7 +30,7 @@ def new_run_dir(requested: Path) -> tuple[Path, bool]:
     return path, path != requested
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
+def write_atomic(path: Path, content: str | bytes) -> None:
     """Write via a temp file + rename, so a crash leaves either the old or the new file, never half.
     The temp file's name is unique, so two processes writing one path cannot take each other's.
     Missing parent folders are made (an `--out` path may name a new folder)."""
@@ -41,7 +41,7 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         raise GreaterError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8") if isinstance(text, str) else text)
+            fh.write(content.encode("utf-8") if isinstance(content, str) else content)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
