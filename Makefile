@@ -43,6 +43,10 @@ test-deps:
 
 test: install test-deps
 	$(PY) -m pytest -q
+	@# exact resume must not depend on the CPU the suite was written on: the resume tests again with torch's
+	@# kernels capped at AVX2 (no AVX-512, no AVX-512-BF16) on one thread, as on an AMD EPYC with AVX2 only
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 $(PY) -m pytest -q \
+		tests/test_runs.py tests/test_devices.py tests/test_speedups.py -k "resume or kept_prefix"
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

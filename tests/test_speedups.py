@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from greater.batching import DecodeStats, pack_rows, padding_chunks
 from greater.decoding import DecodeRequest, decode_shared, lookup_draft
+from greater.engine import SharedPrefix
 from greater.generation import TransformersGenerator
 from greater.kvcache import extend, prefill
 from greater.layout import encode_prompt
@@ -235,3 +237,29 @@ def test_rows_ending_at_different_steps_score_their_follow_tokens_exactly(tiny_m
         expected = [float(logprobs[t - 1, ids[0, t]]) for t in range(end - 3, end)]
         assert row.follow_logprobs == pytest.approx(expected, abs=1e-4)
         assert row.follow_hits == [bool(logprobs[t - 1].argmax() == ids[0, t]) for t in range(end - 3, end)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_prefix_depends_only_on_the_prompt_not_on_the_steps(tiny_model, smol_tokenizer, dtype):
+    """A resumed run starts with no kept rows; building them for position 4 at once must give the cache
+    the uninterrupted run got by extending them one step at a time, to the bit, in every dtype."""
+    model = tiny_model if dtype == torch.float32 else copy.deepcopy(tiny_model).to(dtype)
+    task = get_task("gen/boolean_expressions")
+    prompt = tuple(encode_prompt(smol_tokenizer, "Think step by step and answer carefully."))
+    heads = [tuple(smol_tokenizer(e.question)["input_ids"]) for e in task.load()[:5]]  # of unequal lengths
+    assert len({len(h) for h in heads}) > 1
+
+    stepwise = SharedPrefix(model, heads, smol_tokenizer.pad_token_id, DecodeStats(), batch_size=2)
+    for n in range(5):
+        kept = stepwise(prompt, n)
+    at_once = SharedPrefix(model, heads, smol_tokenizer.pad_token_id, DecodeStats(), batch_size=2)(prompt, 4)
+    assert kept.ids == at_once.ids == [h + prompt[:4] for h in heads]
+    assert torch.equal(kept.mask, at_once.mask)
+    assert torch.equal(kept.last_logits, at_once.last_logits)
+    assert kept.scored == at_once.scored and all(len(s) == 4 for s in kept.scored)
+    for a, b in zip(kept.cache.layers, at_once.cache.layers, strict=True):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    # a prompt that changes before the kept position starts again from the heads
+    other = (prompt[0] + 1,) + prompt[1:]
+    again = stepwise(other, 2)
+    assert again.ids == [h + other[:2] for h in heads]

@@ -167,15 +167,22 @@ class SharedPrefix:
         self._done: Prefilled | None = None
 
     def __call__(self, prompt: Ids, n: int) -> Prefilled:
-        """The heads followed by `prompt[:n]`: the kept rows extended when they lead up to them, else prefilled."""
+        """The heads followed by `prompt[:n]`: the kept rows extended when they lead up to them, else the
+        heads prefilled and extended.
+
+        The rows are always built the same way, the heads in one prefill and then one prompt token per
+        `extend`, so that the cache's numbers depend only on `prompt[:n]` and not on the steps that led
+        there: a resumed run, which starts with no kept rows, computes bit for bit what the uninterrupted
+        run kept (one prefill of heads + prompt rounds differently in bfloat16).
+        """
         rows = [h + tuple(prompt[:n]) for h in self.heads]
         done = self._done
-        if done and all(r[: len(d)] == d and len(r) >= len(d) for r, d in zip(rows, done.ids, strict=True)):
-            more = [r[len(d) :] for r, d in zip(rows, done.ids, strict=True)]
-            self._done = extend(self.model, done, more, self.counts)
-        else:
-            self._done = prefill(self.model, rows, self.pad_id, n, self.counts, self.batch_size)
-        return self._done
+        if not (done and all(r[: len(d)] == d for r, d in zip(rows, done.ids, strict=True))):
+            done = prefill(self.model, self.heads, self.pad_id, 0, self.counts, self.batch_size)
+        for at in range(len(done.ids[0]) - len(self.heads[0]), n):
+            done = extend(self.model, done, [(prompt[at],)] * len(self.heads), self.counts)
+        self._done = done
+        return done
 
     def shared_len(self, prompts: list[Ids]) -> int:
         """How much of the prompt the rows of a selection share: the kept prefix when every prompt
