@@ -113,7 +113,7 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     task = resolve_task(str(tmp_path / "task.toml"))
     assert (task.name, task.description, task.answer_type) == ("sentiment", "Is a review positive or negative?", "text")
     assert task.load() == [Example(row["text"], row["label"]) for row in rows]
-    assert "'$ pos' or '$ neg'" in task.extractor
+    assert task.extractor == "Therefore, the answer (pos or neg) is:"
     assert task.answer_set == ("pos", "neg")  # declared choices: `greater compare`'s uniform chance is 1/2
     for example in task.load():
         assert_scores(task, example)
@@ -353,3 +353,47 @@ def test_optimize_custom_task_records_options_and_resumes(
     code, _, err = run_cli(capsys, ["optimize", "--resume", str(run)])
     assert code == 0, err
     assert (run / "result.json").is_file()
+
+
+def test_word_labels_are_inferred_said_on_stderr_and_overridable(tmp_path: Path, caplog) -> None:
+    """A CSV whose gold answers are a few words given more than once is a label task: the labels become its
+    choices, the extractor names them (no "$"), and an answer is the first label the model names."""
+    path = tmp_path / "reviews.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["question", "answer"])
+        writer.writerows([(f"review {i}", "positive" if i % 3 else "negative") for i in range(9)])
+    with caplog.at_level(logging.WARNING):
+        task = resolve_task(str(path))
+    assert (task.answer_type, task.choices) == ("text", ("negative", "positive"))
+    assert task.extractor == "Therefore, the answer (negative or positive) is:"
+    assert "2 labels (negative, positive)" in caplog.text and "--answer-type text" in caplog.text
+    example = task.load()[1]
+    assert example.answer == "positive"
+    assert task.is_correct(" Positive, because the food was good.", example)
+    assert not task.is_correct(" 5", example)
+    assert task.target_text(example) == " positive"  # after "is:" one space, as the model writes it
+    # the user's word wins: explicit free text keeps the old matcher and extractor; --choices sets the labels
+    free = resolve_task(str(path), None, {"answer_type": "text"})
+    assert (free.choices, free.extractor) == (None, "Therefore, the final answer (on one line, nothing else) is $")
+    assert not free.is_correct(" Positive", example)
+    chosen = resolve_task(str(path), None, {"choices": "positive,negative"})
+    assert chosen.extractor == "Therefore, the answer (positive or negative) is:"
+    # answers given once each are free text, not labels
+    write_jsonl(tmp_path / "free.jsonl", [{"input": f"q{i}", "target": f"answer {i}"} for i in range(6)])
+    assert resolve_task(str(tmp_path / "free.jsonl")).choices is None
+
+
+def test_a_label_task_on_the_command_line_is_said_and_scored_by_label(
+    tiny_model_dir: Path, tmp_path: Path, capsys, caplog
+) -> None:
+    path = tmp_path / "labels.jsonl"
+    write_jsonl(path, [{"input": f"q{i}", "target": ["yes please", "no thanks"][i % 2]} for i in range(6)])
+    argv = ["evaluate", "--model", str(tiny_model_dir), "--task", str(path), "--prompt", "Answer."]
+    argv += ["--test", "2", "--train", "2", "--max-new-tokens", "2", "--out", str(tmp_path / "eval")]
+    with caplog.at_level(logging.WARNING):
+        code, _, err = run_cli(capsys, argv)
+    assert code == 0, err
+    assert "2 labels (no thanks, yes please)" in caplog.text
+    predictions = [json.loads(line) for f in (tmp_path / "eval").glob("*.jsonl") for line in f.open()]
+    assert len(predictions) == 2 and {p["gold"] for p in predictions} <= {"no thanks", "yes please"}

@@ -21,6 +21,8 @@ from greater.tasks.answers import (
     final_answer,
     gold_problem,
     infer_answer_type,
+    infer_labels,
+    label_extractor,
     normalize_choice,
     normalize_number,
     normalize_text,
@@ -32,6 +34,7 @@ from greater.tasks.answers import (
     option_letters,
 )
 from greater.tasks.generated import OBJECT_CATEGORIES, POOL_SIZE, evaluate_boolean
+from greater.tasks.labels import LABEL_POOL_SIZE, LABEL_TASKS
 
 BBH_DIR = Path(__file__).parents[2] / "shared" / "data" / "bbh"
 BBH_FILES = sorted(BBH_DIR.glob("*.json")) if BBH_DIR.is_dir() else []
@@ -53,6 +56,8 @@ def wrong_answer(task: Task, gold: str) -> str:
         return flips[gold]
     if task.answer_type == "choice":
         return "A" if gold != "A" else "B"
+    if task.choices and gold in task.choices:  # a label task: another label
+        return next(label for label in task.choices if label != gold)
     if task.answer_type == "number":
         return str(int(float(gold)) + 1)
     return gold + " x"
@@ -76,13 +81,15 @@ def test_gen_tasks_listed() -> None:
 def test_gen_task_pool(name: str) -> None:
     task = get_task(name)
     examples = task.load()
-    assert len(examples) == POOL_SIZE
+    size = LABEL_POOL_SIZE if name in LABEL_TASKS else POOL_SIZE
+    assert len(examples) == size
     assert examples == get_task(name).load()  # deterministic
-    assert len({ex.question for ex in examples}) == POOL_SIZE
+    assert len({ex.question for ex in examples}) == size
     assert task.name == name
     assert task.description
     assert task.extractor.strip()
-    assert task.extractor.endswith("$")
+    # the paper's extractors end in "$"; a label task's names its labels and ends in ":" (a word follows)
+    assert task.extractor.endswith(":" if name in LABEL_TASKS else "$")
     for example in examples:
         assert example.answer == task.normalize(example.answer)  # stored canonical
         assert_scores(task, example)
@@ -420,8 +427,11 @@ def test_every_builtin_task_scores_its_own_gold(name: str) -> None:
     assert task.name == name
     assert task.description
     assert task.answer_type in ANSWER_TYPES
-    assert task.extractor.startswith("Therefore, the final answer (")
-    assert task.extractor.endswith(") is $")
+    if name in LABEL_TASKS:
+        assert task.extractor == label_extractor(task.choices)
+    else:  # the paper's extractors
+        assert task.extractor.startswith("Therefore, the final answer (")
+        assert task.extractor.endswith(") is $")
     train, test = task.split(None, None, seed=0)
     assert len(train) == 50
     assert test
@@ -684,7 +694,49 @@ def test_option_letters_and_label_extractors() -> None:
         extractor_for("valid_invalid")
         == "Therefore, the final answer (use exact format: '$ valid' or '$ invalid') is $"
     )
-    assert "'$ pos' or '$ neg'" in extractor_for("text", ["pos", "neg"])
+    assert extractor_for("text", ["pos", "neg"]) == "Therefore, the answer (pos or neg) is:"
+    assert extractor_for("text", ["a", "b c", "d"]) == "Therefore, the answer (a, b c or d) is:"
+
+
+@pytest.mark.parametrize(
+    ("golds", "labels"),
+    [
+        (["positive", "negative", "negative", "positive"], ("negative", "positive")),  # sorted, not by first row
+        (["spam", "not spam", "ham"] * 2, ("ham", "not spam", "spam")),
+        (["positive", "negative", "negative"], None),  # a label given once: free text
+        (["a", "b"] * 6 + ["c"], None),
+        ([f"w{i}" for i in range(11)] * 2, None),  # 11 distinct answers: more than labels
+        (["positive"] * 4, None),  # one answer is no choice
+        (["Yes", "yes", "No", "no"], None),  # two spellings of one label to the matcher
+        (["a long answer of five words", "no"] * 2, None),
+    ],
+)
+def test_infer_labels(golds: list[str], labels: tuple[str, ...] | None) -> None:
+    assert infer_labels(golds) == labels
+
+
+def test_label_normalizer_takes_the_first_label_named_in_any_case() -> None:
+    normalize = normalizer_for("text", ("not spam", "spam"))
+    assert normalize(" **Spam**.") == "spam"
+    assert normalize("Not spam, clearly") == "not spam"  # the longer label where both start
+    assert normalize("it is spam, not ham") == "spam"
+    assert normalize("42") == "42"  # no label: unwrapped text, which matches no gold
+    assert normalizer_for("text")("Spam") == "Spam"  # free text keeps case
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_TASKS))
+def test_label_tasks_are_balanced_and_scored_by_their_labels(name: str) -> None:
+    task = get_task(name)
+    examples = task.load()
+    counts = {label: sum(ex.answer == label for ex in examples) for label in task.choices}
+    assert sum(counts.values()) == len(examples) == LABEL_POOL_SIZE  # every gold is a label
+    assert max(counts.values()) - min(counts.values()) <= 1  # balanced
+    assert task.answer_set == task.choices
+    assert all(label in task.extractor for label in task.choices)
+    example = examples[0]
+    assert task.is_correct(f" {example.answer.capitalize()}.\nmore", example)
+    assert task.extract(" 7") == "7"  # a number is no label
+    assert get_task(name).load()[:5] == examples[:5]  # seeded
 
 
 def test_demo_task_is_a_generated_task_and_the_readme_names_it() -> None:

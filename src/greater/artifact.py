@@ -411,7 +411,7 @@ def promptfoo_get_assert(output: str, context: dict) -> dict:
     prompt_json = config.get("prompt_json") or provider_config.get("prompt_json") or os.environ.get("GREATER_PROMPT")
     data = read(Path(prompt_json)) if prompt_json else None
     extractor = data["extractor"] if data else ""
-    normalize = normalizer_for(data["answer_type"] if data else "text")
+    normalize = normalizer_for(data["answer_type"], data.get("choices")) if data else normalizer_for("text")
     gold = str((context.get("vars") or {}).get("answer", ""))
     at = output.rfind(extractor) if extractor else -1
     if at < 0:

@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except GreaterError as exc:
         print(f"greater: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # a path that cannot be read or written, where no GreaterError says more
+        if exc.filename is None:
+            raise
+        print(f"greater: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (KeyboardInterrupt, _Terminated) as exc:
         print("greater: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
@@ -310,17 +315,18 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     if args.evaluations is not None:
         raise GreaterError("--evaluations sets a baseline's budget; GReaTer's is --steps")
     if args.resume is not None:
-        run = RunDir.open(args.resume)
-        config = GreaterConfig.from_args(args, stored=run.info["config"])
-        run.check_flags({flag: getattr(args, flag) for flag in RUN_KEYS})
-        run.info["runtime"] = _runtime(args, run.info.get("runtime", {}))
-        state = None if run.checkpoint is None else RunState.from_json(run.checkpoint["state"])
-        # killed before its first step ended: it starts again from its settings
-        where = "from its start (it stopped before its first step)" if state is None else f"after step {state.step}"
-        print(f"resuming {run.path} {where}", file=sys.stderr)
-        return _run_optimize(args, run.info, config, run, state)
+        with RunDir.open(args.resume) as run:  # locked: one process at a time writes a run
+            config = GreaterConfig.from_args(args, stored=run.info["config"])
+            run.check_flags({flag: getattr(args, flag) for flag in RUN_KEYS})
+            run.info["runtime"] = _runtime(args, run.info.get("runtime", {}))
+            state = None if run.checkpoint is None else RunState.from_json(run.checkpoint["state"])
+            # killed before its first step ended: it starts again from its settings
+            where = "from its start (it stopped before its first step)" if state is None else f"after step {state.step}"
+            print(f"resuming {run.path} {where}", file=sys.stderr)
+            return _run_optimize(args, run.info, config, run, state)
     if not args.task:
         raise GreaterError("--task is required (or --resume DIR to continue a run)")
+    _check_out_folder(args.out)
     config = GreaterConfig.from_args(args)
     split = {"seed": config.seed, "train": args.train, "dev": args.dev, "test": args.test}
     return _run_optimize(args, _run_info(args, config, split, _runtime(args)), config, None, None)
@@ -363,8 +369,8 @@ def _runtime(args: argparse.Namespace, stored: dict | None = None) -> dict:
 
 
 def _run_optimize(args, info: dict, config, run, state) -> int:
-    """A GReaTer run: new (`run` None: its folder is made once model and data passed their checks) or
-    resumed from `state` (None: from its start)."""
+    """A GReaTer run: new (`run` None: its folder is made, and locked, once model and data passed their
+    checks) or resumed from `state` (None: from its start); the run's folder stays locked until it ends."""
     from greater.optimizer import resolve_batch_sizes
 
     budget = _budget(args)
@@ -381,6 +387,15 @@ def _run_optimize(args, info: dict, config, run, state) -> int:
     else:
         run.check_data(train, test, dev)
         run.keep_steps(state.step if state else 0)
+    with run:
+        return _optimize_into(args, run, budget, config, state, inputs)
+
+
+def _optimize_into(args, run, budget: _RunClock, config, state, inputs: _GreaterInputs) -> int:
+    """The run itself, into its locked folder: the initial test score, the search (`_optimize_checkpointed`),
+    the final test score, prompt.txt, prompt.json and result.json."""
+    info = run.info
+    task, model, tokenizer, generator, train, dev, test = inputs
     tracker = _tracker(args, run)
 
     def score(prompt: str, label: str) -> float:
@@ -500,9 +515,6 @@ def _optimize_checkpointed(args, run, tracker, budget, config, state, inputs: _G
                 state=state,
                 generator=generator,
             )
-    except _OutOfTime:
-        bar.close()
-        raise
     except (KeyboardInterrupt, _Terminated):
         bar.close()
         print(
@@ -511,7 +523,8 @@ def _optimize_checkpointed(args, run, tracker, budget, config, state, inputs: _G
             file=sys.stderr,
         )
         raise
-    bar.close()
+    finally:
+        bar.close()  # also before an error's line (a full disk), so that line is not the bar's
     return result
 
 
@@ -531,6 +544,24 @@ def _split_sizes(split: dict) -> tuple[int | None, int | None, int | None]:
     train = split.get("train") or split.get("n_train")
     dev = split["dev"] if split.get("dev") is not None else split.get("n_dev", 0 if "n_train" in split else None)
     return train, dev, split.get("test") or split.get("n_test")
+
+
+def _check_out_folder(out: Path | None) -> None:
+    """Refuse an --out folder that cannot be one (a file, or inside a file), before any model is loaded."""
+    if out is None:
+        return
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"is inside {path}, which is a file"
+                raise GreaterError(f"--out {out} {where}, not a folder; choose another --out")
+            return
+
+
+def _check_out_file(out: Path | None) -> None:
+    """Refuse an --out file path that names a folder."""
+    if out is not None and out.is_dir():
+        raise GreaterError(f"--out {out} is a folder; give the path of the file to write")
 
 
 def _new_run(args: argparse.Namespace, task, info: dict, train: list, test: list, dev: list = ()):
@@ -574,6 +605,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
     if not args.task:
         raise GreaterError("--task is required")
+    _check_out_folder(args.out)
     if args.grad_batch_size is not None:
         raise GreaterError("--grad-batch-size sets GReaTer's backward chunks; baselines run no backward pass")
     if args.keep_top is not None:  # a MethodConfig field, used by `greater compare --dev` only
@@ -594,33 +626,33 @@ def _run_baseline(args: argparse.Namespace) -> int:
     train, test = task.split(args.train, args.test, config.seed)
     split = {"seed": config.seed, "train": args.train, "test": args.test}
     info = _run_info(args, config, split, runtime, method=args.method) | {"threads": args.threads_used}
-    run = _new_run(args, task, info, train, test)
-    tracker = _tracker(args, run)
-    print(f"task {info['task']}: {len(train)} train / {len(test)} test examples; run directory {run.path}")
-    print(f"running {args.method} (budget: {config.budget} candidate prompts) ...", file=sys.stderr)
-    with _sigterm_interrupts():
-        result = run_method(args.method, model, tokenizer, task, train, config)
-    run.append_history(result.history)
-    print(f"optimized prompt: {result.prompt}")
-    final_acc = _test_accuracy(model, tokenizer, task, test, result.prompt, config, "optimized prompt")
-    scores = {"score": result.score, "score_name": result.score_name, "dev_accuracy": None}
-    scores["test_accuracy"] = {"optimized": final_acc}
-    ids = encode_prompt(tokenizer, result.prompt)
-    prompt_fields = {"prompt_ids": ids, "joiner": result.joiner, "task": task, "scores": scores}
-    run.write_prompt(result.prompt, model=model, tokenizer=tokenizer, method=args.method, **prompt_fields)
-    for index, entry in enumerate(result.history, 1):  # every candidate prompt the baseline scored
-        tracker.log_metrics({k: v for k, v in entry.items() if k in ("accuracy", "ce")}, index)
-    # result.json after the MLflow run is finished, as before: the tracker's artifacts hold no result.json
-    tracker.finish(run.path, {"train_score": result.score, "test_accuracy_optimized": final_acc})
-    outcome = {"prompt": result.prompt, "joiner": result.joiner, "score": result.score}
-    outcome |= {
-        "score_name": result.score_name,
-        "usage": asdict(result.usage),
-        "test_accuracy": {"optimized": final_acc},
-    }
-    run.write_result(outcome)
-    print(f"run written to {run.path}")
-    return 0
+    with _new_run(args, task, info, train, test) as run:  # locked until the run ends
+        tracker = _tracker(args, run)
+        print(f"task {info['task']}: {len(train)} train / {len(test)} test examples; run directory {run.path}")
+        print(f"running {args.method} (budget: {config.budget} candidate prompts) ...", file=sys.stderr)
+        with _sigterm_interrupts():
+            result = run_method(args.method, model, tokenizer, task, train, config)
+        run.append_history(result.history)
+        print(f"optimized prompt: {result.prompt}")
+        final_acc = _test_accuracy(model, tokenizer, task, test, result.prompt, config, "optimized prompt")
+        scores = {"score": result.score, "score_name": result.score_name, "dev_accuracy": None}
+        scores["test_accuracy"] = {"optimized": final_acc}
+        ids = encode_prompt(tokenizer, result.prompt)
+        prompt_fields = {"prompt_ids": ids, "joiner": result.joiner, "task": task, "scores": scores}
+        run.write_prompt(result.prompt, model=model, tokenizer=tokenizer, method=args.method, **prompt_fields)
+        for index, entry in enumerate(result.history, 1):  # every candidate prompt the baseline scored
+            tracker.log_metrics({k: v for k, v in entry.items() if k in ("accuracy", "ce")}, index)
+        # result.json after the MLflow run is finished, as before: the tracker's artifacts hold no result.json
+        tracker.finish(run.path, {"train_score": result.score, "test_accuracy_optimized": final_acc})
+        outcome = {"prompt": result.prompt, "joiner": result.joiner, "score": result.score}
+        outcome |= {
+            "score_name": result.score_name,
+            "usage": asdict(result.usage),
+            "test_accuracy": {"optimized": final_acc},
+        }
+        run.write_result(outcome)
+        print(f"run written to {run.path}")
+        return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -637,6 +669,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise GreaterError("--task is required (repeat it for more tasks)")
     if args.keep_top is not None and not args.dev:
         raise GreaterError("--keep-top picks the prompts scored on the dev set; give --dev N too")
+    _check_out_folder(args.out)
     flags = ("steps", "evaluations", "max_new_tokens", "batch_size", "meta_max_new_tokens", "keep_top")
     config = MethodConfig.from_args(args, flags, "greater compare")
     distinct_settings(methods, greater_settings(config))
@@ -735,6 +768,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise GreaterError("nothing to score: give --prompt, --prompt-file, --baseline or --run")
     if not task_names or not all(task_names):
         raise GreaterError("--task is required")
+    _check_out_folder(args.out)
     splits = _evaluation_splits(args, task_names, data_dir, run, options)
     runtime = _runtime(args)
     model, tokenizer = _load(model_ref, args.trust_remote_code, runtime)
@@ -767,7 +801,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out is None:
         print("\n" + prompts_table_markdown(table_data(cells, **meta)), end="")
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
     table = write_table(args.out, cells, **meta)
     if len(cells) == 1:  # one task, one prompt: also the plain predictions and metrics files
         (cell,) = cells
@@ -1061,6 +1094,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from greater import artifact
     from greater.runs import write_atomic
 
+    _check_out_file(args.out)
     source = args.run / artifact.FILE if args.run.is_dir() else args.run
     data = artifact.read(source)
     if args.format == "promptfoo":
@@ -1088,6 +1122,7 @@ PROMPTFOO_VERSION = "0.121.20"  # the version the export is tested with (Makefil
 def _cmd_report(args: argparse.Namespace) -> int:
     from greater.report import write_report
 
+    _check_out_file(args.out)
     out = write_report(args.run, args.out)
     print(f"report written to {out}")
     return 0

@@ -23,14 +23,20 @@ holds the cell's settings key (`_cell_key`: the comparison's settings, the cell 
 fingerprint); a partial file with another key is ignored (with a note) and overwritten. It is
 deleted once the cell file is written.
 
+One process at a time works on a cell: it holds the cell's lock (`greater.runs.FolderLock` on
+.locks/<cell>.lock) while it computes and writes it, so two comparisons of disjoint cells share a
+folder, and one that reaches a cell another process holds stops with an error naming that process.
+
 Cells run one after the other in this process, or as Ray tasks (`cluster=`, see greater.cluster):
-either way this process writes every finished cell, as it finishes, into the same folder. Ray
+either way this process writes every finished cell, as it finishes, into the same folder (on Ray it
+locks every cell it submits until the cells are written). Ray
 workers may run on machines that cannot see the folder, so cells run there keep no partial file: a
 killed Ray cell starts again from its beginning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -44,12 +50,13 @@ from greater.compare_table import cell_name, compare_markdown, summarize, write_
 from greater.errors import GreaterError
 from greater.evaluate import evaluate, slug, write_predictions
 from greater.methods import MethodConfig, run_method
-from greater.runs import read_json, write_atomic, write_json
+from greater.runs import FolderLock, make_folder, read_json, write_atomic, write_json
 from greater.tasks import Example, Task
 from greater.tasks.base import fingerprint as split_fingerprint
 
 SETTINGS_FILE = "compare.json"
 PARTIAL_DIR = "partial"
+LOCKS_DIR = ".locks"  # one lock file per cell (`cell_lock`)
 PARTIAL_FORMAT = "greater-partial-cell/1"
 # (train, dev, test) sizes, in `Task.splits`' order; dev 0: no dev set
 Sizes = tuple[int | None, int, int | None]
@@ -110,36 +117,55 @@ def run_compare(
     else:  # keep_top plays no part without a dev set; folders made before dev sets must still resume
         settings["config"].pop("keep_top")
     _check_settings(out, settings)
+    make_folder(out / LOCKS_DIR)
     cells = [(task, method, seed) for task in tasks for seed in seeds for method in methods]
     todo = [c for c in cells if _missing(out, *c, transfer)]
     if len(todo) < len(cells):
         print(f"greater: {len(cells) - len(todo)} of {len(cells)} cells already done in {out}", file=sys.stderr)
-    jobs = []
-    for task, method, seed in todo:
+
+    def job_for(task: Task, method: str, seed: int) -> CellJob | None:
+        """The cell's job, read once its lock is held; None: another process finished it meanwhile."""
+        if not _missing(out, task, method, seed, transfer):
+            return None
         path = cell_path(out, task.name, method, seed)
         existing = read_json(path) if path.exists() else None
         partial = partial_path(out, path.stem) if cluster is None else None  # see the module's docstring
-        jobs.append(CellJob(task, method, seed, replace(config, seed=seed), path.stem, existing, partial, settings))
-    bar = tqdm(total=len(jobs), desc="comparing", unit="cell", disable=not progress, file=sys.stderr)
-    if cluster is None or not jobs:  # (nothing left to run: no Ray needed)
-        for job in jobs:
-            label = f"{job.task.name} {job.method} seed {job.seed}"
-            bar.set_postfix_str(label)
+        return CellJob(task, method, seed, replace(config, seed=seed), path.stem, existing, partial, settings)
 
-            def note(text: str, label: str = label) -> None:
-                bar.set_postfix_str(f"{label}: {text}")
+    bar = tqdm(total=len(todo), desc="comparing", unit="cell", disable=not progress, file=sys.stderr)
+    try:
+        if cluster is None or not todo:  # (nothing left to run: no Ray needed)
+            for task, method, seed in todo:
+                with cell_lock(out, task.name, method, seed):
+                    job = job_for(task, method, seed)
+                    if job is not None:
+                        label = f"{job.task.name} {job.method} seed {job.seed}"
+                        bar.set_postfix_str(label)
 
-            _write_cell(out, job, *compute_cell(job, optimizer, transfer, sizes, fingerprint, note))
-            bar.update(1)
-    else:
-        from greater.cluster import run_on_ray
+                        def note(text: str, label: str = label) -> None:
+                            bar.set_postfix_str(f"{label}: {text}")
 
-        labels = (optimizer.label, [s.label for s in transfer])
-        for job, record, predictions in run_on_ray(jobs, cluster, *labels, sizes, fingerprint):
-            _write_cell(out, job, record, predictions)
-            bar.set_postfix_str(f"{job.task.name} {job.method} seed {job.seed} done")
-            bar.update(1)
-    bar.close()
+                        _write_cell(out, job, *compute_cell(job, optimizer, transfer, sizes, fingerprint, note))
+                bar.update(1)
+        else:
+            from greater.cluster import run_on_ray
+
+            with contextlib.ExitStack() as locks:  # every cell submitted stays locked until it is written
+                jobs = []
+                for task, method, seed in todo:
+                    locks.enter_context(cell_lock(out, task.name, method, seed))
+                    job = job_for(task, method, seed)
+                    if job is None:
+                        bar.update(1)
+                    else:
+                        jobs.append(job)
+                labels = (optimizer.label, [s.label for s in transfer])
+                for job, record, predictions in run_on_ray(jobs, cluster, *labels, sizes, fingerprint) if jobs else ():
+                    _write_cell(out, job, record, predictions)
+                    bar.set_postfix_str(f"{job.task.name} {job.method} seed {job.seed} done")
+                    bar.update(1)
+    finally:
+        bar.close()  # also on the way out of an error, so the error's line is not the bar's
     records = [read_json(cell_path(out, task.name, method, seed)) for task, method, seed in cells]
     table = summarize(out, records, settings, [s.label for s in transfer], tasks)
     write_json(out / "table.json", table)
@@ -150,6 +176,12 @@ def run_compare(
 
 def cell_path(out: Path, task: str, method: str, seed: int) -> Path:
     return out / "cells" / f"{cell_name(task, method, seed)}.json"
+
+
+def cell_lock(out: Path, task: str, method: str, seed: int) -> FolderLock:
+    """The lock of a cell (taken by `with`): one process at a time computes and writes it."""
+    name = cell_name(task, method, seed)
+    return FolderLock(out / LOCKS_DIR, f"{name}.lock", what=f"cell {name} of {out}")
 
 
 def partial_path(out: Path, name: str) -> Path:
@@ -202,7 +234,7 @@ def _check_settings(out: Path, settings: dict) -> None:
                     "rerun with the same settings to resume it, or choose another --out"
                 )
         return
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     write_json(path, settings)
 
 

@@ -1,4 +1,4 @@
-"""The one exception type the CLI turns into a clean one-line error (exit code 2)."""
+"""The one exception type the CLI turns into a clean one-line error (exit code 2), and its kinds."""
 
 
 class GreaterError(Exception):
@@ -16,4 +16,15 @@ class ResumeConflict(GreaterError):
         super().__init__(
             f"{name} {given!r} differs from the run's stored value {stored!r}; "
             f"drop {name} to resume, or start a new run"
+        )
+
+
+class FolderInUse(GreaterError):
+    """A folder (or a comparison's cell) whose lock another process holds (`greater.runs.FolderLock`)."""
+
+    def __init__(self, what: str, pid: int | None) -> None:
+        self.pid = pid
+        super().__init__(
+            f"{what} is in use by another greater process (pid {pid if pid is not None else 'unknown'}); "
+            "wait for it to end, or stop it, then run the command again"
         )

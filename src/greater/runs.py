@@ -1,39 +1,141 @@
 """The run directory (`RunDir`): run.json, steps.jsonl (appended and fsynced per step), checkpoint.json,
-initial_eval.json, prompt.txt, prompt.json and result.json; and the atomic writes they go through."""
+initial_eval.json, prompt.txt, prompt.json and result.json; the atomic writes they go through; and the
+lock (`FolderLock`, the file .lock) that keeps a second process from writing into a folder in use."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import itertools
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from greater.errors import GreaterError, ResumeConflict
+from greater.errors import FolderInUse, GreaterError, ResumeConflict
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
+LOCK_FILE = ".lock"
 
-def new_run_dir(requested: Path) -> tuple[Path, bool]:
-    """`requested`, or `requested-N` for the first free N when it already holds files.
 
-    Returns (path, renamed): an existing run is never overwritten.
+class FolderLock:
+    """One writer per folder: an exclusive `fcntl.flock` on the file `name` in `folder` (made if missing,
+    and never deleted: deleting it would let two processes lock two different files), holding the
+    holder's pid. The kernel releases it when the holder's process ends, however it ends (kill -9
+    too), so no stale lock is left. `acquire` (or `with FolderLock(...)`) takes it or raises
+    `GreaterError` naming `what` and the holder's pid; `release` (or the end of the `with`) frees it.
+    `what` names the folder in that message (default: the folder's path)."""
+
+    def __init__(self, folder: Path, name: str = LOCK_FILE, what: str | None = None) -> None:
+        self.path = folder / name
+        self.what = what or str(folder)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> FolderLock:
+        if self._fd is not None:
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise GreaterError(f"cannot lock {self.what}: cannot write {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise FolderInUse(self.what, holder) from None
+        except OSError as exc:  # a file system without locks (ENOLCK)
+            os.close(fd)
+            raise GreaterError(f"cannot lock {self.what} ({self.path}): {exc.strerror}") from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise GreaterError(f"cannot write {self.path}: {exc.strerror}") from exc
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Free the lock (closing the file frees it); nothing when it is not held."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    """The pid a lock file holds; None when it holds none (its holder has not written it yet)."""
+    try:
+        return int(os.pread(fd, 32, 0).decode("ascii").strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _holds_files(path: Path) -> bool:
+    """Whether a folder holds anything but a lock file (an empty folder another run locked is not free
+    either: `new_run_dir` tries its lock)."""
+    return any(p.name != LOCK_FILE for p in path.iterdir())
+
+
+def new_run_dir(requested: Path) -> tuple[Path, bool, FolderLock]:
+    """`requested`, or `requested-N` for the first free N when it already holds files (or another
+    process holds its lock), made and locked (`FolderLock`).
+
+    Returns (path, renamed, lock): an existing run is never overwritten.
     """
-    path = requested
-    n = 1
-    while path.exists() and any(path.iterdir()):
-        path = requested.with_name(f"{requested.name}-{n}")
-        n += 1
+    if requested.exists() and not requested.is_dir():
+        raise GreaterError(f"{requested} is a file, not a folder; choose another --out for the run")
+    for n in itertools.count():
+        path = requested if n == 0 else requested.with_name(f"{requested.name}-{n}")
+        if path.exists() and not path.is_dir():
+            continue
+        if path.exists() and _holds_files(path):
+            continue
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GreaterError(f"cannot create run directory {path}: {exc.strerror}") from exc
+        lock = FolderLock(path, what=f"run folder {path}")
+        try:
+            lock.acquire()
+        except FolderInUse:  # a new run another process has just made
+            continue
+        if not _holds_files(path):  # still free once locked
+            return path, path != requested, lock
+        lock.release()
+    raise AssertionError("unreachable")
+
+
+def make_folder(path: Path) -> None:
+    """`path` as a folder (with its parents), or a `GreaterError` saying why it cannot be one."""
+    if path.exists() and not path.is_dir():
+        raise GreaterError(f"{path} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GreaterError(f"cannot create run directory {path}: {exc.strerror}") from exc
-    return path, path != requested
+        raise GreaterError(f"cannot create folder {path}: {exc.strerror}") from exc
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write via a temp file + rename, so a crash leaves either the old or the new file, never half.
     The temp file's name is unique, so two processes writing one path cannot take each other's.
     Missing parent folders are made (an `--out` path may name a new folder)."""
+    for folder in (path.parent, *path.parent.parents):  # the nearest existing one must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise GreaterError(f"cannot write {path}: {folder} is a file, not a folder")
+            break
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -59,14 +161,29 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line and fsync, so a finished step survives a kill."""
+    """Append one JSON line and fsync, so a finished step survives a kill. A write that fails (a full
+    disk) is cut off again, so the file never ends in half a line."""
     try:
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeError as exc:
+        raise GreaterError(f"cannot append to {path}: text that cannot be encoded ({exc.reason})") from exc
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise GreaterError(f"cannot append to {path}: {exc.strerror}") from exc
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise GreaterError(f"cannot append to {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path) -> dict:
@@ -74,6 +191,10 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise GreaterError(f"{path} does not exist; is this a greater run directory?") from exc
+    except NotADirectoryError as exc:
+        raise GreaterError(f"{path.parent} is not a folder; is this a greater run directory?") from exc
+    except OSError as exc:
+        raise GreaterError(f"cannot read {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
         raise GreaterError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from exc
 
@@ -169,36 +290,59 @@ class RunDir:
     initial_eval.json, and at the end prompt.txt, prompt.json and result.json (in that order: a folder
     with result.json is a finished run)."""
 
-    def __init__(self, path: Path, info: dict, checkpoint: dict | None = None) -> None:
+    def __init__(self, path: Path, info: dict, checkpoint: dict | None = None, lock: FolderLock | None = None) -> None:
         self.path = path
         self.info = info
         self.checkpoint = checkpoint  # the last checkpoint read by `open`; None: none yet
+        self.lock = lock  # held from `create` or `open` until `close` (or the end of `with run:`)
+
+    def close(self) -> None:
+        """Free the folder's lock (the process's end frees it too)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def create(
         cls, requested: Path, info: dict, train: list, test: list, dev: list | tuple = ()
     ) -> tuple[RunDir, bool]:
-        """A fresh folder (`requested`, else `requested-N`: never an existing run's) with run.json: `info`
-        with the split's drawn sizes and fingerprint added. Returns (run, renamed)."""
+        """A fresh folder (`requested`, else `requested-N`: never an existing run's), locked, with run.json:
+        `info` with the split's drawn sizes and fingerprint added. Returns (run, renamed)."""
         from greater.tasks.base import fingerprint
 
-        path, renamed = new_run_dir(requested)
+        path, renamed, lock = new_run_dir(requested)
         info["split"] |= {"n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
         info["split"]["fingerprint"] = fingerprint(train, test, dev)
-        run = cls(path, info)
-        run.save_info()
+        run = cls(path, info, lock=lock)
+        try:
+            run.save_info()
+        except BaseException:
+            run.close()
+            raise
         return run, renamed
 
     @classmethod
     def open(cls, path: Path) -> RunDir:
-        """An unfinished GReaTer run to resume, with its last checkpoint (None: it stopped before its
-        first step ended); reading the checkpoint restores its RNG states."""
-        info = read_json(path / RUN_INFO)
-        if info.get("method", "greater") != "greater":
-            raise GreaterError(f"{path} is a {info['method']} run; --resume continues GReaTer runs only")
-        if (path / RESULT).exists():
-            raise GreaterError(f"{path} is a finished run (result.json exists); nothing to resume")
-        return cls(path, info, read_checkpoint(path) if (path / CHECKPOINT).exists() else None)
+        """An unfinished GReaTer run to resume, locked (`FolderLock`: refused while another process
+        writes it), with its last checkpoint (None: it stopped before its first step ended); reading the
+        checkpoint restores its RNG states."""
+        read_json(path / RUN_INFO)  # not a run folder: refused before a lock file is made in it
+        lock = FolderLock(path, what=f"run folder {path}").acquire()
+        try:
+            info = read_json(path / RUN_INFO)
+            if info.get("method", "greater") != "greater":
+                raise GreaterError(f"{path} is a {info['method']} run; --resume continues GReaTer runs only")
+            if (path / RESULT).exists():
+                raise GreaterError(f"{path} is a finished run (result.json exists); nothing to resume")
+            return cls(path, info, read_checkpoint(path) if (path / CHECKPOINT).exists() else None, lock)
+        except BaseException:
+            lock.release()
+            raise
 
     def check_flags(self, given: dict[str, object]) -> None:
         """Refuse a run-defining flag (see `RUN_KEYS`; None: not given) that contradicts run.json; a task

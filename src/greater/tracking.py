@@ -122,9 +122,16 @@ class MlflowTracker(NoTracker):
         self.log_metrics(metrics, record.step)
 
     def finish(self, folder: Path, metrics: dict) -> None:
-        """Final metrics, the folder's files as artifacts, and the run marked finished."""
+        """Final metrics, the folder's files as artifacts (not its hidden ones: the lock file, temp
+        files), and the run marked finished."""
         self.log_metrics(metrics)
-        self.client.log_artifacts(self.run_id, str(folder))
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith("."):
+                continue
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), artifact_path=path.name)
+            else:
+                self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, status="FINISHED")
 
 

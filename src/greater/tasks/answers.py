@@ -135,28 +135,55 @@ NORMALIZERS: dict[str, Callable[[str], str]] = {
 
 ANSWER_TYPES = tuple(NORMALIZERS)
 
+LABEL_EXTRACTOR = "Therefore, the answer ({labels}) is:"
+
 _FORMATS = {
     "number": "arabic numerals only",
     "text": "on one line, nothing else",
 } | {kind: "use exact format: " + " or ".join(f"'$ {word}'" for word in words) for kind, words in LABELS.items()}
 
 
-def normalizer_for(answer_type: str) -> Callable[[str], str]:
-    """The normaliser of an answer type; GreaterError for an unknown type."""
+def normalizer_for(answer_type: str, labels: Sequence[str] | None = None) -> Callable[[str], str]:
+    """The normaliser of an answer type; GreaterError for an unknown type. A text answer with `labels`
+    (a label task: "positive"/"negative") is the first label in the text, any case, as the labels spell it."""
     try:
-        return NORMALIZERS[answer_type]
+        normalize = NORMALIZERS[answer_type]
     except KeyError:
         raise GreaterError(f"unknown answer type {answer_type!r}; expected one of: {', '.join(ANSWER_TYPES)}") from None
+    return _first_word(tuple(labels)) if answer_type == "text" and labels else normalize
+
+
+MAX_INFERRED_LABELS = 10
+MAX_LABEL_WORDS = 4
+
+
+def infer_labels(golds: Sequence[str]) -> tuple[str, ...] | None:
+    """The labels of a text task whose gold answers are a few short words or phrases, each given more than
+    once ("positive", "negative", ...), sorted (the extractor names them: the same whatever the row order);
+    None for anything else."""
+    counts: dict[str, int] = {}
+    for gold in golds:
+        counts[gold] = counts.get(gold, 0) + 1
+    if not 2 <= len(counts) <= MAX_INFERRED_LABELS or min(counts.values()) < 2:
+        return None
+    if any(not label or len(label.split()) > MAX_LABEL_WORDS for label in counts):
+        return None
+    lowered = {label.lower() for label in counts}
+    if len(lowered) < len(counts):  # "Yes"/"yes" would be one label to the matcher
+        return None
+    return tuple(sorted(counts, key=str.lower))
 
 
 def extractor_for(answer_type: str, choices: Sequence[str] | None = None) -> str:
     """Default extractor sentence for an answer type, ending in "is $" (the answer follows after a space).
 
     For "choice", `choices` are the option letters (e.g. "ABC"); without them the format says "etc.".
-    A "text" answer with `choices` lists them the same way.
+    A "text" answer with `choices` (a label task) gets `label_extractor` instead.
     """
     normalizer_for(answer_type)  # validates the type
-    if answer_type == "choice" or (answer_type == "text" and choices):
+    if answer_type == "text" and choices:
+        return label_extractor(choices)
+    if answer_type == "choice":
         letters = [f"'$ {letter}'" for letter in (choices or [])]
         if not letters:
             spec = "'$ A', '$ B', etc."
@@ -168,6 +195,13 @@ def extractor_for(answer_type: str, choices: Sequence[str] | None = None) -> str
     else:
         fmt = _FORMATS[answer_type]
     return f"Therefore, the final answer ({fmt}) is $"
+
+
+def label_extractor(labels: Sequence[str]) -> str:
+    """The extractor of a label task: the labels named, no "$" (after "$" a small model writes a number;
+    bench/label_extractors.py measured the wording on train and dev)."""
+    named = ", ".join(labels[:-1]) + f" or {labels[-1]}" if len(labels) > 1 else labels[0]
+    return LABEL_EXTRACTOR.format(labels=named)
 
 
 def final_answer(text: str) -> str:

@@ -29,9 +29,12 @@ from greater.tasks.answers import (
     final_answer,
     gold_problem,
     infer_answer_type,
+    infer_labels,
+    label_extractor,
     normalize_choice,
     normalizer_for,
     option_letters,
+    unwrap,
 )
 from greater.tasks.base import Example, Task
 from greater.tasks.rows import SUFFIXES, Record, read_records, read_text
@@ -78,6 +81,8 @@ def load_custom_task(path: Path, options: Mapping[str, object] | None = None) ->
     if answer_type not in ANSWER_TYPES:
         raise GreaterError(f"unknown answer type {answer_type!r}; expected one of: {', '.join(ANSWER_TYPES)}")
     choices = parse_choices(settings.get("choices"), answer_type)
+    if answer_type == "text" and choices is None and settings.get("answer_type") is None:
+        choices = _inferred_labels(records, fields[1], data)
     examples = examples_from_records(
         records, str(data), fields[0], fields[1], answer_type, choices, bool(settings.get("skip_bad_rows"))
     )
@@ -88,7 +93,7 @@ def load_custom_task(path: Path, options: Mapping[str, object] | None = None) ->
         extractor=str(settings.get("extractor") or extractor_for(answer_type, letters)),
         answer_type=answer_type,
         load=lambda: list(examples),
-        normalize=normalizer_for(answer_type),
+        normalize=normalizer_for(answer_type, choices),
         default_train=min(50, max(1, len(examples) // 2)),
         choices=choices,
     )
@@ -153,7 +158,7 @@ def examples_from_records(
 
     A choice question that lists options "(A) ..." must have its gold among them (without `choices`).
     """
-    normalize = normalizer_for(answer_type)
+    normalize = normalizer_for(answer_type, choices)
     examples, bad = [], []
     for record in records:
         example = _example(record, input_field, answer_field, answer_type, choices, normalize)
@@ -203,6 +208,22 @@ def _example(
         shown = raw if len(raw) <= 60 else raw[:57] + "..."
         return f"answer {shown!r} {problem}"
     return Example(question, gold)
+
+
+def _inferred_labels(records: Sequence[Record], answer_field: str, data: Path) -> tuple[str, ...] | None:
+    """The labels of a text task whose gold answers are a few words given more than once, said on stderr."""
+    golds = [_answer_text(r.data.get(answer_field)) for r in records if r.data is not None]
+    labels = infer_labels([unwrap(final_answer(g)) for g in golds if isinstance(g, str)])
+    if labels:
+        log.warning(
+            "%s: the gold answers are %d labels (%s): scoring the first label the model names after %r; "
+            "--choices sets them, --answer-type text matches the whole answer instead",
+            data,
+            len(labels),
+            ", ".join(labels),
+            label_extractor(labels),
+        )
+    return labels
 
 
 def _answer_text(value: object) -> object:

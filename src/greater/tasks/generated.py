@@ -15,12 +15,14 @@ from greater.tasks.base import Example, Task
 POOL_SIZE = 250
 
 
-def _pool(seed: int, make: Callable[[random.Random], Example], balance: tuple[str, ...] = ()) -> list[Example]:
-    """POOL_SIZE distinct examples from `make`; with `balance`, answers cycle through those values."""
+def pool(
+    seed: int, make: Callable[[random.Random], Example], balance: tuple[str, ...] = (), size: int = POOL_SIZE
+) -> list[Example]:
+    """`size` distinct examples from `make`; with `balance`, answers cycle through those values."""
     rng = random.Random(seed)
     examples: list[Example] = []
     seen: set[str] = set()
-    while len(examples) < POOL_SIZE:
+    while len(examples) < size:
         example = make(rng)
         wanted = balance[len(examples) % len(balance)] if balance else example.answer
         if example.question not in seen and example.answer == wanted:
@@ -252,7 +254,7 @@ def _task(
         description=description,
         extractor=extractor_for(answer_type),
         answer_type=answer_type,
-        load=lambda: _pool(seed, make, balance),
+        load=lambda: pool(seed, make, balance),
         normalize=normalizer_for(answer_type),
     )
 

@@ -11,8 +11,11 @@ from greater.tasks.base import Task
 from greater.tasks.bbh import BBH_ANSWER_TYPES, bbh_task_names, load_bbh_task, resolve_data_dir
 from greater.tasks.benchmarks import BENCHMARKS, benchmark_available, load_benchmark
 from greater.tasks.custom import OPTIONS, is_custom_task, load_custom_task
-from greater.tasks.generated import GENERATED_TASKS
+from greater.tasks.generated import GENERATED_TASKS as ARITHMETIC_AND_LOGIC
+from greater.tasks.labels import LABEL_TASKS
 from greater.tasks.sources import find_file
+
+GENERATED_TASKS = ARITHMETIC_AND_LOGIC | LABEL_TASKS  # every gen/ task
 
 
 def task_names(data_dir: str | None = None) -> list[str]:
