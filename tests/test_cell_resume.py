@@ -331,3 +331,20 @@ def test_the_progress_bar_says_how_far_the_running_cell_is(
         f"search done, scoring on test: {SPLIT[1]} reasonings",
     )
     assert shown == [cell_label] + [f"{cell_label}: {text}" for text in notes]
+
+
+def test_a_partial_file_left_beside_a_finished_cell_is_deleted_by_the_next_run(
+    tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch
+) -> None:
+    """A kill between writing a cell and deleting its partial file leaves a partial file of a finished cell."""
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=1)
+    run_compare(optimizer, [TASK], ["zs-cot"], [0], tmp_path, config, split=SPLIT)
+    stale = partial_path(tmp_path, cell_path(tmp_path, TASK.name, "zs-cot", 0).stem)
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text('{"key": "x", "progress": {}}', encoding="utf-8")
+    before = cell(tmp_path, "zs-cot")
+    with monkeypatch.context() as m:
+        m.setattr(compare_module, "run_method", lambda *a, **k: pytest.fail("ran a finished cell again"))
+        run_compare(optimizer, [TASK], ["zs-cot"], [0], tmp_path, config, split=SPLIT)
+    assert not stale.exists()
+    assert cell(tmp_path, "zs-cot") == before

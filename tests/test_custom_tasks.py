@@ -113,7 +113,7 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     task = resolve_task(str(tmp_path / "task.toml"))
     assert (task.name, task.description, task.answer_type) == ("sentiment", "Is a review positive or negative?", "text")
     assert task.load() == [Example(row["text"], row["label"]) for row in rows]
-    assert task.extractor == "Therefore, the answer (pos or neg) is:"
+    assert task.extractor == "Therefore, in one word (pos or neg), the answer is:"
     assert task.answer_set == ("pos", "neg")  # declared choices: `greater compare`'s uniform chance is 1/2
     for example in task.load():
         assert_scores(task, example)
@@ -366,7 +366,7 @@ def test_word_labels_are_inferred_said_on_stderr_and_overridable(tmp_path: Path,
     with caplog.at_level(logging.WARNING):
         task = resolve_task(str(path))
     assert (task.answer_type, task.choices) == ("text", ("negative", "positive"))
-    assert task.extractor == "Therefore, the answer (negative or positive) is:"
+    assert task.extractor == "Therefore, in one word (negative or positive), the answer is:"
     assert "2 labels (negative, positive)" in caplog.text and "--answer-type text" in caplog.text
     example = task.load()[1]
     assert example.answer == "positive"
@@ -378,7 +378,7 @@ def test_word_labels_are_inferred_said_on_stderr_and_overridable(tmp_path: Path,
     assert (free.choices, free.extractor) == (None, "Therefore, the final answer (on one line, nothing else) is $")
     assert not free.is_correct(" Positive", example)
     chosen = resolve_task(str(path), None, {"choices": "positive,negative"})
-    assert chosen.extractor == "Therefore, the answer (positive or negative) is:"
+    assert chosen.extractor == "Therefore, in one word (positive or negative), the answer is:"
     # answers given once each are free text, not labels
     write_jsonl(tmp_path / "free.jsonl", [{"input": f"q{i}", "target": f"answer {i}"} for i in range(6)])
     assert resolve_task(str(tmp_path / "free.jsonl")).choices is None

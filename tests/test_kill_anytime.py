@@ -5,10 +5,12 @@ the same steps.jsonl (timings aside) and the same result as an uninterrupted run
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +56,38 @@ def _checkpoint_state(run: Path) -> dict:
         return {}
 
 
+class _Stderr:
+    """A process's stderr, read as it comes (by a thread), to tell how far the process had got."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.text, self._fd = "", proc.stderr.fileno()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while chunk := os.read(self._fd, 1 << 16):
+            self.text += chunk.decode(errors="replace")
+
+    def working(self) -> bool:
+        """Whether the run has loaded its model and started its steps (a resumed one: or its dev pass)."""
+        return "optimizing" in self.text
+
+    def all(self) -> str:
+        self._thread.join(timeout=30)
+        return self.text
+
+
+def _landed(run: Path, err: str) -> str:
+    """Where a killed sitting of `_args`' run stopped, from the folder it left and what it printed: the
+    starting prompt's test evaluation (run.json is written, initial_eval.json not), still loading the
+    model, the steps, or the dev pass (every step is checkpointed)."""
+    if (run / "run.json").exists() and not (run / "initial_eval.json").exists():
+        return "initial evaluation"
+    if "optimizing" not in err:
+        return "loading"
+    return "dev pass" if _checkpoint_state(run).get("step", 0) >= 4 else "steps"
+
+
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
     """SIGKILL the process as soon as `ready()` holds; False when it ended first."""
     deadline = time.monotonic() + timeout
@@ -70,45 +104,69 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
 
 def test_sigkill_at_any_moment_then_resume_gives_the_same_run(tiny_model_dir, tmp_path):
     straight, run = tmp_path / "straight", tmp_path / "killed"
-    started = time.monotonic()
     proc = _start(_args(tiny_model_dir, straight))
-    assert proc.wait(timeout=300) == 0, proc.communicate()
-    duration = time.monotonic() - started
+    err, marks = _Stderr(proc), {}
+    phases = ("optimizing", "dev examples ...")  # the steps (after the model is loaded), the dev pass
+    while proc.poll() is None:  # when each phase starts
+        marks |= {mark: time.monotonic() for mark in phases if mark in err.text and mark not in marks}
+        time.sleep(0.005)
+    assert proc.wait() == 0, err.all()
+    # the dev pass: until the end (its test evaluation of 2 examples included)
+    steps_time, dev_time = marks[phases[1]] - marks[phases[0]], time.monotonic() - marks[phases[1]]
     rng = random.Random(15)
     resume = ["optimize", "--resume", str(run)]
-    kills = []
+    landed = []
 
     # 1. during the starting prompt's test evaluation: run.json is written, initial_eval.json is not
     proc = _start(_args(tiny_model_dir, run))
+    err = _Stderr(proc)
     assert _kill_when(proc, lambda: (run / "run.json").exists())
     assert not (run / "initial_eval.json").exists() and not (run / "checkpoint.json").exists()
-    kills.append("initial evaluation")
+    landed.append(_landed(run, err.all()))
 
-    def at_random() -> None:
-        """A moment drawn over the uninterrupted run's duration (loading included), but no later than
-        the last step's checkpoint: a resumed run has less left to do, and on a busy machine it could
-        otherwise finish before its moment, leaving no dev pass to kill."""
-        start, moment = time.monotonic(), rng.uniform(0.1, 0.6) * duration
-        proc = _start(resume)
-        last_step = lambda: _checkpoint_state(run).get("step", 0) >= 4  # noqa: E731
-        assert _kill_when(proc, lambda: time.monotonic() - start >= moment or last_step())
-        kills.append(f"random {moment:.1f}s")
+    def progress() -> tuple[int, int]:
+        state = _checkpoint_state(run)
+        return state.get("step", 0), len(state.get("dev_accuracy", []))
 
-    for moment in ("random", "checkpoint write", "random", "random", "dev pass", "random"):
-        if moment == "random":
-            at_random()
-        elif moment == "checkpoint write":  # dies halfway through writing its 2nd checkpoint
+    def at_random(within: str) -> None:
+        """A moment drawn over one step (`within` "steps") or over the dev pass, as long as the
+        uninterrupted run took it, counted from when the resumed run starts working (its model loaded);
+        no later than its first save, so that the kill lands in the phase it is aimed at however fast
+        this sitting runs (after at most 2 of the 4 steps, a save leaves steps to do; in the dev pass,
+        dev prompts)."""
+        start = progress()
+        assert start[0] <= 2 if within == "steps" else start[0] == 4, (within, start)
+        window = steps_time / 4 if within == "steps" else dev_time
+        proc, delay, working = _start(resume), rng.uniform(0.05, 0.95) * window, []
+        err = _Stderr(proc)
+
+        def ready() -> bool:
+            if not working and err.working():
+                working.append(time.monotonic())
+            return (bool(working) and time.monotonic() - working[0] >= delay) or progress() != start
+
+        assert _kill_when(proc, ready)
+        landed.append(_landed(run, err.all()))
+
+    for moment in ("checkpoint write", "random steps", "random steps", "dev pass", "random dev pass"):
+        if moment.startswith("random"):
+            at_random(moment.removeprefix("random "))
+        elif moment == "checkpoint write":  # dies halfway through writing its 2nd checkpoint (step 2's)
             proc = _start(["2", *resume], driver=_KILL_IN_CHECKPOINT_WRITE)
-            assert proc.wait(timeout=300) == -signal.SIGKILL, proc.communicate()
+            err = _Stderr(proc)
+            assert proc.wait(timeout=300) == -signal.SIGKILL, err.all()
             assert list(run.glob(".checkpoint.json.*")), "the half-written checkpoint is left behind"
-            kills.append("checkpoint write")
+            landed.append(_landed(run, err.all()))
         else:  # the steps are done and one more dev prompt is scored, the result is not written
             scored = len(_checkpoint_state(run).get("dev_accuracy", []))
             proc = _start(resume)
+            err = _Stderr(proc)
             assert _kill_when(proc, lambda n=scored: len(_checkpoint_state(run).get("dev_accuracy", [])) > n)
             assert not (run / "result.json").exists()
-            kills.append("dev pass")
-    assert len(kills) >= 6, kills
+            landed.append(_landed(run, err.all()))
+    # where each kill landed, from the folder and what the process had printed: none while the model
+    # was loading, each in the phase it was aimed at
+    assert landed == ["initial evaluation", "steps", "steps", "steps", "dev pass", "dev pass"], landed
 
     proc = _start(resume)
     assert proc.wait(timeout=300) == 0, proc.communicate()

@@ -694,8 +694,8 @@ def test_option_letters_and_label_extractors() -> None:
         extractor_for("valid_invalid")
         == "Therefore, the final answer (use exact format: '$ valid' or '$ invalid') is $"
     )
-    assert extractor_for("text", ["pos", "neg"]) == "Therefore, the answer (pos or neg) is:"
-    assert extractor_for("text", ["a", "b c", "d"]) == "Therefore, the answer (a, b c or d) is:"
+    assert extractor_for("text", ["pos", "neg"]) == "Therefore, in one word (pos or neg), the answer is:"
+    assert extractor_for("text", ["a", "b c", "d"]) == "Therefore, in one word (a, b c or d), the answer is:"
 
 
 @pytest.mark.parametrize(

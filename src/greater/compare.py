@@ -120,6 +120,9 @@ def run_compare(
     make_folder(out / LOCKS_DIR)
     cells = [(task, method, seed) for task in tasks for seed in seeds for method in methods]
     todo = [c for c in cells if _missing(out, *c, transfer)]
+    for task, method, seed in cells:  # a kill between writing a cell and deleting its partial file left one
+        if (task, method, seed) not in todo:
+            partial_path(out, cell_path(out, task.name, method, seed).stem).unlink(missing_ok=True)
     if len(todo) < len(cells):
         print(f"greater: {len(cells) - len(todo)} of {len(cells)} cells already done in {out}", file=sys.stderr)
 

@@ -135,7 +135,7 @@ NORMALIZERS: dict[str, Callable[[str], str]] = {
 
 ANSWER_TYPES = tuple(NORMALIZERS)
 
-LABEL_EXTRACTOR = "Therefore, the answer ({labels}) is:"
+LABEL_EXTRACTOR = "Therefore, in one word ({labels}), the answer is:"
 
 _FORMATS = {
     "number": "arabic numerals only",
