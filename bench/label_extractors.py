@@ -84,7 +84,11 @@ def main() -> int:
                 cut = sum(p["reasoning_tokens"] >= args.max_new_tokens for p in first.predictions)
                 write_json(cached, {"reasoning": [p["reasoning"] for p in first.predictions], "cut": cut, "ids": ids})
             saved = json.loads(cached.read_text())
+            if "rows" in saved:  # scored by an earlier sitting
+                rows += saved["rows"]
+                continue
             reasoning = {i: ids for i, ids in enumerate(saved["ids"])}
+            done = len(rows)
             for extractor_name, template in EXTRACTORS.items():
                 extractor = template.format(labels=named, quoted=quoted)
                 variant = replace(task, extractor=extractor, normalize=normalizer_for("text", labels))
@@ -100,6 +104,7 @@ def main() -> int:
                         "cut_off": saved["cut"] / scored.n,
                     }
                 )  # fmt: skip
+            write_json(cached, saved | {"rows": rows[done:]})
     write_json(args.out / "table.json", {"rows": rows, "settings": vars(args) | {"out": str(args.out)}})
     print("| task | prompt | extractor | accuracy | a label | cut off |\n|---|---|---|---|---|---|")
     for r in rows:

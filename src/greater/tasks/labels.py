@@ -1,7 +1,7 @@
 """Built-in label tasks generated from word lists: the answer is one of a few words a small model
-partly knows how to choose (the sentiment of a short review, the kind of thing a word names, whether
-two words mean the same). Seeded and balanced, LABEL_POOL_SIZE distinct examples each; scored with the
-label extractor and matcher that custom label tasks get (`answers.label_extractor`)."""
+partly knows how to choose (the sentiment of a short review, the kind of thing a word names). Seeded
+and balanced, LABEL_POOL_SIZE distinct examples each; scored with the label extractor and matcher that
+custom label tasks get (`answers.label_extractor`)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ _BAD = [
     "awful", "terrible", "rude", "bland", "disappointing", "broken", "slow", "dirty", "boring",
     "noisy", "horrible", "mediocre", "stale", "ugly", "useless", "poor",
 ]  # fmt: skip
-_OPENERS = ["", "Honestly, ", "Overall, ", "To be fair, ", "In short, ", "Frankly, ", "Sadly, ", "Luckily, "]
+_OPENERS = ["", "Honestly, ", "Overall, ", "To be fair, ", "In short, ", "Frankly, ", "In my opinion, ", "All in all, "]
 
 
 def _review_example(rng: random.Random) -> Example:
@@ -94,52 +94,6 @@ def _kind_example(rng: random.Random) -> Example:
     return Example(question, kind)
 
 
-# --- whether two words mean the same --------------------------------------------------------------
-
-_SAME = [
-    ("big", "large"), ("small", "little"), ("happy", "glad"), ("fast", "quick"), ("begin", "start"),
-    ("end", "finish"), ("smart", "clever"), ("angry", "mad"), ("close", "shut"), ("rich", "wealthy"),
-    ("sick", "ill"), ("easy", "simple"), ("hard", "difficult"), ("buy", "purchase"), ("gift", "present"),
-    ("quiet", "silent"), ("brave", "bold"), ("shout", "yell"), ("tired", "sleepy"), ("under", "below"),
-    ("above", "over"), ("jump", "leap"), ("talk", "speak"), ("rock", "stone"), ("road", "street"),
-    ("sad", "unhappy"), ("funny", "amusing"), ("pretty", "beautiful"), ("cold", "chilly"), ("wet", "damp"),
-    ("error", "mistake"), ("job", "work"), ("kind", "nice"), ("odd", "strange"), ("scared", "afraid"),
-    ("hurry", "rush"), ("choose", "pick"), ("fix", "repair"), ("house", "home"), ("sofa", "couch"),
-    ("car", "automobile"), ("answer", "reply"), ("center", "middle"), ("trip", "journey"), ("shy", "timid"),
-    ("huge", "enormous"), ("tiny", "minute"), ("correct", "right"), ("cry", "weep"), ("ask", "inquire"),
-    ("fall", "drop"), ("grab", "seize"), ("neat", "tidy"), ("loud", "noisy"), ("thin", "slim"),
-]  # fmt: skip
-_OPPOSITE = [
-    ("big", "small"), ("hot", "cold"), ("happy", "sad"), ("fast", "slow"), ("begin", "end"),
-    ("up", "down"), ("rich", "poor"), ("easy", "hard"), ("buy", "sell"), ("open", "close"),
-    ("wet", "dry"), ("light", "dark"), ("old", "young"), ("early", "late"), ("full", "empty"),
-    ("win", "lose"), ("love", "hate"), ("strong", "weak"), ("thick", "thin"), ("high", "low"),
-    ("long", "short"), ("clean", "dirty"), ("push", "pull"), ("give", "take"), ("loud", "quiet"),
-    ("heavy", "light"), ("true", "false"), ("good", "bad"), ("inside", "outside"), ("above", "below"),
-    ("day", "night"), ("black", "white"), ("laugh", "cry"), ("arrive", "leave"), ("remember", "forget"),
-    ("accept", "refuse"), ("friend", "enemy"), ("wide", "narrow"), ("sweet", "sour"), ("brave", "afraid"),
-    ("first", "last"), ("near", "far"), ("cheap", "expensive"), ("safe", "dangerous"), ("alive", "dead"),
-    ("hard", "soft"), ("smooth", "rough"), ("north", "south"), ("rise", "fall"), ("question", "answer"),
-    ("asleep", "awake"), ("future", "past"), ("war", "peace"), ("sharp", "dull"), ("polite", "rude"),
-]  # fmt: skip
-_RELATION_TEMPLATES = [
-    'Do "{a}" and "{b}" mean the same or the opposite?',
-    'Is "{a}" the same as "{b}" or the opposite?',
-    'Are the words "{a}" and "{b}" the same in meaning or opposite?',
-    'Compare "{a}" with "{b}": same meaning or opposite meaning?',
-    'What is the relation between "{a}" and "{b}": same or opposite?',
-    'The words "{a}" and "{b}": do they mean the same thing or the opposite?',
-]
-
-
-def _relation_example(rng: random.Random) -> Example:
-    label = rng.choice(["same", "opposite"])
-    a, b = rng.choice(_SAME if label == "same" else _OPPOSITE)
-    if rng.random() < 0.5:
-        a, b = b, a
-    return Example(rng.choice(_RELATION_TEMPLATES).format(a=a, b=b), label)
-
-
 # --- the tasks ------------------------------------------------------------------------------------
 
 
@@ -173,13 +127,6 @@ LABEL_TASKS: dict[str, Task] = {
             ("animal", "food", "tool"),
             _kind_example,
             seed=2002,
-        ),
-        _label_task(
-            "word_relation",
-            "Say whether two words mean the same or the opposite.",
-            ("same", "opposite"),
-            _relation_example,
-            seed=2003,
         ),
     ]
 }
