@@ -42,6 +42,8 @@ test-deps:
 		done
 
 test: install test-deps
+	@# the import contracts of docs/architecture.md (pyproject.toml [tool.importlinter]): layers, no cycles
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 	@# exact resume must not depend on the CPU the suite was written on: the resume tests again with torch's
 	@# kernels capped at AVX2 (no AVX-512, no AVX-512-BF16) on one thread, as on an AMD EPYC with AVX2 only
@@ -50,6 +52,7 @@ test: install test-deps
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) bench/step.py

@@ -4,7 +4,7 @@ P1 and ZS-CoT on the train and dev examples (never test) of label tasks, one ext
     python bench/label_extractors.py --out runs/label-extractors        # resumable; prints the table
 
 A label task is one whose gold answers are a few words ("positive"/"negative"). Measured on the built-in
-gen/review_sentiment and gen/word_relation and on gen/word_kind written out as a custom CSV (read
+gen/review_sentiment and on gen/word_kind written out as a custom CSV (read
 through the custom-task loader, as a user's labelled CSV is). The reasoning does not depend on the
 extractor (it comes after it), so each prompt's reasonings are generated once and every extractor
 scores the same ones.
@@ -51,7 +51,7 @@ def tasks(out: Path) -> dict:
         writer = csv.writer(f)
         writer.writerow(["question", "answer"])
         writer.writerows((ex.question, ex.answer) for ex in kind.load())
-    built_in = {name: get_task(name) for name in ("gen/review_sentiment", "gen/word_relation", "gen/number_comparison")}
+    built_in = {name: get_task(name) for name in ("gen/review_sentiment", "gen/number_comparison")}
     return built_in | {"word_kind.csv": resolve_task(str(path))}
 
 

@@ -1,4 +1,7 @@
-"""Shared fixtures: the embedded SmolLM2 tokenizer and a tiny random-weight Llama built from a config."""
+"""Shared fixtures: the embedded SmolLM2 tokenizer and a tiny random-weight Llama built from a config.
+
+Shared functions and paths (not fixtures) are in helpers.py; import those, never this file.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-BBH_DIR = SHARED_DATA / "bbh"
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +70,6 @@ def tiny_run(tiny_model, smol_tokenizer):
         return optimize(tiny_model, smol_tokenizer, task, replace(config, **overrides), train=task.load()[:4])
 
     return run
-
-
-TOOLS = Path(__file__).resolve().parents[1] / ".tools"  # Makefile `test-deps` installs promptfoo here
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TOOLS
 from greater.artifact import FORMAT, folder_sha256, tokenizer_sha256
 from greater.cli import PROMPTFOO_VERSION, main
 from greater.evaluate import evaluate
 from greater.tasks import get_task
+from helpers import TOOLS
 
 
 def _json(path: Path) -> dict:

@@ -23,7 +23,6 @@ def test_gpu_check_tiny_runs_on_cpu_and_writes_its_figures(tmp_path: Path) -> No
     assert report["model"]["dtype"] == "bfloat16"
     assert report["model"]["device"] == "cpu"
     assert report["task"] == "gen/boolean_expressions"
-    assert report["total_seconds"] < 60
     assert list(report["parts"]) == ["paper", "reference"]
     for name, part in report["parts"].items():
         settings = part["settings"]
@@ -44,6 +43,10 @@ def test_gpu_check_tiny_runs_on_cpu_and_writes_its_figures(tmp_path: Path) -> No
             assert step["peak_memory"]["mib"] > 0
         assert part["peak_memory_mib"] == max(s["peak_memory"]["mib"] for s in part["steps"])
         assert f"[{name}] median step {part['median_step_s']:.2f} s" in proc.stdout
+    # the total covers every step of every part (how long it takes is measured by bench/wall_clock.py)
+    walls = [step["wall_s"] for part in report["parts"].values() for step in part["steps"]]
+    assert report["total_seconds"] >= sum(walls) - 0.06  # rounded to 0.1 s, the steps to 1 ms
+    assert f"total {report['total_seconds']:.0f} s; written to {out / 'gpu.json'}" in proc.stdout
 
 
 def _cell(task: str, method: str, seed: int, dev: float, test: float) -> dict:

@@ -14,16 +14,11 @@ import greater.compare as compare_module
 import greater.methods.common as common_module
 from greater.compare import Scorer, cell_path, partial_path, progress_note, run_compare
 from greater.engine import Engine
-from greater.generation import TransformersGenerator
 from greater.tasks import get_task
-from test_compare import CONFIG, SPLIT
+from helpers import COMPARE_CONFIG, COMPARE_SPLIT, assert_same_cell, generator_calls, read_json
 
 TASK = get_task("gen/boolean_expressions")
 STEPS = 3
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 class Saves:
@@ -64,33 +59,8 @@ class Scorings:
         monkeypatch.setattr(common_module, "accuracy_on", on_dev)
 
 
-def generator_calls(m: pytest.MonkeyPatch, method: str) -> list[list[tuple[int, ...]]]:
-    """The contexts of every call of `TransformersGenerator.<method>` ("generate": one generation call;
-    "_decode_batch": one batch the model runs) while `m` is in effect, in order."""
-    calls: list[list[tuple[int, ...]]] = []
-    real = getattr(TransformersGenerator, method)
-
-    def recorded(self, contexts, max_new_tokens):
-        calls.append(list(contexts))
-        return real(self, contexts, max_new_tokens)
-
-    m.setattr(TransformersGenerator, method, recorded)
-    return calls
-
-
 def cell(out: Path, method: str) -> dict:
     return read_json(cell_path(out, TASK.name, method, 0))
-
-
-def approx_floats(value):
-    """`value` with every float as pytest.approx(rel=1e-6), for == against another JSON value."""
-    if isinstance(value, float):
-        return pytest.approx(value, rel=1e-6)
-    if isinstance(value, dict):
-        return {k: approx_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [approx_floats(v) for v in value]
-    return value
 
 
 def without_seconds(value):
@@ -102,34 +72,21 @@ def without_seconds(value):
     return value
 
 
-def assert_same_cell(resumed: dict, plain: dict) -> None:
-    """Prompt, history, dev choice and test scores as uninterrupted; the usage at least as large."""
-    mine, theirs = resumed["result"], plain["result"]
-    for key in ("prompt", "joiner", "score", "dev_accuracy", "finalists"):
-        assert mine[key] == theirs[key], key
-    # the shortlist's scores in the history may differ in the last digits: a resumed step scores its
-    # candidates in other batches than the uninterrupted run did (the prompts and choices do not)
-    assert mine["history"] == approx_floats(theirs["history"]), "history"
-    assert resumed["test"] == plain["test"]
-    assert mine["usage"]["calls"] >= theirs["usage"]["calls"]
-    assert mine["usage"]["generated_tokens"] >= theirs["usage"]["generated_tokens"]
-
-
 @pytest.mark.parametrize("dev", [None, 2], ids=["killed-after-step-2", "killed-in-the-dev-pass"])
 def test_a_killed_greater_cell_continues_where_it_stopped(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, capsys, dev: int | None
 ) -> None:
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=STEPS, keep_top=3)
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=STEPS, keep_top=3)
     with monkeypatch.context() as m:
         plain_saves = Saves(m)
-        run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "plain", config, split=SPLIT, dev=dev)
+        run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "plain", config, split=COMPARE_SPLIT, dev=dev)
     plain = cell(tmp_path / "plain", "greater")
     finalists = len(plain["result"]["finalists"])
     # after every step and every dev prompt, the finished search's result, and each test batch (one here)
     assert len(plain_saves.progress) == STEPS + finalists + 2
     assert plain_saves.progress[-2] == {"method": "greater", "result": plain["result"]}  # as the cell has it
-    assert len(plain_saves.progress[-1].pop("test_reasoning")) == SPLIT[1]
-    assert plain_saves.progress[-1].pop("test_batch_size") == CONFIG.batch_size
+    assert len(plain_saves.progress[-1].pop("test_reasoning")) == COMPARE_SPLIT[1]
+    assert plain_saves.progress[-1].pop("test_batch_size") == COMPARE_CONFIG.batch_size
     assert plain_saves.progress[-1] == plain_saves.progress[-2]
     notes = [progress_note(p, STEPS) for p in plain_saves.progress[:-1]]  # what the progress bar shows
     assert notes == [f"step {i}/{STEPS}" for i in range(1, STEPS + 1)] + [
@@ -142,7 +99,7 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
     with monkeypatch.context() as m:
         Saves(m, stop_after=stop)
         with pytest.raises(KeyboardInterrupt):
-            run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT, dev=dev)
+            run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=COMPARE_SPLIT, dev=dev)
     assert not cell_path(out, TASK.name, "greater", 0).exists()
     saved = read_json(partial_path(out, cell_path(out, TASK.name, "greater", 0).stem))
     search = saved["progress"]["search"]
@@ -154,7 +111,7 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
 
     with monkeypatch.context() as m:
         again = Saves(m)
-        run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT, dev=dev)
+        run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=COMPARE_SPLIT, dev=dev)
     assert "greater: continuing the cell saved in" in capsys.readouterr().err
     assert len(again.progress) == STEPS + finalists + 2 - stop  # nothing done twice
     assert again.progress[0]["search"]["history"][:stop] == search["history"]
@@ -171,16 +128,16 @@ def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
 ) -> None:
     """stop: the save after which the cell is killed (-3: inside the dev pass, since the last two saves
     are the finished search's result and the test reasonings)."""
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2, keep_top=3)
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2, keep_top=3)
     with monkeypatch.context() as m:
         plain_saves, plain_scorings = Saves(m), Scorings(m)
-        run_compare(optimizer, [TASK], [method], [0], tmp_path / "plain", config, split=SPLIT, dev=2)
+        run_compare(optimizer, [TASK], [method], [0], tmp_path / "plain", config, split=COMPARE_SPLIT, dev=2)
     plain = cell(tmp_path / "plain", method)
     assert len(plain_scorings.train) >= 3 and len(plain_scorings.dev) >= 2  # a search, and a choice on dev
     notes = [progress_note(p, 2) for p in plain_saves.progress]
     assert notes[0] == f"{len(plain_saves.progress[0]['search']['scores'])} prompts scored"
     assert notes[-3].endswith(f", {len(plain_scorings.dev)} on dev") and notes[-2] == "search done, scoring on test"
-    assert notes[-1] == f"search done, scoring on test: {SPLIT[1]} reasonings"  # one test batch
+    assert notes[-1] == f"search done, scoring on test: {COMPARE_SPLIT[1]} reasonings"  # one test batch
     stop = stop % len(plain_saves.progress)
     assert 1 <= stop < len(plain_saves.progress)
 
@@ -189,12 +146,12 @@ def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
         first = Scorings(m)
         Saves(m, stop_after=stop)
         with pytest.raises(KeyboardInterrupt):
-            run_compare(optimizer, [TASK], [method], [0], out, config, split=SPLIT, dev=2)
+            run_compare(optimizer, [TASK], [method], [0], out, config, split=COMPARE_SPLIT, dev=2)
     saved = read_json(partial_path(out, cell_path(out, TASK.name, method, 0).stem))["progress"]["search"]
     assert len(saved["scores"]) == len(first.train)  # every prompt scored so far
     with monkeypatch.context() as m:
         second = Scorings(m)
-        run_compare(optimizer, [TASK], [method], [0], out, config, split=SPLIT, dev=2)
+        run_compare(optimizer, [TASK], [method], [0], out, config, split=COMPARE_SPLIT, dev=2)
     # the second sitting scores exactly what the first had not: no saved prompt is scored again
     assert first.train + second.train == plain_scorings.train
     assert first.dev + second.dev == plain_scorings.dev
@@ -205,12 +162,12 @@ def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
 def test_a_partial_file_of_other_settings_is_ignored(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=STEPS)
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=STEPS)
     name = cell_path(tmp_path, TASK.name, "greater", 0).stem
     with monkeypatch.context() as m:
         Saves(m, stop_after=2)
         with pytest.raises(KeyboardInterrupt):
-            run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "three", config, split=SPLIT)
+            run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "three", config, split=COMPARE_SPLIT)
     # the same cell with one more training example: its progress must not be taken for this one's
     other = tmp_path / "four"
     partial_path(other, name).parent.mkdir(parents=True)
@@ -218,7 +175,7 @@ def test_a_partial_file_of_other_settings_is_ignored(
     capsys.readouterr()
     with monkeypatch.context() as m:
         saves = Saves(m)
-        run_compare(optimizer, [TASK], ["greater"], [0], other, config, split=(4, SPLIT[1]))
+        run_compare(optimizer, [TASK], ["greater"], [0], other, config, split=(4, COMPARE_SPLIT[1]))
     notes = [line for line in capsys.readouterr().err.splitlines() if "partial" in line]
     assert notes == [
         f"greater: ignoring {partial_path(other, name)}: saved with other settings (or unreadable); "
@@ -234,8 +191,8 @@ def test_a_partial_file_of_other_settings_is_ignored(
 def test_a_cell_killed_while_scoring_on_test_does_not_search_again(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, method: str
 ) -> None:
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2, keep_top=2)
-    run_compare(optimizer, [TASK], [method], [0], tmp_path / "plain", config, split=SPLIT, dev=2)
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2, keep_top=2)
+    run_compare(optimizer, [TASK], [method], [0], tmp_path / "plain", config, split=COMPARE_SPLIT, dev=2)
     plain = cell(tmp_path / "plain", method)
 
     out = tmp_path / "cut"
@@ -247,13 +204,13 @@ def test_a_cell_killed_while_scoring_on_test_does_not_search_again(
 
         m.setattr(compare_module, "evaluate", killed)
         with pytest.raises(KeyboardInterrupt):
-            run_compare(optimizer, [TASK], [method], [0], out, config, split=SPLIT, dev=2)
+            run_compare(optimizer, [TASK], [method], [0], out, config, split=COMPARE_SPLIT, dev=2)
     saved = read_json(partial_path(out, cell_path(out, TASK.name, method, 0).stem))["progress"]
     assert without_seconds(saved) == {"method": method, "result": without_seconds(plain["result"])}
     with monkeypatch.context() as m:
         m.setattr(compare_module, "run_method", lambda *a, **k: pytest.fail("searched again"))
         m.setattr(compare_module, "evaluate", real)
-        run_compare(optimizer, [TASK], [method], [0], out, config, split=SPLIT, dev=2)
+        run_compare(optimizer, [TASK], [method], [0], out, config, split=COMPARE_SPLIT, dev=2)
     resumed = cell(out, method)
     assert resumed["result"] == saved["result"]  # the saved search, as it was
     assert without_seconds(resumed) == without_seconds(plain)
@@ -263,8 +220,8 @@ def test_a_cell_killed_while_scoring_on_test_does_not_search_again(
 def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch
 ) -> None:
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2, batch_size=2)
-    run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "plain", config, split=SPLIT)  # 4 test examples
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2, batch_size=2)
+    run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "plain", config, split=COMPARE_SPLIT)  # 4 test examples
     plain = cell(tmp_path / "plain", "greater")
 
     out = tmp_path / "cut"
@@ -278,7 +235,7 @@ def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
     with monkeypatch.context() as m:
         m.setattr(compare_module, "save_partial", killed_after_a_test_batch)
         with pytest.raises(KeyboardInterrupt):
-            run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT)
+            run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=COMPARE_SPLIT)
     saved = read_json(partial_path(out, cell_path(out, TASK.name, "greater", 0).stem))["progress"]
     assert len(saved["test_reasoning"]) == 2 and saved["test_batch_size"] == 2
     shutil.copytree(out, tmp_path / "cut-copy")
@@ -287,7 +244,7 @@ def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
     with monkeypatch.context() as m:
         m.setattr(compare_module, "run_method", lambda *a, **k: pytest.fail("searched again"))
         generated = generator_calls(m, "generate")
-        run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=SPLIT)
+        run_compare(optimizer, [TASK], ["greater"], [0], out, config, split=COMPARE_SPLIT)
     assert list(map(len, generated)) == [2, 4]  # the other test batch's reasonings, then every answer
     assert without_seconds(cell(out, "greater")) == without_seconds(plain)
     assert not partial_path(out, cell_path(out, TASK.name, "greater", 0).stem).exists()
@@ -301,7 +258,7 @@ def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
     partial.write_text(json.dumps(data), encoding="utf-8")
     with monkeypatch.context() as m:
         batches = generator_calls(m, "_decode_batch")
-        run_compare(optimizer, [TASK], ["greater"], [0], other, config, split=SPLIT)
+        run_compare(optimizer, [TASK], ["greater"], [0], other, config, split=COMPARE_SPLIT)
     assert list(map(len, batches)) == [1, 1, 1, 1, 1, 1]  # two reasonings, four answers, one row at a time
 
 
@@ -321,14 +278,14 @@ def test_the_progress_bar_says_how_far_the_running_cell_is(
         def close(self) -> None: ...
 
     monkeypatch.setattr(compare_module, "tqdm", Bar)
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=2)
-    run_compare(optimizer, [TASK], ["greater"], [0], tmp_path, config, split=SPLIT, progress=True)
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2)
+    run_compare(optimizer, [TASK], ["greater"], [0], tmp_path, config, split=COMPARE_SPLIT, progress=True)
     cell_label = f"{TASK.name} greater seed 0"
     notes = (
         "step 1/2",
         "step 2/2",
         "search done, scoring on test",
-        f"search done, scoring on test: {SPLIT[1]} reasonings",
+        f"search done, scoring on test: {COMPARE_SPLIT[1]} reasonings",
     )
     assert shown == [cell_label] + [f"{cell_label}: {text}" for text in notes]
 
@@ -337,14 +294,14 @@ def test_a_partial_file_left_beside_a_finished_cell_is_deleted_by_the_next_run(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch
 ) -> None:
     """A kill between writing a cell and deleting its partial file leaves a partial file of a finished cell."""
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(CONFIG, steps=1)
-    run_compare(optimizer, [TASK], ["zs-cot"], [0], tmp_path, config, split=SPLIT)
+    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=1)
+    run_compare(optimizer, [TASK], ["zs-cot"], [0], tmp_path, config, split=COMPARE_SPLIT)
     stale = partial_path(tmp_path, cell_path(tmp_path, TASK.name, "zs-cot", 0).stem)
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_text('{"key": "x", "progress": {}}', encoding="utf-8")
     before = cell(tmp_path, "zs-cot")
     with monkeypatch.context() as m:
         m.setattr(compare_module, "run_method", lambda *a, **k: pytest.fail("ran a finished cell again"))
-        run_compare(optimizer, [TASK], ["zs-cot"], [0], tmp_path, config, split=SPLIT)
+        run_compare(optimizer, [TASK], ["zs-cot"], [0], tmp_path, config, split=COMPARE_SPLIT)
     assert not stale.exists()
     assert cell(tmp_path, "zs-cot") == before

@@ -16,47 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BBH_DIR
 from greater.cli import main
 from greater.tasks import get_task
+from helpers import BBH_DIR, message_lines, optimize_argv, run_cli
 
 GEN_TASKS = ("gen/boolean_expressions", "gen/arithmetic", "gen/object_counting")
-_PROGRESS = re.compile(r"^\s*(evaluating|optimizing)\b.*\|")
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    """main(argv) in-process: (exit code, stdout, stderr). Output from before the call is dropped."""
-    capsys.readouterr()
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def message_lines(err: str) -> list[str]:
-    """stderr lines without progress bars and the "loading model" notice."""
-    lines = [line.strip() for line in re.split(r"[\r\n]+", err) if line.strip()]
-    return [line for line in lines if not line.startswith("loading model") and not _PROGRESS.match(line)]
-
-
-def optimize_argv(model_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "optimize",
-        "--model",
-        str(model_dir),
-        "--task",
-        "gen/boolean_expressions",
-        "--steps",
-        "2",
-        "--train",
-        "4",
-        "--test",
-        "3",
-        "--max-new-tokens",
-        "6",
-        "--out",
-        str(out),
-        *extra,
-    ]
 
 
 def read_steps(run_dir: Path) -> list[dict]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,98 +11,30 @@ import greater.compare as compare_module
 from greater.compare import Scorer, cell_path, run_compare
 from greater.errors import GreaterError
 from greater.evaluate import evaluate
-from greater.methods import MethodConfig
 from greater.report import compare_report
 from greater.tasks import get_task
-from test_cli import message_lines, run_cli
+from helpers import (
+    COMPARE_CONFIG,
+    COMPARE_SPLIT,
+    check_compare_table,
+    message_lines,
+    read_json,
+    read_jsonl,
+    run_cli,
+)
 
 TASKS = [get_task("gen/boolean_expressions"), get_task("gen/arithmetic")]
-CONFIG = MethodConfig(steps=1, max_new_tokens=4, meta_max_new_tokens=8, batch_size=8)
-SPLIT = (3, 4)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def check_table(
-    out: Path, tasks: list[str], methods: list[str], seeds: list[int], transfer: list[str], n_test: int = SPLIT[1]
-) -> dict:
-    """Every number in table.json and table.md follows from the predictions files."""
-    table = read_json(out / "table.json")
-    assert (table["tasks"], table["methods"], table["seeds"]) == (tasks, methods, seeds)
-    markdown = (out / "table.md").read_text(encoding="utf-8")
-    sections = markdown.split("Transfer: ")
-    reference = "greater" if "greater" in methods else methods[0]
-    rows = {  # (task, method, seed) -> the cell's test predictions
-        (t, m, s): read_jsonl(out / read_json(cell_path(out, t, m, s))["test"]["predictions"])
-        for t in tasks
-        for m in methods
-        for s in seeds
-    }
-    for task in tasks:
-        golds = [p["gold"] for s in seeds for p in rows[task, reference, s]]
-        top = max(golds.count(g) for g in golds)
-        assert table["chance"][task]["majority"] == pytest.approx(top / len(golds))
-        line = next(ln for ln in sections[0].splitlines() if ln.startswith(f"| {task} |"))
-        assert line.split("|")[3].strip() == f"{100 * top / len(golds):.1f}"
-        for other in (m for m in methods if m != reference):
-            test = next(t for t in table["paired"]["tests"] if (t["task"], t["other"]) == (task, other))
-            pairs = [
-                (a["correct"], b["correct"])
-                for s in seeds
-                for a, b in zip(rows[task, reference, s], rows[task, other, s], strict=True)
-            ]
-            assert test["n_pairs"] == len(pairs) == n_test * len(seeds)
-            assert (test["b"], test["c"]) == (pairs.count((True, False)), pairs.count((False, True)))
-    for row in table["results"]:
-        accuracies = {}
-        for seed in seeds:
-            cell = read_json(cell_path(out, row["task"], row["method"], seed))
-            assert (cell["task"], cell["method"], cell["seed"]) == (row["task"], row["method"], seed)
-            predictions = read_jsonl(out / cell["test"]["predictions"])
-            assert len(predictions) == cell["test"]["n"] == n_test
-            assert all(p["correct"] == (p["predicted"] == p["gold"]) for p in predictions)
-            accuracies[seed] = sum(p["correct"] for p in predictions) / len(predictions)
-            assert cell["test"]["accuracy"] == accuracies[seed]
-            assert row["prompts"][str(seed)] == cell["result"]["prompt"]
-            for model in transfer:
-                moved = read_jsonl(out / cell["transfer"][model]["predictions"])
-                assert cell["transfer"][model]["accuracy"] == sum(p["correct"] for p in moved) / len(moved)
-        values = [accuracies[s] for s in seeds]
-        assert row["accuracies"] == values
-        assert row["mean"] == pytest.approx(sum(values) / len(values))
-        line = next(ln for ln in sections[0].splitlines() if ln.startswith(f"| {row['task']} |"))
-        cells = [c.strip() for c in line.split("|")[1:-1]]
-        assert cells[1] == str(n_test)
-        shown = cells[3 + methods.index(row["method"])]
-        if len(seeds) > 1:
-            assert row["sd"] == pytest.approx(statistics.stdev(values))
-            assert shown == f"{100 * row['mean']:.1f} ± {100 * row['sd']:.1f}"
-        else:  # one seed: no spread to show
-            assert row["sd"] is None
-            assert shown == f"{100 * row['mean']:.1f}"
-    header = next(ln for ln in markdown.splitlines() if ln.startswith("| task |"))
-    assert [c.strip() for c in header.split("|")[1:-1]] == ["task", "n test", "chance", *methods]
-    assert ("±" in sections[0]) == (len(seeds) > 1)
-    assert len(sections) == 1 + len(transfer)
-    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return table
 
 
 def test_compare_table_resume_and_transfer(tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "cmp"
     optimizer = Scorer("tiny", tiny_model, smol_tokenizer)
     methods, seeds = ["greater", "zs-cot", "ape"], [0, 1]
-    table = run_compare(optimizer, TASKS, methods, seeds, out, CONFIG, split=SPLIT)
-    check_table(out, [t.name for t in TASKS], methods, seeds, [])
+    table = run_compare(optimizer, TASKS, methods, seeds, out, COMPARE_CONFIG, split=COMPARE_SPLIT)
+    check_compare_table(out, [t.name for t in TASKS], methods, seeds, [])
     assert len(list((out / "cells").iterdir())) == len(TASKS) * len(methods) * len(seeds)
     cost = {r["method"]: r["calls"] for r in table["results"] if r["task"] == TASKS[0].name}
-    assert cost["zs-cot"] == SPLIT[0]  # one reasoning per training example, no search
+    assert cost["zs-cot"] == COMPARE_SPLIT[0]  # one reasoning per training example, no search
     assert cost["greater"] > cost["zs-cot"]
 
     # finished cells are not recomputed; a transfer model added later is scored on the stored prompts
@@ -114,17 +44,17 @@ def test_compare_table_resume_and_transfer(tiny_model, smol_tokenizer, tmp_path:
     monkeypatch.setattr(compare_module, "run_method", no_rerun)
     before = {p.name: p.read_bytes() for p in (out / "predictions").iterdir()}
     copy = Scorer("tiny-copy", tiny_model, smol_tokenizer)
-    again = run_compare(optimizer, TASKS, methods, seeds, out, CONFIG, split=SPLIT, transfer=[copy])
-    check_table(out, [t.name for t in TASKS], methods, seeds, ["tiny-copy"])
+    again = run_compare(optimizer, TASKS, methods, seeds, out, COMPARE_CONFIG, split=COMPARE_SPLIT, transfer=[copy])
+    check_compare_table(out, [t.name for t in TASKS], methods, seeds, ["tiny-copy"])
     assert all((out / "predictions" / name).read_bytes() == data for name, data in before.items())
     for row, old in zip(again["results"], table["results"], strict=True):
         assert row["mean"] == old["mean"]  # the same model under another name scores the same
         assert row["transfer"]["tiny-copy"]["accuracies"] == row["accuracies"]
 
     with pytest.raises(GreaterError, match=r"steps=1, not 2"):
-        run_compare(optimizer, TASKS, methods, seeds, out, replace(CONFIG, steps=2), split=SPLIT)
+        run_compare(optimizer, TASKS, methods, seeds, out, replace(COMPARE_CONFIG, steps=2), split=COMPARE_SPLIT)
     with pytest.raises(GreaterError, match="choose another --out"):
-        run_compare(optimizer, TASKS, methods, seeds, out, CONFIG, split=(3, 5))
+        run_compare(optimizer, TASKS, methods, seeds, out, COMPARE_CONFIG, split=(3, 5))
 
 
 def test_compare_command_interrupted_then_resumed(capsys, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -166,7 +96,7 @@ def test_compare_command_interrupted_then_resumed(capsys, tiny_model_dir: Path, 
     assert code == 0, err
     assert calls == ["zs-cot", "pe2"]  # only seed 1 was left
     assert "2 of 4 cells already done" in err
-    check_table(out, ["gen/boolean_expressions"], ["zs-cot", "pe2"], [0, 1], [])
+    check_compare_table(out, ["gen/boolean_expressions"], ["zs-cot", "pe2"], [0, 1], [])
     assert "| gen/boolean_expressions | 4 |" in stdout
     assert "chart.png" in stdout
 
@@ -186,7 +116,7 @@ def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, t
     argv += ["--steps", "2", "--train", "3", "--test", "4", "--max-new-tokens", "4", "--out", str(out)]
     code, stdout, err = run_cli(capsys, argv)
     assert code == 0, err
-    check_table(out, ["gen/boolean_expressions"], methods, [0], [])
+    check_compare_table(out, ["gen/boolean_expressions"], methods, [0], [])
     cell = read_json(out / "cells" / "gen_boolean_expressions__greater_num_select_1__s0.json")
     assert cell["method"] == "greater:num_select=1"
     assert [len(step["evaluated"]) for step in cell["result"]["history"]] == [1, 1]
@@ -267,12 +197,12 @@ def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> N
     accuracy wins, ties to the better key), the dev pass counts in its usage, the settings record it."""
     task, methods, n_dev = TASKS[0], ["greater", "ape", "zs-cot"], 2
     optimizer = Scorer("tiny", tiny_model, smol_tokenizer)
-    config = replace(CONFIG, keep_top=3)
+    config = replace(COMPARE_CONFIG, keep_top=3)
     out, plain = tmp_path / "dev", tmp_path / "plain"
-    run_compare(optimizer, [task], methods, [0], out, config, split=SPLIT, dev=n_dev)
-    run_compare(optimizer, [task], methods, [0], plain, config, split=SPLIT)
-    check_table(out, [task.name], methods, [0], [])
-    dev = task.splits(SPLIT[0], n_dev, SPLIT[1], 0).dev
+    run_compare(optimizer, [task], methods, [0], out, config, split=COMPARE_SPLIT, dev=n_dev)
+    run_compare(optimizer, [task], methods, [0], plain, config, split=COMPARE_SPLIT)
+    check_compare_table(out, [task.name], methods, [0], [])
+    dev = task.splits(COMPARE_SPLIT[0], n_dev, COMPARE_SPLIT[1], 0).dev
     for method in methods:
         cell, before = (read_json(cell_path(folder, task.name, method, 0)) for folder in (out, plain))
         assert cell["split"]["n_dev"] == n_dev and "n_dev" not in before["split"]
@@ -321,12 +251,12 @@ def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> N
         cell = read_json(cell_path(out, task.name, search["method"], 0))
         steps = [h for h in cell["result"]["history"] if h.get("kind") == "step"]
         errors = [h["train_errors"] for h in steps] if search["method"] == "greater" else None
-        assert search["train_errors"] == errors and (errors is None or len(errors) == CONFIG.steps)
+        assert search["train_errors"] == errors and (errors is None or len(errors) == COMPARE_CONFIG.steps)
         assert search["finalists_dev"] == [f["dev_accuracy"] for f in cell["result"]["finalists"]]
         assert (search["dev"], search["test"]) == (cell["result"]["dev_accuracy"], cell["test"]["accuracy"])
     greater = searches[0]
     row = (
-        f"| {task.name} | greater | 0 | {' '.join(map(str, greater['train_errors']))} (of {SPLIT[0]}) | "
+        f"| {task.name} | greater | 0 | {' '.join(map(str, greater['train_errors']))} (of {COMPARE_SPLIT[0]}) | "
         + " ".join(f"{100 * a:.0f}" for a in greater["finalists_dev"])
         + f" | {100 * greater['dev']:.0f} → {100 * greater['test']:.0f} |"
     )
@@ -357,11 +287,11 @@ def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> N
         },
     }
     with pytest.raises(GreaterError, match=r"with dev=2, not 3; rerun with the same settings"):
-        run_compare(optimizer, [task], methods, [0], out, config, split=SPLIT, dev=3)
+        run_compare(optimizer, [task], methods, [0], out, config, split=COMPARE_SPLIT, dev=3)
     with pytest.raises(GreaterError, match=r"with dev=2, not None"):
-        run_compare(optimizer, [task], methods, [0], out, config, split=SPLIT)
+        run_compare(optimizer, [task], methods, [0], out, config, split=COMPARE_SPLIT)
     with pytest.raises(GreaterError, match=r"with dev=None, not 2"):
-        run_compare(optimizer, [task], methods, [0], plain, config, split=SPLIT, dev=2)
+        run_compare(optimizer, [task], methods, [0], plain, config, split=COMPARE_SPLIT, dev=2)
 
 
 def test_compare_command_with_dev_and_a_rerun_with_another_dev(capsys, tiny_model_dir: Path, tmp_path: Path) -> None:

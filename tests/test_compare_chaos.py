@@ -10,8 +10,7 @@ import random
 from pathlib import Path
 
 from greater.cli import main
-from test_cell_resume import assert_same_cell
-from test_kill_anytime import _kill_when, _start
+from helpers import assert_same_cell, kill_when, start_greater
 
 TASK = "gen/boolean_expressions"
 METHODS = ("greater", "zs-cot", "ape")
@@ -114,14 +113,14 @@ def test_compare_killed_at_any_moment_gives_the_same_table(tiny_model_dir, tmp_p
 
     landed = []
     for aim, method, check in moments:
-        proc = _start(_args(tiny_model_dir, out))
-        moment_came = _kill_when(proc, lambda m=method, c=check: ready(m, c))
+        proc = start_greater(_args(tiny_model_dir, out))
+        moment_came = kill_when(proc, lambda m=method, c=check: ready(m, c))
         assert moment_came, f"the comparison ended before the moment to kill it ({aim}) came"
         landed.append(_phase(out))
     # every phase was hit: where each kill landed, read from the folder the dead process left
     assert landed == [aim for aim, _, _ in moments], landed
 
-    proc = _start(_args(tiny_model_dir, out))
+    proc = start_greater(_args(tiny_model_dir, out))
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert not list((out / "partial").glob("*.json")), "a finished cell's progress file is left"

@@ -14,8 +14,7 @@ from greater.errors import GreaterError
 from greater.tasks import Example, resolve_task
 from greater.tasks.custom import is_custom_task, parse_choices
 from greater.tasks.rows import read_records
-from test_cli import message_lines, run_cli
-from test_tasks import assert_scores
+from helpers import assert_scores, message_lines, run_cli
 
 MCQ = [
     {"input": "Pick one.\nOptions:\n(A) red\n(B) green\n(C) blue", "target": "(B)"},

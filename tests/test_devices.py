@@ -21,11 +21,17 @@ from greater.errors import GreaterError
 from greater.logits import output_logits
 from greater.memory import activation_bytes_per_token, fit_batch_sizes, kv_bytes_per_token, shape
 from greater.tasks import get_task
-from test_cli import message_lines, run_cli
-from test_runs import _assert_same, _make_interrupted_run, _optimize_args, _steps_without_timing
+from helpers import (
+    BENCH,
+    assert_same,
+    make_interrupted_run,
+    message_lines,
+    run_argv,
+    run_cli,
+    steps_without_timing,
+)
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without CUDA")
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 # --- resolution and errors ---------------------------------------------------------------------
@@ -64,7 +70,7 @@ def test_cli_device_errors_exit_2(capsys, tiny_model_dir: Path, tmp_path: Path, 
     if "vllm" in extra and importlib.util.find_spec("vllm") is not None:
         pytest.skip("checks the error of a machine without vLLM")
     evaluate = ["evaluate", "--model", str(tiny_model_dir), "--task", "gen/arithmetic", "--prompt", "Think."]
-    for command in (_optimize_args(tiny_model_dir, tmp_path / "run"), evaluate):
+    for command in (run_argv(tiny_model_dir, tmp_path / "run"), evaluate):
         code, _, err = run_cli(capsys, command + extra)
         lines = message_lines(err)
         assert code == 2, err
@@ -135,7 +141,7 @@ def test_output_logits_are_float32_products_of_low_precision_weights(tiny_model)
 def test_bfloat16_run_records_its_placement_and_resumes_exactly(tiny_model_dir, tmp_path, capsys, monkeypatch) -> None:
     bf16 = ["--dtype", "bfloat16", "--device", "cpu"]
     straight = tmp_path / "straight"
-    assert main(_optimize_args(tiny_model_dir, straight, steps=4) + bf16) == 0
+    assert main(run_argv(tiny_model_dir, straight, steps=4) + bf16) == 0
     info = json.loads((straight / "run.json").read_text())
     assert info["runtime"] == {"device": "cpu", "dtype": "bfloat16", "device_map": None, "generator": "hf"}
     assert (info["config"]["batch_size"], info["config"]["grad_batch_size"]) == (32, 4)  # auto on a CPU
@@ -144,15 +150,14 @@ def test_bfloat16_run_records_its_placement_and_resumes_exactly(tiny_model_dir, 
     assert all(s["peak_memory"]["mib"] > 50 for s in steps)  # a Python process with torch loaded
 
     run = tmp_path / "run"
-    monkeypatch.setattr("test_runs._optimize_args", lambda m, o, steps=6: _optimize_args(m, o, steps) + bf16)
-    _make_interrupted_run(tiny_model_dir, run, monkeypatch, steps=4, after=2)
+    make_interrupted_run(run_argv(tiny_model_dir, run, steps=4) + bf16, monkeypatch, after=2)
     capsys.readouterr()
     assert main(["optimize", "--resume", str(run), "--dtype", "float32"]) == 2
     assert "--dtype 'float32' differs from the run's stored value 'bfloat16'" in capsys.readouterr().err
     assert main(["optimize", "--resume", str(run), "--device", "cuda:0"]) == 2
     assert main(["optimize", "--resume", str(run), "--dtype", "bfloat16"]) == 0  # agrees: accepted
     assert "(cpu, bfloat16)" in capsys.readouterr().err
-    _assert_same(_steps_without_timing(run / "steps.jsonl"), _steps_without_timing(straight / "steps.jsonl"))
+    assert_same(steps_without_timing(run / "steps.jsonl"), steps_without_timing(straight / "steps.jsonl"))
     assert (
         json.loads((run / "result.json").read_text())["prompt"]
         == json.loads((straight / "result.json").read_text())["prompt"]

@@ -11,7 +11,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import BBH_DIR
 from greater.engine import Engine, Terms
 from greater.errors import GreaterError
 from greater.evaluate import evaluate
@@ -29,6 +28,7 @@ from greater.optimizer import (
     shortlist_candidates,
 )
 from greater.tasks import get_task
+from helpers import BBH_DIR, optimize_argv, run_cli
 
 TASK = get_task("gen/boolean_expressions")
 BASE = GreaterConfig(steps=1, max_new_tokens=4, top_k=6, batch_size=4, init_prompt="think step by step.")
@@ -329,7 +329,6 @@ def test_small_bbh_task_shares_what_is_left_and_says_so():
 
 def test_cli_dev_choice_is_recorded_and_an_interrupted_dev_pass_resumes(capsys, monkeypatch, tiny_model_dir, tmp_path):
     from greater import optimizer
-    from test_cli import optimize_argv, run_cli
 
     extra = ("--dev", "3", "--keep-top", "2")
     code, out, err = run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "full", *extra))
@@ -370,8 +369,6 @@ def test_cli_dev_choice_is_recorded_and_an_interrupted_dev_pass_resumes(capsys, 
 
 
 def test_cli_evaluate_scores_the_runs_dev_split(capsys, tiny_model_dir, tmp_path):
-    from test_cli import optimize_argv, run_cli
-
     assert run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "run", "--dev", "3", "--keep-top", "1"))[0] == 0
     argv = ["evaluate", "--model", str(tiny_model_dir), "--run", str(tmp_path / "run"), "--split", "dev"]
     code, out, err = run_cli(capsys, argv + ["--out", str(tmp_path / "ev")])
@@ -394,7 +391,6 @@ def test_cli_evaluate_scores_the_runs_dev_split(capsys, tiny_model_dir, tmp_path
     ],
 )
 def test_cli_bad_fidelity_settings_exit_2(capsys, tiny_model_dir, tmp_path, extra, message):
-    from test_cli import optimize_argv, run_cli
 
     code, out, err = run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "run", *extra))
     assert code == 2
@@ -406,7 +402,6 @@ def test_cli_bad_fidelity_settings_exit_2(capsys, tiny_model_dir, tmp_path, extr
 def test_cli_search_settings_beyond_the_paper_reach_the_run(capsys, tiny_model_dir, tmp_path):
     """--joiner, --num-select, --nll-weight and --answer-temperature are recorded and used: the user
     turn has the joiner, and a step re-scores at most --num-select candidates."""
-    from test_cli import optimize_argv, run_cli
 
     extra = ("--joiner", ".", "--num-select", "1", "--nll-weight", "0.5", "--answer-temperature", "1.5")
     extra += ("--dev", "3", "--keep-top", "1", "--dev-keeps-initial")

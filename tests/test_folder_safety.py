@@ -22,7 +22,7 @@ import pytest
 
 from greater.errors import FolderInUse
 from greater.runs import LOCK_FILE, FolderLock, RunDir, new_run_dir
-from test_cli import message_lines, run_cli
+from helpers import message_lines, run_cli
 
 TASK = "gen/boolean_expressions"
 _COMPARING = re.compile(r"^\s*comparing\b.*\|")  # `greater compare`'s progress bar

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA
 from greater.evaluate import (
     Cell,
     Evaluation,
@@ -20,12 +19,7 @@ from greater.evaluate import (
     table_data,
 )
 from greater.tasks import get_task
-from test_cell_resume import generator_calls
-from test_cli import message_lines, run_cli
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+from helpers import SHARED_DATA, generator_calls, message_lines, read_jsonl, run_cli
 
 
 def check_table(out: Path, tasks: list[str], labels: list[str], n: int) -> dict:

@@ -5,7 +5,6 @@ Slow (tens of seconds on CPU): every test is marked `slow`; deselect with `-m "n
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -13,22 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BBH_DIR
 from greater.cli import main
 from greater.layout import encode_prompt
 from greater.model import EMBEDDED_MODEL, load_model
+from helpers import BBH_DIR, check_compare_table, read_json, read_jsonl
 
 pytestmark = pytest.mark.slow
 
 MAX_NEW = "24"
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -150,14 +141,13 @@ def test_load_embedded_model_generates() -> None:
 def test_compare_every_method_on_the_embedded_model(tmp_path: Path) -> None:
     """Each method, with a tiny budget, produces a usable prompt; the table follows from the predictions."""
     from greater.methods import METHODS
-    from test_compare import check_table
 
     out = tmp_path / "cmp"
     argv = ["compare", "--task", "gen/boolean_expressions", "--seeds", "0", "--steps", "1", "--train", "2"]
     argv += ["--test", "3", "--max-new-tokens", "12", "--meta-max-new-tokens", "24", "--out", str(out)]
     argv += ["--methods", ",".join(METHODS)]  # the default leaves out the variants beyond the paper
     assert main(argv) == 0
-    table = check_table(out, ["gen/boolean_expressions"], list(METHODS), [0], [], n_test=3)
+    table = check_compare_table(out, ["gen/boolean_expressions"], list(METHODS), [0], [], n_test=3)
     for row in table["results"]:
         prompt = row["prompts"]["0"]
         assert prompt.strip()

@@ -9,12 +9,11 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from test_runs import _assert_same, _steps_without_timing
+from helpers import assert_same, kill_when, start_greater, steps_without_timing
 
 # runs greater with write_atomic patched to die (SIGKILL) halfway through the Nth write of checkpoint.json,
 # leaving a half-written temp file behind, as a kill during the write would
@@ -42,11 +41,6 @@ def _args(model_dir: Path, out: Path) -> list[str]:
         "optimize", "--model", str(model_dir), "--task", "gen/boolean_expressions", "--steps", "4", "--train", "4",
         "--dev", "3", "--test", "2", "--max-new-tokens", "8", "--top-k", "6", "--out", str(out),
     ]  # fmt: skip
-
-
-def _start(args: list[str], driver: str | None = None) -> subprocess.Popen:
-    head = [sys.executable, "-c", driver] if driver else [sys.executable, "-m", "greater.cli"]
-    return subprocess.Popen([*head, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _checkpoint_state(run: Path) -> dict:
@@ -88,23 +82,9 @@ def _landed(run: Path, err: str) -> str:
     return "dev pass" if _checkpoint_state(run).get("step", 0) >= 4 else "steps"
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
-    """SIGKILL the process as soon as `ready()` holds; False when it ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.005)
-    raise AssertionError("the moment to kill never came")
-
-
 def test_sigkill_at_any_moment_then_resume_gives_the_same_run(tiny_model_dir, tmp_path):
     straight, run = tmp_path / "straight", tmp_path / "killed"
-    proc = _start(_args(tiny_model_dir, straight))
+    proc = start_greater(_args(tiny_model_dir, straight))
     err, marks = _Stderr(proc), {}
     phases = ("optimizing", "dev examples ...")  # the steps (after the model is loaded), the dev pass
     while proc.poll() is None:  # when each phase starts
@@ -118,9 +98,9 @@ def test_sigkill_at_any_moment_then_resume_gives_the_same_run(tiny_model_dir, tm
     landed = []
 
     # 1. during the starting prompt's test evaluation: run.json is written, initial_eval.json is not
-    proc = _start(_args(tiny_model_dir, run))
+    proc = start_greater(_args(tiny_model_dir, run))
     err = _Stderr(proc)
-    assert _kill_when(proc, lambda: (run / "run.json").exists())
+    assert kill_when(proc, lambda: (run / "run.json").exists())
     assert not (run / "initial_eval.json").exists() and not (run / "checkpoint.json").exists()
     landed.append(_landed(run, err.all()))
 
@@ -137,7 +117,7 @@ def test_sigkill_at_any_moment_then_resume_gives_the_same_run(tiny_model_dir, tm
         start = progress()
         assert start[0] <= 2 if within == "steps" else start[0] == 4, (within, start)
         window = steps_time / 4 if within == "steps" else dev_time
-        proc, delay, working = _start(resume), rng.uniform(0.05, 0.95) * window, []
+        proc, delay, working = start_greater(resume), rng.uniform(0.05, 0.95) * window, []
         err = _Stderr(proc)
 
         def ready() -> bool:
@@ -145,33 +125,33 @@ def test_sigkill_at_any_moment_then_resume_gives_the_same_run(tiny_model_dir, tm
                 working.append(time.monotonic())
             return (bool(working) and time.monotonic() - working[0] >= delay) or progress() != start
 
-        assert _kill_when(proc, ready)
+        assert kill_when(proc, ready)
         landed.append(_landed(run, err.all()))
 
     for moment in ("checkpoint write", "random steps", "random steps", "dev pass", "random dev pass"):
         if moment.startswith("random"):
             at_random(moment.removeprefix("random "))
         elif moment == "checkpoint write":  # dies halfway through writing its 2nd checkpoint (step 2's)
-            proc = _start(["2", *resume], driver=_KILL_IN_CHECKPOINT_WRITE)
+            proc = start_greater(["2", *resume], driver=_KILL_IN_CHECKPOINT_WRITE)
             err = _Stderr(proc)
             assert proc.wait(timeout=300) == -signal.SIGKILL, err.all()
             assert list(run.glob(".checkpoint.json.*")), "the half-written checkpoint is left behind"
             landed.append(_landed(run, err.all()))
         else:  # the steps are done and one more dev prompt is scored, the result is not written
             scored = len(_checkpoint_state(run).get("dev_accuracy", []))
-            proc = _start(resume)
+            proc = start_greater(resume)
             err = _Stderr(proc)
-            assert _kill_when(proc, lambda n=scored: len(_checkpoint_state(run).get("dev_accuracy", [])) > n)
+            assert kill_when(proc, lambda n=scored: len(_checkpoint_state(run).get("dev_accuracy", [])) > n)
             assert not (run / "result.json").exists()
             landed.append(_landed(run, err.all()))
     # where each kill landed, from the folder and what the process had printed: none while the model
     # was loading, each in the phase it was aimed at
     assert landed == ["initial evaluation", "steps", "steps", "steps", "dev pass", "dev pass"], landed
 
-    proc = _start(resume)
+    proc = start_greater(resume)
     assert proc.wait(timeout=300) == 0, proc.communicate()
-    _assert_same(_steps_without_timing(run / "steps.jsonl"), _steps_without_timing(straight / "steps.jsonl"))
+    assert_same(steps_without_timing(run / "steps.jsonl"), steps_without_timing(straight / "steps.jsonl"))
     result, expected = (json.loads((d / "result.json").read_text()) for d in (run, straight))
     for key in ("prompt", "prompt_ids", "score", "steps", "dev_accuracy", "finalists", "test_accuracy", "split"):
-        _assert_same(result[key], expected[key], key)
+        assert_same(result[key], expected[key], key)
     assert json.loads((run / "prompt.json").read_text())["prompt"] == expected["prompt"]

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from greater import cluster
-from test_cli import message_lines, run_cli
-from test_compare import check_table
+from helpers import check_compare_table, message_lines, run_cli
 
 ARGV = ["compare", "--task", "gen/boolean_expressions", "--methods", "zs-cot,greater", "--seeds", "0"]
 ARGV += ["--steps", "1", "--train", "3", "--test", "4", "--max-new-tokens", "4", "--device", "cpu"]
@@ -49,7 +48,7 @@ def test_compare_on_ray_equals_the_sequential_run(local_ray, capsys, tiny_model_
     assert code == 0, err
     assert local_ray.is_initialized()  # the instance the test started was used, and left running
     assert cluster._MODELS == {}  # the models were loaded in the Ray workers, not in this process
-    check_table(distributed, ["gen/boolean_expressions"], ["zs-cot", "greater"], [0], [])
+    check_compare_table(distributed, ["gen/boolean_expressions"], ["zs-cot", "greater"], [0], [])
     assert _table_without_timing(distributed) == _table_without_timing(sequential)
     for cell in sorted((sequential / "cells").iterdir()):
         ray_cell = json.loads((distributed / "cells" / cell.name).read_text())

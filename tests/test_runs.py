@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,30 +16,7 @@ import torch
 from greater.cli import main
 from greater.optimizer import GreaterConfig, RunState, optimize
 from greater.tasks import get_task
-
-
-def _steps_without_timing(path: Path) -> list[dict]:
-    """steps.jsonl without what a machine measures: seconds per phase and peak memory."""
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    for line in lines:
-        line.pop("seconds")
-        assert line.pop("peak_memory")["mib"] > 0
-    return lines
-
-
-def _assert_same(a, b, where: str = "") -> None:
-    """Equal JSON values, floats to the bit: a resumed run builds its kept prefix as the uninterrupted
-    one did (heads prefilled, then one prompt token per extend), in every dtype."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
+from helpers import assert_same, make_interrupted_run, run_argv, start_greater, steps_without_timing
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -68,25 +44,6 @@ def test_resume_from_saved_state_equals_uninterrupted_run(tiny_model, smol_token
     assert (rest.prompt, rest.score) == (full.prompt, full.score)
 
 
-def _optimize_args(model_dir: Path, out: Path, steps: int = 6) -> list[str]:
-    return [
-        "optimize", "--model", str(model_dir), "--task", "gen/boolean_expressions", "--steps", str(steps),
-        "--train", "4", "--test", "2", "--max-new-tokens", "8", "--top-k", "6", "--out", str(out),
-    ]  # fmt: skip
-
-
-def _start(args: list[str]) -> subprocess.Popen:
-    # a suite started in the background (`nohup ... &`) ignores SIGINT, and a child inherits that:
-    # give the run the default handling a terminal's Ctrl-C meets
-    return subprocess.Popen(
-        [sys.executable, "-m", "greater.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
 def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -101,10 +58,10 @@ def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: fl
 
 
 def test_sigkill_then_resume_gives_the_same_run(tiny_model_dir, tmp_path):
-    assert main(_optimize_args(tiny_model_dir, tmp_path / "straight")) == 0
+    assert main(run_argv(tiny_model_dir, tmp_path / "straight")) == 0
 
     killed = tmp_path / "killed"
-    proc = _start(_optimize_args(tiny_model_dir, killed))
+    proc = start_greater(run_argv(tiny_model_dir, killed))
     _wait_for_step(killed, proc, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -117,15 +74,15 @@ def test_sigkill_then_resume_gives_the_same_run(tiny_model_dir, tmp_path):
     resumed = json.loads((killed / "result.json").read_text())
     assert resumed["prompt"] == straight["prompt"]
     assert resumed["steps"] == 6
-    _assert_same(
-        _steps_without_timing(killed / "steps.jsonl"), _steps_without_timing(tmp_path / "straight" / "steps.jsonl")
+    assert_same(
+        steps_without_timing(killed / "steps.jsonl"), steps_without_timing(tmp_path / "straight" / "steps.jsonl")
     )
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_and_says_how_to_resume(tiny_model_dir, tmp_path, sig, code):
     run = tmp_path / "run"
-    proc = _start(_optimize_args(tiny_model_dir, run, steps=50))
+    proc = start_greater(run_argv(tiny_model_dir, run, steps=50))
     _wait_for_step(run, proc, 1)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -136,29 +93,9 @@ def test_signal_saves_and_says_how_to_resume(tiny_model_dir, tmp_path, sig, code
     assert len((run / "steps.jsonl").read_text().splitlines()) >= step >= 1
 
 
-def _make_interrupted_run(
-    tiny_model_dir: Path, run: Path, monkeypatch, steps: int = 4, after: int = 2, extra: list[str] = ()
-) -> None:
-    """A run of `steps` steps interrupted (Ctrl-C) right after the checkpoint of step `after`."""
-    import greater.runs as runs
-
-    real = runs.write_checkpoint
-    written = []
-
-    def interrupt_after(run_dir, payload):
-        real(run_dir, payload)
-        written.append(payload)
-        if len(written) == after:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(runs, "write_checkpoint", interrupt_after)
-    assert main([*_optimize_args(tiny_model_dir, run, steps=steps), *extra]) == 130
-    monkeypatch.setattr(runs, "write_checkpoint", real)
-
-
 def test_resume_refuses_contradicting_flags_and_bad_checkpoints(tiny_model_dir, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    _make_interrupted_run(tiny_model_dir, run, monkeypatch)
+    make_interrupted_run(run_argv(tiny_model_dir, run, steps=4), monkeypatch)
     capsys.readouterr()
 
     assert main(["optimize", "--resume", str(run), "--top-k", "9"]) == 2
@@ -186,9 +123,9 @@ def test_resume_refuses_contradicting_flags_and_bad_checkpoints(tiny_model_dir, 
 def test_full_disk_is_one_clear_error_and_damages_nothing(tiny_model_dir, tmp_path, capsys, monkeypatch):
     import errno
 
-    assert main(_optimize_args(tiny_model_dir, tmp_path / "straight", steps=4)) == 0
+    assert main(run_argv(tiny_model_dir, tmp_path / "straight", steps=4)) == 0
     run = tmp_path / "run"
-    _make_interrupted_run(tiny_model_dir, run, monkeypatch)
+    make_interrupted_run(run_argv(tiny_model_dir, run, steps=4), monkeypatch)
     checkpoint = (run / "checkpoint.json").read_text()
     capsys.readouterr()
 
@@ -203,6 +140,4 @@ def test_full_disk_is_one_clear_error_and_damages_nothing(tiny_model_dir, tmp_pa
     assert (run / "checkpoint.json").read_text() == checkpoint  # the last checkpoint is intact
     monkeypatch.undo()
     assert main(["optimize", "--resume", str(run)]) == 0
-    _assert_same(
-        _steps_without_timing(run / "steps.jsonl"), _steps_without_timing(tmp_path / "straight" / "steps.jsonl")
-    )
+    assert_same(steps_without_timing(run / "steps.jsonl"), steps_without_timing(tmp_path / "straight" / "steps.jsonl"))

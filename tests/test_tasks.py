@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA
 from greater.errors import GreaterError
-from greater.tasks import Example, Task, get_task, resolve_task, task_names
+from greater.tasks import Example, get_task, resolve_task, task_names
 from greater.tasks.answers import (
     ANSWER_TYPES,
     extractor_for,
@@ -33,41 +32,12 @@ from greater.tasks.answers import (
     normalizer_for,
     option_letters,
 )
-from greater.tasks.generated import OBJECT_CATEGORIES, POOL_SIZE, evaluate_boolean
+from greater.tasks.generated import OBJECT_CATEGORIES, POOL_SIZE, evaluate_boolean, pool
 from greater.tasks.labels import LABEL_POOL_SIZE, LABEL_TASKS
+from helpers import BBH_DIR, SHARED_DATA, assert_scores, wrong_answer
 
-BBH_DIR = Path(__file__).parents[2] / "shared" / "data" / "bbh"
 BBH_FILES = sorted(BBH_DIR.glob("*.json")) if BBH_DIR.is_dir() else []
 GEN_NAMES = [name for name in task_names() if name.startswith("gen/")]
-
-
-def wrong_answer(task: Task, gold: str) -> str:
-    """A well-formed answer of the task's type that differs from `gold`."""
-    flips = {
-        "Yes": "No",
-        "No": "Yes",
-        "True": "False",
-        "False": "True",
-        "valid": "invalid",
-        "invalid": "valid",
-        "Uncertain": "True",
-    }
-    if gold in flips:
-        return flips[gold]
-    if task.answer_type == "choice":
-        return "A" if gold != "A" else "B"
-    if task.choices and gold in task.choices:  # a label task: another label
-        return next(label for label in task.choices if label != gold)
-    if task.answer_type == "number":
-        return str(int(float(gold)) + 1)
-    return gold + " x"
-
-
-def assert_scores(task: Task, example: Example) -> None:
-    """The gold answer written after the extractor scores correct; a wrong one does not."""
-    gold = task.answer_text(example)
-    assert task.is_correct(f" {gold}\nmore text", example), (task.name, example)
-    assert not task.is_correct(f" {wrong_answer(task, gold)}\nmore text", example), (task.name, example)
 
 
 # --- generated tasks -----------------------------------------------------------------------------
@@ -75,6 +45,16 @@ def assert_scores(task: Task, example: Example) -> None:
 
 def test_gen_tasks_listed() -> None:
     assert {"gen/boolean_expressions", "gen/arithmetic", "gen/object_counting"} <= set(GEN_NAMES)
+
+
+def test_a_generator_with_too_few_distinct_examples_is_refused_not_looped_on() -> None:
+    def make(rng):
+        n = rng.randrange(6)
+        return Example(f"q{n}", "a" if n < 3 else "b")
+
+    assert len(pool(0, make, ("a", "b"), size=6)) == 6
+    with pytest.raises(GreaterError, match=r"only 6 distinct examples of 8 .* with the answer 'a'"):
+        pool(0, make, ("a", "b"), size=8)
 
 
 @pytest.mark.parametrize("name", GEN_NAMES)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from greater.cli import main
-from test_runs import _make_interrupted_run, _optimize_args
+from helpers import make_interrupted_run, run_argv
 
 mlflow = pytest.importorskip("mlflow", reason="greater[mlflow] (a dev dependency)")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -19,7 +19,7 @@ def test_optimize_logs_to_mlflow_and_a_resumed_run_continues_it(tiny_model_dir, 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = tmp_path / "run"
     monkeypatch.setattr(sys, "argv", ["greater"])
-    _make_interrupted_run(tiny_model_dir, run, monkeypatch, steps=4, after=2, extra=["--mlflow", store])
+    make_interrupted_run([*run_argv(tiny_model_dir, run, steps=4), "--mlflow", store], monkeypatch, after=2)
     stored = json.loads((run / "run.json").read_text())["mlflow"]
     assert stored["tracking_uri"] == store
     client = MlflowClient(tracking_uri=store)
@@ -60,6 +60,6 @@ def test_compare_logs_the_table(tiny_model_dir, tmp_path):
 def test_mlflow_missing_is_one_clear_error(tiny_model_dir, tmp_path, monkeypatch, capsys):
     for name in ("mlflow", "mlflow.tracking"):
         monkeypatch.setitem(sys.modules, name, None)  # as when greater[mlflow] is not installed
-    assert main([*_optimize_args(tiny_model_dir, tmp_path / "run", steps=1), "--mlflow"]) == 2
+    assert main([*run_argv(tiny_model_dir, tmp_path / "run", steps=1), "--mlflow"]) == 2
     err = capsys.readouterr().err
     assert "greater: error: --mlflow needs the mlflow package" in err and "Traceback" not in err

@@ -23,10 +23,20 @@ import json
 import os
 from pathlib import Path
 
+import yaml
+
+from greater import __version__
 from greater.errors import GreaterError
+from greater.evaluate import evaluate
+from greater.layout import ChatLayout
+from greater.model import EMBEDDED_MODEL, cache_root, embedded_gguf_path, load_model, model_label, model_name
+from greater.runs import PROMPT_JSON, split_sizes, write_atomic
+from greater.tasks import Example, resolve_task
+from greater.tasks.answers import LABELS, normalizer_for
+from greater.tasks.base import first_answer_span
 
 FORMAT = "greater-prompt/1"
-FILE = "prompt.json"
+FILE = PROMPT_JSON
 QUESTION = "{question}"
 REASONING = "{reasoning}"
 EXPORT_FORMATS = ("messages", "promptfoo", "text")
@@ -44,8 +54,6 @@ def model_identity(name: str | None, model: object = None) -> dict:
     *.pt, *.gguf) — sizes rather than contents, so a multi-GB folder is identified without reading it.
     Hub id: the commit the weights were loaded from (`revision`).
     """
-    from greater.model import EMBEDDED_MODEL, embedded_gguf_path, model_label, model_name
-
     label = model_label(name)
     embedded = name in ("", EMBEDDED_MODEL, "embedded") or model_name(label) is None
     path = embedded_gguf_path() if embedded else Path(name).expanduser()
@@ -66,8 +74,6 @@ def model_identity(name: str | None, model: object = None) -> dict:
 
 def file_sha256(path: Path) -> str:
     """sha256 of a file, remembered per (path, size, mtime) in greater's cache (GGUF files are large)."""
-    from greater.model import cache_root
-
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
     memo = cache_root() / "sha256" / key
@@ -124,8 +130,6 @@ def chat(tokenizer: object, prompt: str, joiner: str, extractor: str) -> tuple[l
     The user turn is question + joiner + " " + prompt; the assistant turn is the reasoning, then one
     space and the extractor, after which the model writes the answer (after one more space).
     """
-    from greater.layout import ChatLayout
-
     user = f"{QUESTION}{joiner} {prompt}"
     assistant = f"{REASONING} {extractor}"
     layout = ChatLayout.from_tokenizer(tokenizer)
@@ -146,10 +150,6 @@ def build(
     method: str = "greater",
 ) -> dict:
     """The prompt.json of a finished run; `info` is the run's run.json (model, task, config, split)."""
-    from greater import __version__
-    from greater.model import model_name
-    from greater.tasks.answers import LABELS
-
     config = info.get("config", {})
     messages, rendered = chat(tokenizer, prompt, joiner, task.extractor)  # type: ignore[attr-defined]
     options = info.get("task_options") or {}
@@ -182,13 +182,6 @@ def build(
         "method": method,
         "greater_version": __version__,
     }
-
-
-def write(run_dir: Path, data: dict) -> Path:
-    from greater.runs import write_json
-
-    write_json(run_dir / FILE, data)
-    return run_dir / FILE
 
 
 def is_artifact_file(path: Path) -> bool:
@@ -280,10 +273,6 @@ def export_promptfoo(data: dict, artifact_path: Path, config_path: Path, model: 
     greedy reasoning capped as in the run, then the extractor); the assertion applies greater's answer
     matcher to what follows the extractor. `python` runs both (greater must be importable there).
     """
-    import yaml
-
-    from greater.runs import write_atomic
-
     tests = [{"vars": {"question": ex.question, "answer": ex.answer}} for ex in scored_examples(data)]
     folder = config_path.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -322,13 +311,10 @@ def export_promptfoo(data: dict, artifact_path: Path, config_path: Path, model: 
 
 def scored_examples(data: dict) -> list:
     """The examples the artifact's test accuracy was measured on (its task, split and seed)."""
-    from greater.cli import _split_sizes
-    from greater.tasks import resolve_task
-
     task_info = data["task"]
     task = resolve_task(task_info["name"], task_info.get("data_dir"), task_info.get("task_options") or {})
     split = task_info.get("split") or {}
-    return getattr(task.splits(*_split_sizes(split), split.get("seed", 0)), task_info.get("scored_on", "test"))
+    return getattr(task.splits(*split_sizes(split), split.get("seed", 0)), task_info.get("scored_on", "test"))
 
 
 # --- promptfoo's side: provider and assertion ------------------------------------------------------
@@ -341,10 +327,6 @@ def _answers(prompt_json: str, model_name: str | None) -> dict[str, dict]:
     in one batch as `greater evaluate` does (so each answer is the one the run's accuracy counted)."""
     key = (prompt_json, model_name)
     if key not in _LOADED:
-        from greater.evaluate import evaluate
-        from greater.model import load_model
-        from greater.tasks import resolve_task
-
         data = read(Path(prompt_json))
         task_info = data["task"]
         task = resolve_task(task_info["name"], task_info.get("data_dir"), task_info.get("task_options") or {})
@@ -383,9 +365,6 @@ def promptfoo_call_api(prompt: str, options: dict, context: dict) -> dict:
         return {"error": f"the prompt sent is not prompt.json's user message: {user[:200]!r}"}
     prediction = predictions.get(question)
     if prediction is None:  # a question outside the run's split: scored on its own
-        from greater.evaluate import evaluate
-        from greater.tasks import Example
-
         ev = data["evaluation"]
         one = evaluate(
             model,
@@ -403,9 +382,6 @@ def promptfoo_call_api(prompt: str, options: dict, context: dict) -> dict:
 def promptfoo_get_assert(output: str, context: dict) -> dict:
     """promptfoo's python assertion hook: greater's matcher for the answer type on what follows the
     extractor (its first line), against the test's `answer`."""
-    from greater.tasks.answers import normalizer_for
-    from greater.tasks.base import first_answer_span
-
     config = (context.get("config") or {}) if isinstance(context, dict) else {}
     provider_config = ((context.get("provider") or {}).get("config") or {}) if isinstance(context, dict) else {}
     prompt_json = config.get("prompt_json") or provider_config.get("prompt_json") or os.environ.get("GREATER_PROMPT")

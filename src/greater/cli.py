@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -14,15 +15,64 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
-from greater.device import DTYPES
+from tqdm import tqdm
+from transformers.utils import logging as hf_logging
+
+from greater import artifact
+from greater.backends.vllm import VLLMGenerator
+from greater.cluster import RaySettings, import_ray
+from greater.compare import Scorer, run_compare
+from greater.device import DTYPES, resolve_placement
 from greater.errors import GreaterError, ResumeConflict
-from greater.methods import METHODS, PAPER_METHODS, TUNABLE, ZS_COT_PROMPT, distinct_settings
-from greater.model import model_label, model_name
-from greater.optimizer import SELECTION_RULES
+from greater.evaluate import (
+    DEFAULT_JOINER,
+    Cell,
+    PromptSpec,
+    TaskSplit,
+    evaluate,
+    evaluate_table,
+    prompts_table_markdown,
+    slug,
+    table_data,
+    write_predictions,
+    write_table,
+)
+from greater.fit import context_length, fitting_task
+from greater.generation import stop_token_ids
+from greater.layout import encode_prompt
+from greater.methods import (
+    METHODS,
+    PAPER_METHODS,
+    TUNABLE,
+    ZS_COT_PROMPT,
+    MethodConfig,
+    distinct_settings,
+    greater_settings,
+    run_method,
+)
+from greater.model import load_model, model_label, model_name, model_source
+from greater.optimizer import (
+    CONFIG_FLAGS,
+    SELECTION_RULES,
+    GreaterConfig,
+    RunState,
+    StepRecord,
+    filler_token,
+    optimize,
+    resolve_batch_sizes,
+)
+from greater.report import write_report
+from greater.runs import RUN_KEYS, RunDir, read_json, split_sizes, write_atomic, write_json
+from greater.runtime import format_duration, parse_duration, set_threads
 from greater.stats import majority
-from greater.tasks import Example, Task
+from greater.tasks import Example, Task, resolve_task
+from greater.tasks import task_names as known_tasks
 from greater.tasks.answers import ANSWER_TYPES
+from greater.tasks.base import fingerprint
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
+from greater.tasks.custom import is_custom_task
+from greater.tasks.registry import describe
+from greater.tracking import MlflowTracker, NoTracker, default_uri
 
 GENERATORS = ("hf", "vllm")
 LOCAL_RAY = "local"  # --ray without an address: a Ray instance started on this machine
@@ -264,18 +314,13 @@ def _size(text: str) -> int | str:
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", module="(transformers|torch|accelerate|gguf)")
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING, format="greater: %(message)s")
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
-    from greater.tasks import task_names
-    from greater.tasks.registry import describe
-
-    for name in task_names(args.data_dir):
+    for name in known_tasks(args.data_dir):
         print(f"{name:50s} {describe(name, args.data_dir)}")
     return 0
 
@@ -305,9 +350,6 @@ def _sigterm_interrupts():
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     """`greater optimize`: a new GReaTer run, a resumed one (--resume DIR), or a baseline (--method)."""
-    from greater.optimizer import GreaterConfig, RunState
-    from greater.runs import RUN_KEYS, RunDir
-
     if args.method != "greater":
         if args.resume is not None:
             raise GreaterError(f"--resume continues GReaTer runs only; start the {args.method} run again instead")
@@ -343,8 +385,6 @@ def _run_info(args: argparse.Namespace, config, split: dict, runtime: dict, meth
 def _runtime(args: argparse.Namespace, stored: dict | None = None) -> dict:
     """Device, dtype, device map and generator, resolved (greater.device): from the flags, or on resume
     the run's stored ones; on resume a flag that resolves to something else is refused."""
-    from greater.device import resolve_placement
-
     base = {} if stored is None else _OLD_RUNTIME | stored
 
     def pick(key: str, default: object) -> object:
@@ -355,8 +395,6 @@ def _runtime(args: argparse.Namespace, stored: dict | None = None) -> dict:
     device = args.device if args.device is not None else "auto" if device_map else base.get("device", "auto")
     generator = pick("generator", "hf")
     if generator == "vllm":  # before any model is loaded
-        import importlib.util
-
         if importlib.util.find_spec("vllm") is None:
             raise GreaterError("--generator vllm needs vLLM: pip install 'greater[vllm]' (GPU only)")
     runtime = resolve_placement(device, pick("dtype", "auto"), device_map).to_json() | {"generator": generator}
@@ -371,8 +409,6 @@ def _runtime(args: argparse.Namespace, stored: dict | None = None) -> dict:
 def _run_optimize(args, info: dict, config, run, state) -> int:
     """A GReaTer run: new (`run` None: its folder is made, and locked, once model and data passed their
     checks) or resumed from `state` (None: from its start); the run's folder stays locked until it ends."""
-    from greater.optimizer import resolve_batch_sizes
-
     budget = _budget(args)
     inputs = _prepare_greater(args, info, config, run is None)
     task, model, tokenizer, generator, train, dev, test = inputs
@@ -429,7 +465,8 @@ def _optimize_into(args, run, budget: _RunClock, config, state, inputs: _Greater
     scores = {"score": result.score, "score_name": f"selection score ({config.selection}, lower is better)"}
     scores |= {"dev_accuracy": result.dev_accuracy, "test_accuracy": test_accuracy}
     prompt_fields = {"prompt_ids": result.prompt_ids, "joiner": config.joiner, "task": task, "scores": scores}
-    run.write_prompt(result.prompt, model=model, tokenizer=tokenizer, method="greater", **prompt_fields)
+    built = artifact.build(info=info, prompt=result.prompt, model=model, tokenizer=tokenizer, **prompt_fields)
+    run.write_prompt(result.prompt, built)
     outcome = {"prompt": result.prompt, "prompt_ids": result.prompt_ids, "score": result.score}
     outcome |= {"initial_prompt": result.initial_prompt, "initial_score": result.initial_score}
     outcome |= {"steps": run.steps_logged(), "stopped": result.stopped, "dev_accuracy": result.dev_accuracy}
@@ -457,13 +494,9 @@ def _prepare_greater(args: argparse.Namespace, info: dict, config, new: bool) ->
     """The task, model, tokenizer, generator and split of a GReaTer run: the model loaded as
     info's runtime says, the prompt and filler checked against its tokenizer and every row against its
     context (all before anything is written), the split drawn."""
-    from greater.layout import encode_prompt
-    from greater.optimizer import filler_token
-    from greater.tasks import resolve_task
-
     task = resolve_task(info["task"], info.get("data_dir"), info.get("task_options"))
     split = info["split"]
-    drawn = task.splits(*_split_sizes(split), split["seed"])
+    drawn = task.splits(*split_sizes(split), split["seed"])
     if drawn.note and new:
         print(f"greater: {drawn.note}", file=sys.stderr)
     name = model_name(info["model"])
@@ -474,17 +507,13 @@ def _prepare_greater(args: argparse.Namespace, info: dict, config, new: bool) ->
     # the prompt grows by at most one token a step (the filler), so that is the longest it can get
     longest = len(prompt_ids) + config.steps
     task = _fitting_task(model, tokenizer, task, info, longest, config.joiner, config.max_new_tokens)
-    drawn = task.splits(*_split_sizes(split), split["seed"])
+    drawn = task.splits(*split_sizes(split), split["seed"])
     return _GreaterInputs(task, model, tokenizer, generator, drawn.train, drawn.dev, drawn.test)
 
 
 def _optimize_checkpointed(args, run, tracker, budget, config, state, inputs: _GreaterInputs):
     """`optimize` with a progress bar, each step checkpointed into `run` and logged to `tracker`, and
     --max-time checked after each (raises `_OutOfTime`); Ctrl-C and SIGTERM print how to resume."""
-    from tqdm import tqdm
-
-    from greater.optimizer import StepRecord, optimize
-
     task, model, tokenizer, generator, train, dev, test = inputs
     bar = tqdm(total=config.steps, initial=state.step if state else 0, desc="optimizing", unit="step", file=sys.stderr)
 
@@ -538,14 +567,6 @@ def _task_options(args: argparse.Namespace) -> dict:
     return {key: getattr(args, key) for key in TASK_OPTIONS if getattr(args, key) is not None}
 
 
-def _split_sizes(split: dict) -> tuple[int | None, int | None, int | None]:
-    """(train, dev, test) sizes of a stored split: as asked for, else as drawn (so a run resumes on the
-    examples it started with even if the task's defaults change); a run from before dev sets has none."""
-    train = split.get("train") or split.get("n_train")
-    dev = split["dev"] if split.get("dev") is not None else split.get("n_dev", 0 if "n_train" in split else None)
-    return train, dev, split.get("test") or split.get("n_test")
-
-
 def _check_out_folder(out: Path | None) -> None:
     """Refuse an --out folder that cannot be one (a file, or inside a file), before any model is loaded."""
     if out is None:
@@ -566,9 +587,6 @@ def _check_out_file(out: Path | None) -> None:
 
 def _new_run(args: argparse.Namespace, task, info: dict, train: list, test: list, dev: list = ()):
     """A fresh `RunDir` (never an existing run's) with run.json written into it."""
-    from greater.evaluate import slug
-    from greater.runs import RunDir
-
     requested = args.out or Path("runs") / f"{slug(task.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     run, renamed = RunDir.create(requested, info, train, test, dev)
     if renamed:
@@ -578,8 +596,6 @@ def _new_run(args: argparse.Namespace, task, info: dict, train: list, test: list
 
 def _test_accuracy(model, tokenizer, task, test: list, prompt: str, config, label: str, generator=None) -> float:
     """Score a prompt on the test examples (with progress) and print its accuracy."""
-    from greater.evaluate import evaluate
-
     ev = evaluate(
         model,
         tokenizer,
@@ -598,11 +614,6 @@ def _test_accuracy(model, tokenizer, task, test: list, prompt: str, config, labe
 
 def _run_baseline(args: argparse.Namespace) -> int:
     """`greater optimize --method M` for a baseline: run it, then score its prompt on the test split."""
-    from greater.layout import encode_prompt
-    from greater.methods import MethodConfig, run_method
-    from greater.optimizer import CONFIG_FLAGS
-    from greater.tasks import resolve_task
-
     if not args.task:
         raise GreaterError("--task is required")
     _check_out_folder(args.out)
@@ -639,7 +650,8 @@ def _run_baseline(args: argparse.Namespace) -> int:
         scores["test_accuracy"] = {"optimized": final_acc}
         ids = encode_prompt(tokenizer, result.prompt)
         prompt_fields = {"prompt_ids": ids, "joiner": result.joiner, "task": task, "scores": scores}
-        run.write_prompt(result.prompt, model=model, tokenizer=tokenizer, method=args.method, **prompt_fields)
+        prompt_fields |= {"model": model, "tokenizer": tokenizer, "method": args.method}
+        run.write_prompt(result.prompt, artifact.build(info=run.info, prompt=result.prompt, **prompt_fields))
         for index, entry in enumerate(result.history, 1):  # every candidate prompt the baseline scored
             tracker.log_metrics({k: v for k, v in entry.items() if k in ("accuracy", "ce")}, index)
         # result.json after the MLflow run is finished, as before: the tracker's artifacts hold no result.json
@@ -656,10 +668,6 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from greater.compare import Scorer, run_compare
-    from greater.methods import MethodConfig, greater_settings
-    from greater.tasks import resolve_task
-
     methods = _names(args.methods, "--methods")
     try:
         seeds = [int(s) for s in _names(args.seeds, "--seeds")]
@@ -682,8 +690,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     eval_models = list(dict.fromkeys(args.eval_model or []))
     cluster = None
     if args.ray is not None:  # the workers load the models; this process only writes the cells
-        from greater.cluster import RaySettings, import_ray
-
         import_ray()
         if args.device_map:
             raise GreaterError("--ray gives each cell one GPU; --device-map spreads one model over several")
@@ -732,20 +738,6 @@ def _names(text: str, flag: str) -> list[str]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from greater.evaluate import (
-        DEFAULT_JOINER,
-        Cell,
-        PromptSpec,
-        evaluate_table,
-        prompts_table_markdown,
-        table_data,
-        write_predictions,
-        write_table,
-    )
-    from greater.layout import encode_prompt
-    from greater.optimizer import GreaterConfig
-    from greater.runs import write_json
-
     defaults = GreaterConfig()
     joiner = args.joiner if args.joiner is not None else DEFAULT_JOINER
     prompts = [PromptSpec(f"P{i}", text, joiner) for i, text in enumerate(_prompt_texts(args), 1)]
@@ -818,11 +810,6 @@ def _evaluation_splits(args: argparse.Namespace, task_names: list[str], data_dir
     as a run's was for the run's own task (its seed, sizes and custom-task settings, unless a flag says
     otherwise) and from the flags for the others; custom-task flags apply to custom tasks only when
     some task is custom."""
-    from greater.evaluate import TaskSplit
-    from greater.tasks import resolve_task
-    from greater.tasks.base import fingerprint
-    from greater.tasks.custom import is_custom_task
-
     any_custom = any(is_custom_task(name) for name in task_names)
     splits = []
     for name in task_names:
@@ -831,7 +818,7 @@ def _evaluation_splits(args: argparse.Namespace, task_names: list[str], data_dir
         task = resolve_task(name, data_dir, (run.get("task_options", {}) if own else {}) | given)
         stored_split = run.get("split", {}) if own else {}
         seed = args.seed if args.seed is not None else stored_split.get("seed") or 0
-        sizes = _split_sizes(stored_split)
+        sizes = split_sizes(stored_split)
         n_train, n_test = args.train or sizes[0], args.test or sizes[2]
         n_dev = args.dev if args.dev is not None else sizes[1] if own else 0 if args.split != "dev" else None
         drawn = task.splits(n_train, n_dev, n_test, seed)
@@ -848,9 +835,6 @@ def _evaluation_splits(args: argparse.Namespace, task_names: list[str], data_dir
 def _run_prompt(args: argparse.Namespace) -> tuple[dict, str]:
     """(run, label): a finished run's result.json (--run) or a prompt.json given as --prompt-file, in
     result.json's shape; ({}, "") when neither is given."""
-    from greater import artifact
-    from greater.runs import read_json
-
     from_file = args.prompt_file is not None and artifact.is_artifact_file(args.prompt_file)
     if from_file and args.run is not None:
         raise GreaterError("give --run DIR or a prompt.json as --prompt-file, not both")
@@ -868,10 +852,8 @@ def _run_prompt(args: argparse.Namespace) -> tuple[dict, str]:
 def _prompt_texts(args: argparse.Namespace) -> list[str]:
     """The prompts of --prompt (in order), then those of --prompt-file (one per non-blank line; a
     prompt.json is not read here: see `_run_prompt`)."""
-    from greater.artifact import is_artifact_file
-
     texts = list(args.prompt or [])
-    if args.prompt_file is not None and not is_artifact_file(args.prompt_file):
+    if args.prompt_file is not None and not artifact.is_artifact_file(args.prompt_file):
         try:
             lines = args.prompt_file.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
@@ -885,8 +867,6 @@ def _prompt_texts(args: argparse.Namespace) -> list[str]:
 
 def _load(model: str | None, trust_remote_code: bool, runtime: dict):
     """The model and tokenizer, placed as `runtime` (see `_runtime`) says."""
-    from greater.model import load_model
-
     where = runtime["device"] + (" + device map" if runtime["device_map"] else "")
     print(f"loading model ... ({where}, {runtime['dtype']})", file=sys.stderr)
     return load_model(
@@ -902,9 +882,6 @@ def _generator(name: str | None, model, tokenizer, runtime: dict, trust_remote_c
     """The reasoning generator `runtime` names: None for transformers (the engine builds its own), or vLLM."""
     if runtime["generator"] != "vllm":
         return None
-    from greater.backends.vllm import VLLMGenerator
-    from greater.generation import stop_token_ids
-    from greater.model import model_source
 
     print("starting vLLM ...", file=sys.stderr)
     return VLLMGenerator(
@@ -929,8 +906,6 @@ def _apply_threads(args: argparse.Namespace) -> None:
     """Set torch's threads for a command that runs a model (--threads, OMP_NUM_THREADS, else physical
     cores); `args.threads_used` records the choice for run.json."""
     if hasattr(args, "threads"):
-        from greater.runtime import set_threads
-
         args.threads_used = set_threads(args.threads)
     args.started = time.monotonic()
 
@@ -952,8 +927,6 @@ class _RunClock:
         self.projected = False
 
     def after_step(self, bar, record, step: int, config, n_dev: int, n_test: int) -> None:
-        from greater.runtime import format_duration
-
         if not self.projected:
             self.projected = True
             per_step = float(record.seconds.get("total", 0.0))
@@ -976,8 +949,6 @@ class _RunClock:
 
 
 def _budget(args: argparse.Namespace) -> _RunClock:
-    from greater.runtime import parse_duration
-
     limit = parse_duration(args.max_time) if args.max_time is not None else None
     return _RunClock(limit, getattr(args, "started", time.monotonic()), args.resume is not None)
 
@@ -985,8 +956,6 @@ def _budget(args: argparse.Namespace) -> _RunClock:
 def _fitting_task(model, tokenizer, task, info: dict, prompt_tokens: int, joiner: str, max_new: int):
     """`task` with every row checked against the model's context before any generation: a row that
     cannot fit is refused (exit 2) unless the task's skip_bad_rows is set, then left out and counted."""
-    from greater.fit import context_length, fitting_task
-
     return fitting_task(
         tokenizer,
         task,
@@ -1012,8 +981,6 @@ def _add_mlflow_flag(p: argparse.ArgumentParser) -> None:
 def _tracker(args: argparse.Namespace, run):
     """The run's MLflow tracker: a new MLflow run for --mlflow (its id stored in run.json), the stored
     one for a resumed run that had one, else a no-op."""
-    from greater.tracking import MlflowTracker, NoTracker, default_uri
-
     info = run.info
     stored = info.get("mlflow")
     given = getattr(args, "mlflow", None)
@@ -1064,9 +1031,6 @@ def _check_all_rows_fit(scorer, tasks, config) -> None:
 def _compare_tracker(args: argparse.Namespace, params: dict):
     """`greater compare --mlflow`: one MLflow run per output folder (its id in mlflow.json there, so a
     rerun that resumes the comparison logs into the same MLflow run)."""
-    from greater.runs import read_json, write_json
-    from greater.tracking import MlflowTracker, NoTracker, default_uri
-
     path = args.out / "mlflow.json"
     stored = read_json(path) if path.exists() else None
     if args.mlflow is None and stored is None:
@@ -1091,9 +1055,6 @@ def _log_compare(tracker, out: Path, table: dict) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from greater import artifact
-    from greater.runs import write_atomic
-
     _check_out_file(args.out)
     source = args.run / artifact.FILE if args.run.is_dir() else args.run
     data = artifact.read(source)
@@ -1120,8 +1081,6 @@ PROMPTFOO_VERSION = "0.121.20"  # the version the export is tested with (Makefil
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from greater.report import write_report
-
     _check_out_file(args.out)
     out = write_report(args.run, args.out)
     print(f"report written to {out}")

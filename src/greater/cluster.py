@@ -1,26 +1,29 @@
-"""`greater compare --ray [ADDRESS]`: the cells of a comparison as Ray tasks.
+"""Jobs as Ray tasks, each computed with models loaded by their labels: `greater compare --ray [ADDRESS]`
+runs its cells here (`greater.compare` says what a cell is and writes them; this module only runs them).
 
-Each cell (task × method × seed) is one Ray task asking for one GPU when the run is on GPUs (one CPU
-otherwise). The task carries its `Task` (with its examples: workers need no data folder), loads the
-model by its label (a hub id, or a path every worker can read; loaded models are kept per worker
-process and reused by its later cells), computes the cell and returns its record and predictions;
-this process — the driver — writes each cell into the output folder as it finishes, so a killed
-driver loses only the cells in flight and a rerun skips the finished ones. The cells in flight start
-again from their beginning: a worker may run on a machine without the output folder, so the jobs
-carry no partial file (`CellJob.partial` is None; see greater.compare).
+Each job is one Ray task asking for one GPU when the run is on GPUs (one CPU otherwise). The job is
+pickled as it is (a comparison's cell carries its `Task` with its examples: workers need no data
+folder); the worker loads the models by their labels (a hub id, or a path every worker can read;
+loaded models are kept per worker process and reused by its later jobs) and calls `compute` on the
+job and them. The caller — the driver — gets each result as its job finishes, so a killed driver
+loses only the jobs in flight.
 
 Ray is optional (`pip install 'greater[ray]'`) and imported only here, only when `--ray` is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from greater.compare import CellJob, Scorer, Sizes, compute_cell
 from greater.errors import GreaterError
+from greater.model import load_model, model_name
 
 LOCAL_OBJECT_STORE = 256 * 2**20  # bytes: cells return small records, so a local instance needs little
+
+Job = TypeVar("Job")  # anything picklable with a `name` (used in error messages)
+Loaded = tuple[str, Any, Any]  # (label, model, tokenizer), as a worker loaded them
 
 
 @dataclass(frozen=True)
@@ -41,23 +44,23 @@ class RaySettings:
 def import_ray():
     """The `ray` module, or one clear error naming the extra to install."""
     try:
-        import ray
+        import ray  # optional (greater[ray]): imported only when --ray is given
     except ImportError as exc:
         raise GreaterError("--ray needs Ray: pip install 'greater[ray]'") from exc
     return ray
 
 
 def run_on_ray(
-    jobs: Sequence[CellJob],
+    jobs: Sequence[Job],
     settings: RaySettings,
-    model: str,
-    transfer: Sequence[str],
-    sizes: Sizes,
-    fingerprint: bool,
-) -> Iterator[tuple[CellJob, dict, dict[str, list[dict]]]]:
-    """Submit every job, then yield (job, record, predictions) in the order the cells finish.
+    models: Sequence[str],
+    compute: Callable[[Job, list[Loaded]], Any],
+) -> Iterator[tuple[Job, Any]]:
+    """Submit every job, then yield (job, `compute(job, loaded)`) in the order the jobs finish, where
+    `loaded` is `models` loaded in the worker, in order. `compute` must be picklable (a module-level
+    function, or a `functools.partial` of one).
 
-    Leaving the loop early (an error, Ctrl-C) cancels the cells still running; a local Ray instance
+    Leaving the loop early (an error, Ctrl-C) cancels the jobs still running; a local Ray instance
     started here is shut down at the end."""
     ray = import_ray()
     started_here = not ray.is_initialized()
@@ -73,22 +76,20 @@ def run_on_ray(
                 f"cannot start or reach Ray at {settings.address or 'a local instance'}: {first}"
             ) from exc
     gpu = _on_gpus(ray, settings.device)
-    remote = (
-        ray.remote(_cell_task).options(num_gpus=1, num_cpus=1) if gpu else ray.remote(_cell_task).options(num_cpus=1)
-    )
-    pending = {remote.remote(job, settings, gpu, model, list(transfer), sizes, fingerprint): job for job in jobs}
+    remote = ray.remote(_job_task).options(num_gpus=1, num_cpus=1) if gpu else ray.remote(_job_task).options(num_cpus=1)
+    pending = {remote.remote(job, settings, gpu, list(models), compute): job for job in jobs}
     try:
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(ref)
             try:
-                record, predictions = ray.get(ref)
+                result = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, GreaterError):
                     raise GreaterError(f"cell {job.name}: {cause}") from None
                 raise
-            yield job, record, predictions
+            yield job, result
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -108,25 +109,14 @@ def _on_gpus(ray, device: str) -> bool:
 _MODELS: dict[tuple, tuple] = {}  # per worker process: (label, device, dtype, trust) -> (model, tokenizer)
 
 
-def _cell_task(
-    job: CellJob,
-    settings: RaySettings,
-    gpu: bool,
-    model: str,
-    transfer: list[str],
-    sizes: Sizes,
-    fingerprint: bool,
-) -> tuple[dict, dict[str, list[dict]]]:
-    """Runs in a Ray worker: one cell, computed with models loaded (once per worker) by their labels."""
+def _job_task(job: Job, settings: RaySettings, gpu: bool, models: list[str], compute: Callable) -> Any:
+    """Runs in a Ray worker: one job, computed with models loaded (once per worker) by their labels."""
     # Ray hands a GPU task its GPU as the only visible one
     device = "cuda" if gpu else "cpu"
-    scorers = [Scorer(label, *_model(label, device, settings)) for label in [model, *transfer]]
-    return compute_cell(job, scorers[0], scorers[1:], sizes, fingerprint)
+    return compute(job, [(label, *_model(label, device, settings)) for label in models])
 
 
 def _model(label: str, device: str, settings: RaySettings) -> tuple:
-    from greater.model import load_model, model_name
-
     key = (label, device, settings.dtype, settings.trust_remote_code)
     if key not in _MODELS:
         _MODELS[key] = load_model(

@@ -37,6 +37,7 @@ killed Ray cell starts again from its beginning.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import sys
@@ -46,6 +47,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from greater.cluster import Loaded, RaySettings, run_on_ray
 from greater.compare_table import cell_name, compare_markdown, summarize, write_chart
 from greater.errors import GreaterError
 from greater.evaluate import evaluate, slug, write_predictions
@@ -100,7 +102,7 @@ def run_compare(
     transfer: Sequence[Scorer] = (),
     fingerprint: bool = False,
     progress: bool = False,
-    cluster: object | None = None,
+    cluster: RaySettings | None = None,
 ) -> dict:
     """Run the missing cells, then write table.json, table.md and chart.png; returns the table.
 
@@ -151,8 +153,6 @@ def run_compare(
                         _write_cell(out, job, *compute_cell(job, optimizer, transfer, sizes, fingerprint, note))
                 bar.update(1)
         else:
-            from greater.cluster import run_on_ray
-
             with contextlib.ExitStack() as locks:  # every cell submitted stays locked until it is written
                 jobs = []
                 for task, method, seed in todo:
@@ -162,8 +162,9 @@ def run_compare(
                         bar.update(1)
                     else:
                         jobs.append(job)
-                labels = (optimizer.label, [s.label for s in transfer])
-                for job, record, predictions in run_on_ray(jobs, cluster, *labels, sizes, fingerprint) if jobs else ():
+                labels = [optimizer.label, *(s.label for s in transfer)]
+                compute = functools.partial(_compute_loaded, sizes=sizes, fingerprint=fingerprint)
+                for job, (record, predictions) in run_on_ray(jobs, cluster, labels, compute) if jobs else ():
                     _write_cell(out, job, record, predictions)
                     bar.set_postfix_str(f"{job.task.name} {job.method} seed {job.seed} done")
                     bar.update(1)
@@ -319,6 +320,15 @@ def compute_cell(
             name = f"{job.name}__on_{slug(scorer.label)}"
             record["transfer"][scorer.label] = _score(predictions, scorer, task, test, prompt, joiner, config, name)
     return record, predictions
+
+
+def _compute_loaded(
+    job: CellJob, loaded: list[Loaded], sizes: Sizes, fingerprint: bool
+) -> tuple[dict, dict[str, list[dict]]]:
+    """`compute_cell` in a Ray worker (`greater.cluster.run_on_ray`): `loaded` is the optimizing model,
+    then the transfer targets, loaded there by their labels."""
+    optimizer, *transfer = (Scorer(label, model, tokenizer) for label, model, tokenizer in loaded)
+    return compute_cell(job, optimizer, transfer, sizes, fingerprint)
 
 
 def _search(

@@ -448,6 +448,7 @@ def chart_spec(table: dict) -> tuple[list[BarSpec], list[tuple[float, float, flo
 def write_chart(table: dict, path: Path) -> None:
     """A grouped bar chart (tasks × methods) of mean test accuracy with ±sd error bars (from two seeds
     on) and each task's chance level as a dashed line, as PNG."""
+    # here, not at the top: pyplot takes ~0.4 s to import, and the CLI imports this module for `greater --help`
     import matplotlib
 
     matplotlib.use("Agg")

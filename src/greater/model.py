@@ -17,6 +17,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+import transformers
+from platformdirs import user_cache_dir
+from safetensors.torch import save_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.device import DTYPES, resolve_placement
@@ -58,8 +61,6 @@ def cache_root() -> Path:
     env = os.environ.get("GREATER_CACHE_DIR")
     if env:
         return Path(env)
-    from platformdirs import user_cache_dir
-
     return Path(user_cache_dir("greater"))
 
 
@@ -177,8 +178,6 @@ def _is_short(exc: BaseException) -> bool:
 
 def _converted_gguf(path: Path, dtype: torch.dtype) -> Path:
     """A folder with the GGUF's weights as safetensors, converted once and cached."""
-    import transformers
-
     stat = path.stat()
     key_src = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}|{dtype}"
     folder = cache_root() / "gguf" / hashlib.sha256(key_src.encode()).hexdigest()[:16]
@@ -203,8 +202,6 @@ def _converted_gguf(path: Path, dtype: torch.dtype) -> Path:
 
 def _save_plain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
     """Save weights + config + tokenizer without the GGUF quantization marker."""
-    from safetensors.torch import save_model
-
     config = AutoConfig.for_model(**{k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
     config.save_pretrained(folder)
     save_model(model, str(folder / "model.safetensors"))

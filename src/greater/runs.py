@@ -1,6 +1,9 @@
 """The run directory (`RunDir`): run.json, steps.jsonl (appended and fsynced per step), checkpoint.json,
 initial_eval.json, prompt.txt, prompt.json and result.json; the atomic writes they go through; and the
-lock (`FolderLock`, the file .lock) that keeps a second process from writing into a folder in use."""
+lock (`FolderLock`, the file .lock) that keeps a second process from writing into a folder in use.
+
+This is greater's file layer: it knows the files, not what is in them (prompt.json is built by
+`greater.artifact`, the step records by `greater.optimizer`), and imports nothing above `greater.tasks`."""
 
 from __future__ import annotations
 
@@ -9,11 +12,16 @@ import fcntl
 import itertools
 import json
 import os
+import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from greater.errors import FolderInUse, GreaterError, ResumeConflict
+from greater.tasks.base import fingerprint
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
 LOCK_FILE = ".lock"
@@ -205,11 +213,6 @@ CHECKPOINT_FORMAT = "greater-checkpoint/1"
 
 def rng_states() -> dict:
     """Python, NumPy and torch RNG states as plain JSON."""
-    import random
-
-    import numpy as np
-    import torch
-
     np_state = np.random.get_state()
     return {
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
@@ -219,11 +222,6 @@ def rng_states() -> dict:
 
 
 def restore_rng_states(states: dict) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = states["numpy"]
@@ -275,12 +273,23 @@ def truncate_lines(path: Path, keep: int) -> None:
 
 RUN_INFO = "run.json"
 RESULT = "result.json"
+PROMPT_TEXT = "prompt.txt"
+PROMPT_JSON = "prompt.json"  # the portable prompt (`greater.artifact`)
 STEPS = "steps.jsonl"
 INITIAL_EVAL = "initial_eval.json"
 # flags that define a run but are not config fields (flag dest -> where run.json stores it)
 RUN_KEYS: dict[str, tuple[str, ...]] = {"task": ("task",), "model": ("model",)}
 RUN_KEYS |= {"train": ("split", "train"), "test": ("split", "test"), "dev": ("split", "dev")}
 RUN_KEYS |= {key: ("task_options", key) for key in TASK_OPTIONS}  # custom-task settings
+
+
+def split_sizes(split: dict) -> tuple[int | None, int | None, int | None]:
+    """(train, dev, test) sizes of a split as run.json (and prompt.json's task) stores it, for `Task.splits`:
+    as asked for, else as drawn (so a run resumes on the examples it started with even if the task's
+    defaults change); a run from before dev sets has none."""
+    train = split.get("train") or split.get("n_train")
+    dev = split["dev"] if split.get("dev") is not None else split.get("n_dev", 0 if "n_train" in split else None)
+    return train, dev, split.get("test") or split.get("n_test")
 
 
 class RunDir:
@@ -313,8 +322,6 @@ class RunDir:
     ) -> tuple[RunDir, bool]:
         """A fresh folder (`requested`, else `requested-N`: never an existing run's), locked, with run.json:
         `info` with the split's drawn sizes and fingerprint added. Returns (run, renamed)."""
-        from greater.tasks.base import fingerprint
-
         path, renamed, lock = new_run_dir(requested)
         info["split"] |= {"n_train": len(train), "n_dev": len(dev), "n_test": len(test)}
         info["split"]["fingerprint"] = fingerprint(train, test, dev)
@@ -359,8 +366,6 @@ class RunDir:
 
     def check_data(self, train: list, test: list, dev: list | tuple = ()) -> None:
         """Refuse to resume on examples other than those the run started with."""
-        from greater.tasks.base import fingerprint
-
         if self.info["split"].get("fingerprint") != fingerprint(train, test, dev):
             raise GreaterError(
                 f"the data of task {self.info['task']!r} changed since {self.path} started; cannot resume"
@@ -400,13 +405,10 @@ class RunDir:
         for entry in entries:
             append_jsonl(self.path / name, entry)
 
-    def write_prompt(self, prompt: str, **artifact_fields: object) -> None:
-        """prompt.txt, then prompt.json built by `greater.artifact.build` (info=run.json, and the fields
-        it takes: prompt_ids, joiner, task, model, tokenizer, scores, method)."""
-        from greater import artifact
-
-        write_atomic(self.path / "prompt.txt", prompt + "\n")
-        artifact.write(self.path, artifact.build(info=self.info, prompt=prompt, **artifact_fields))
+    def write_prompt(self, prompt: str, artifact: dict) -> None:
+        """prompt.txt, then prompt.json: `artifact`, as `greater.artifact.build` makes it from run.json."""
+        write_atomic(self.path / PROMPT_TEXT, prompt + "\n")
+        write_json(self.path / PROMPT_JSON, artifact)
 
     def write_result(self, fields: dict) -> None:
         """result.json: run.json's fields, then `fields`; written last, it marks the run finished."""

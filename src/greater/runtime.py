@@ -7,6 +7,8 @@ import re
 import time
 from pathlib import Path
 
+import torch
+
 from greater.errors import GreaterError
 
 
@@ -35,8 +37,6 @@ def set_threads(requested: int | None) -> dict:
     `requested` (--threads) wins; else OMP_NUM_THREADS, which torch already honours; else the physical
     cores. Returns {"threads": n, "from": "--threads" | "OMP_NUM_THREADS" | "physical cores"}.
     """
-    import torch
-
     if requested is not None:
         threads, source = requested, "--threads"
     elif os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:

@@ -8,6 +8,7 @@ several runs in one process do not interfere.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -61,11 +62,9 @@ class MlflowTracker(NoTracker):
 
     def __init__(self, uri: str, run_id: str | None = None, name: str | None = None) -> None:
         try:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # optional (greater[mlflow]): only for --mlflow
         except ImportError:
             raise GreaterError("--mlflow needs the mlflow package: pip install 'greater[mlflow]'") from None
-        import logging
-
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its "creating tables" notices
         self.uri = uri
         try:
@@ -90,13 +89,13 @@ class MlflowTracker(NoTracker):
         self.run_id = run_id
 
     def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # optional, as above
 
         flat = {key: str(value)[:_PARAM_CHARS] for key, value in _flatten(params).items()}
         self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in sorted(flat.items())])
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional, as above
 
         now = int(time.time() * 1000)
         items = [

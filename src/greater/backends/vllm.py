@@ -32,7 +32,7 @@ class VLLMGenerator(Generator):
         **engine_kwargs,
     ) -> None:
         try:
-            from vllm import LLM, SamplingParams
+            from vllm import LLM, SamplingParams  # optional (greater[vllm], GPU only)
         except ImportError as exc:
             raise GreaterError("the vLLM backend needs vLLM: pip install 'greater[vllm]' (GPU only)") from exc
         super().__init__()

@@ -18,8 +18,14 @@ the choices) is reported with its file and line.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser as the `tomli` package (a dependency there)
+    import tomli as tomllib
 
 from greater.errors import GreaterError
 from greater.tasks.answers import (
@@ -101,10 +107,6 @@ def load_custom_task(path: Path, options: Mapping[str, object] | None = None) ->
 
 def read_task_file(path: Path) -> dict[str, object]:
     """The settings of a task.toml, checked; `data` resolved against the task file's folder."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the same parser as the `tomli` package (a dependency there)
-        import tomli as tomllib
     try:
         settings = tomllib.loads(read_text(path))
     except tomllib.TOMLDecodeError as err:

@@ -13,21 +13,30 @@ from greater.tasks.answers import extractor_for, normalizer_for
 from greater.tasks.base import Example, Task
 
 POOL_SIZE = 250
+MAX_MISSES = 10_000  # draws in a row without a new example before a pool is refused
 
 
 def pool(
     seed: int, make: Callable[[random.Random], Example], balance: tuple[str, ...] = (), size: int = POOL_SIZE
 ) -> list[Example]:
-    """`size` distinct examples from `make`; with `balance`, answers cycle through those values."""
+    """`size` distinct examples from `make`; with `balance`, answers cycle through those values.
+    A generator that has fewer distinct examples than that is refused rather than drawn from forever."""
     rng = random.Random(seed)
     examples: list[Example] = []
     seen: set[str] = set()
+    misses = 0
     while len(examples) < size:
         example = make(rng)
         wanted = balance[len(examples) % len(balance)] if balance else example.answer
         if example.question not in seen and example.answer == wanted:
             seen.add(example.question)
             examples.append(example)
+            misses = 0
+        elif (misses := misses + 1) > MAX_MISSES:
+            raise GreaterError(
+                f"only {len(examples)} distinct examples of {size} after {MAX_MISSES} draws in a row gave none new"
+                + (f" with the answer {wanted!r}" if balance else "")
+            )
     rng.shuffle(examples)
     return examples
 

@@ -48,7 +48,7 @@ def hub_rows(dataset: str, config: str | None, split: str, what: str) -> list[di
     """
     source = f"{dataset}{'/' + config if config else ''} ({split})"
     try:
-        import datasets
+        import datasets  # optional (not a dependency): only to fetch from the hub
     except ImportError:
         raise GreaterError(
             f"no local copy of {what}: {data_hint(what)}, or install `datasets` to fetch {source} from the hub"
