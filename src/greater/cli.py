@@ -1016,7 +1016,6 @@ def _add_artifact_commands(sub) -> None:
 
 
 _GREATER_PROMPT_TOKENS = 20  # the default initial prompt's length, rounded up
-DEFAULT_JOINER_TEXT = ". Use"  # the longer of GReaTer's and the baselines' joiners
 
 
 def _check_all_rows_fit(scorer, tasks, config) -> None:
@@ -1025,7 +1024,8 @@ def _check_all_rows_fit(scorer, tasks, config) -> None:
     # a baseline's prompt is cut at max_prompt_tokens; GReaTer's grows by at most one token a step
     longest = max(config.max_prompt_tokens, _GREATER_PROMPT_TOKENS + config.steps)
     for task in tasks:
-        _fitting_task(scorer.model, scorer.tokenizer, task, {}, longest, DEFAULT_JOINER_TEXT, config.max_new_tokens)
+        # GReaTer's joiner, the longer of its and the baselines' (".")
+        _fitting_task(scorer.model, scorer.tokenizer, task, {}, longest, DEFAULT_JOINER, config.max_new_tokens)
 
 
 def _compare_tracker(args: argparse.Namespace, params: dict):

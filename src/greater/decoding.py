@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
 from greater.batching import DecodeStats, pack_rows
-from greater.kvcache import Ids, Prefilled, cache_kwarg, cache_rows, cached_forward, stack_caches
+from greater.kvcache import Prefilled, cache_kwarg, cache_rows, cached_forward, stack_caches
+from greater.layout import Ids
 from greater.logits import output_logits, token_logprobs
 
 MAX_DRAFT = 8  # guessed tokens per row and step at most

@@ -15,12 +15,11 @@ from greater.decoding import DRAFT_SLOTS, DecodeRequest
 from greater.generation import Generator, SharedPrefixDecoder, TransformersGenerator, as_generator, pad_token_id
 from greater.gradient import FullSequences, GradientPass, KeptPrefix, TeacherForcing, Terms, merge_terms
 from greater.kvcache import Prefilled, extend, prefill
-from greater.layout import ChatLayout, TokenSequence, build_sequence, encode
+from greater.layout import ChatLayout, Ids, TokenSequence, build_sequence, encode
 from greater.memory import AUTO, fit_batch_sizes
 from greater.tasks import Example, Task
 from greater.timing import PhaseTimer
 
-Ids = tuple[int, ...]
 Scored = tuple[list[list[int]], Terms]  # a prompt's reasoning on every example and its loss terms
 PROMPT_TOKENS = 64  # prompt length assumed when sizing batches (optimized prompts grow a token at a time)
 

@@ -14,10 +14,8 @@ from transformers import PreTrainedModel
 
 from greater.batching import DecodeStats, pack_rows, padding_chunks, run_chunked
 from greater.kvcache import Prefilled, cache_kwarg
-from greater.layout import TokenSequence
+from greater.layout import Ids, TokenSequence
 from greater.logits import output_logits
-
-Ids = tuple[int, ...]
 
 
 @dataclass
@@ -28,7 +26,7 @@ class Terms:
     nll: (B,) the prompt's negative log-likelihood, mean over prompt tokens.
     correct: (B,) whether every answer token is the argmax under teacher forcing.
     proposal_logprobs: (B, V) log-probabilities of the token at the position, given what precedes it.
-    embed_grad: (D,) dL/de for the embedding e at the position, L = sum_b (ce_b + λ·nll_b).
+    embed_grad: (D,) dL/de for the embedding e at the position, L = sum_b loss_b (`example_loss`).
     """
 
     ce: torch.Tensor
@@ -37,6 +35,15 @@ class Terms:
     proposal_logprobs: torch.Tensor | None = None
     embed_grad: torch.Tensor | None = None
     prompt_len: int = 0
+
+    def loss(self, nll_weight: float) -> torch.Tensor:
+        """(B,) each example's loss, `example_loss(ce, nll, nll_weight)`."""
+        return example_loss(self.ce, self.nll, nll_weight)
+
+
+def example_loss(ce: torch.Tensor, nll: torch.Tensor, nll_weight: float) -> torch.Tensor:
+    """(B,) GReaTer's loss per example: answer cross-entropy + λ · the prompt's NLL (the paper's L)."""
+    return ce + nll_weight * nll
 
 
 class TeacherForcing:
@@ -143,7 +150,7 @@ class TeacherForcing:
         correct = _row_mean(hit, ans_row, b) == 1.0
         terms = Terms(ce=ce.detach().cpu(), nll=nll.detach().cpu(), correct=correct.cpu())
         if leaf is not None:
-            (grad,) = torch.autograd.grad((ce + nll_weight * nll).sum(), leaf)
+            (grad,) = torch.autograd.grad(example_loss(ce, nll, nll_weight).sum(), leaf)
             terms.embed_grad = grad.cpu()  # float32, like the leaf
         return terms, pr_lp.detach()
 

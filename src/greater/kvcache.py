@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
 from greater.batching import DecodeStats, pack_rows, run_chunked
+from greater.layout import Ids
 from greater.logits import output_logits, token_logprobs
-
-Ids = tuple[int, ...]
 
 
 def cache_kwarg(model: PreTrainedModel) -> str:

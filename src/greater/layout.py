@@ -16,6 +16,8 @@ from transformers import PreTrainedTokenizerBase
 
 from greater.errors import GreaterError
 
+Ids = tuple[int, ...]  # the token ids of one row or one prompt
+
 _SENTINEL = "\x00GREATER-USER-TEXT\x00"
 
 

@@ -18,12 +18,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.batching import DecodeStats
 from greater.device import peak_memory, reset_peak_memory
-from greater.engine import Engine, Ids
+from greater.engine import Engine
 from greater.errors import GreaterError, ResumeConflict
 from greater.evaluate import DEFAULT_JOINER, accuracy_on
 from greater.generation import Generator
 from greater.gradient import Terms
-from greater.layout import decode, encode, encode_prompt
+from greater.layout import Ids, decode, encode, encode_prompt
 from greater.memory import is_size
 from greater.tasks import Example, Task
 from greater.timing import STEP_PHASES, PhaseTimer
@@ -465,7 +465,7 @@ class _Step:
     def _score_current(self, state: RunState, prompt: Ids, terms: Terms, warnings: list[str]) -> float:
         """The current prompt's loss; its selection score goes into the state's cache (and, at step 1,
         is the initial score)."""
-        loss = float((terms.ce + self.config.nll_weight * terms.nll).mean())
+        loss = float(terms.loss(self.config.nll_weight).mean())
         if math.isfinite(loss):
             state.record_score(prompt, selection_score(terms, self.config), self.returnable(prompt))
         else:
@@ -553,7 +553,7 @@ def selection_score(terms: Terms, config: GreaterConfig) -> float:
     L = mean(CE + λ·NLL): the tie-break term is below one error, so fewer errors always wins and equal
     error counts are ordered by the loss.
     """
-    loss = float((terms.ce + config.nll_weight * terms.nll).mean())
+    loss = float(terms.loss(config.nll_weight).mean())
     if config.selection == "loss":
         return loss
     n = len(terms.correct)
