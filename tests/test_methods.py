@@ -362,3 +362,11 @@ def test_a_scoring_call_saves_each_generation_batch_of_prompts_and_a_resumed_ben
     assert measured == [prompts[2:4], prompts[4:]]
     assert [(s.prompt, s.accuracy, s.correct) for s in again] == [(s.prompt, s.accuracy, s.correct) for s in scored]
     assert resumed.evaluated == 5
+
+
+def test_the_dev_choice_takes_the_best_on_dev_and_on_a_tie_the_one_training_preferred() -> None:
+    from greater.evaluate import best_on_dev
+
+    assert best_on_dev([0.5, 0.75, 0.75, 0.25]) == 1
+    assert best_on_dev([0.5, 0.5]) == 0
+    assert best_on_dev([0.0, 0.0, 0.25]) == 2

@@ -128,6 +128,12 @@ def reason_in_batches(
     return [done[i] for i in range(len(contexts))]
 
 
+def best_on_dev(dev_accuracies: Sequence[float]) -> int:
+    """The index of the finalist with the best dev accuracy. Finalists come best by their method's own
+    training criterion first, so a tie keeps the one that criterion prefers (GReaTer and baselines alike)."""
+    return max(range(len(dev_accuracies)), key=dev_accuracies.__getitem__)  # max keeps the first of equals
+
+
 def accuracy_on(engine: Engine, examples: list[Example], prompt: str, *, joiner: str, max_new_tokens: int) -> float:
     """`evaluate`'s accuracy with an optimizer's own model, batch size and generator, so its counters
     count the work: the dev pass that picks GReaTer's and the baselines' final prompt."""

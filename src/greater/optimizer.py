@@ -20,7 +20,7 @@ from greater.batching import DecodeStats
 from greater.device import peak_memory, reset_peak_memory
 from greater.engine import Engine
 from greater.errors import GreaterError, ResumeConflict
-from greater.evaluate import DEFAULT_JOINER, accuracy_on
+from greater.evaluate import DEFAULT_JOINER, accuracy_on, best_on_dev
 from greater.generation import Generator
 from greater.gradient import Terms
 from greater.layout import Ids, decode, encode, encode_prompt
@@ -337,7 +337,7 @@ def _dev_choice(
         )
         if on_dev is not None:
             on_dev(state)
-    best = max(finalists, key=lambda ids: state.dev_accuracy[ids])  # max keeps the first of equals
+    best = finalists[best_on_dev([state.dev_accuracy[ids] for ids in finalists])]
     records = [
         {
             "prompt": prompt_text(tokenizer, ids),

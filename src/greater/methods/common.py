@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from greater.batching import DecodeStats
 from greater.engine import Engine
 from greater.errors import GreaterError
-from greater.evaluate import accuracy_on
+from greater.evaluate import accuracy_on, best_on_dev
 from greater.generation import TransformersGenerator
 from greater.layout import ChatLayout, decode, encode, encode_prompt
 from greater.memory import is_size
@@ -187,8 +187,7 @@ def pick_on_dev(finalists: list[Scored], dev_accuracy: Callable[[str], float]) -
     """The finalist (best training key first) with the best `dev_accuracy`, ties to the better training
     key, and each finalist's record {"prompt", "score" (training accuracy), "dev_accuracy"}."""
     records = [{"prompt": s.prompt, "score": s.accuracy, "dev_accuracy": dev_accuracy(s.prompt)} for s in finalists]
-    best = max(range(len(finalists)), key=lambda i: records[i]["dev_accuracy"])  # max keeps the first of equals
-    return finalists[best], records
+    return finalists[best_on_dev([r["dev_accuracy"] for r in records])], records
 
 
 class Workbench:
