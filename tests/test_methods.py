@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 from greater.errors import GreaterError
+from greater.evaluate import best_on_dev
 from greater.layout import encode_prompt
 from greater.methods import GREATER_VARIANTS, METHODS, ZS_COT_PROMPT, MethodConfig, common, greater_fields, run_method
 from greater.methods import baselines as B
@@ -365,8 +366,6 @@ def test_a_scoring_call_saves_each_generation_batch_of_prompts_and_a_resumed_ben
 
 
 def test_the_dev_choice_takes_the_best_on_dev_and_on_a_tie_the_one_training_preferred() -> None:
-    from greater.evaluate import best_on_dev
-
     assert best_on_dev([0.5, 0.75, 0.75, 0.25]) == 1
     assert best_on_dev([0.5, 0.5]) == 0
     assert best_on_dev([0.0, 0.0, 0.25]) == 2
