@@ -29,7 +29,7 @@ from greater.model import load_model  # noqa: E402
 from greater.optimizer import DEFAULT_INIT_PROMPT  # noqa: E402
 from greater.runs import write_json  # noqa: E402
 from greater.tasks import get_task, resolve_task  # noqa: E402
-from greater.tasks.answers import normalizer_for  # noqa: E402
+from greater.tasks.answers import named_labels, normalizer_for  # noqa: E402
 
 # {labels}: "positive or negative"; {quoted}: "'$ positive' or '$ negative'"
 EXTRACTORS = {
@@ -69,7 +69,7 @@ def main() -> int:
         split = task.splits(args.train, args.dev, None, 0)
         examples = split.train + split.dev
         labels = task.answer_set  # gen/number_comparison: Yes/No (its own extractor is the paper's "$" one)
-        named = ", ".join(labels[:-1]) + f" or {labels[-1]}"
+        named = named_labels(labels)
         quoted = " or ".join(f"'$ {label}'" for label in labels)
         for prompt_name, (prompt, joiner) in PROMPTS.items():
             cached = args.out / f"{task_name.replace('/', '_')}-{prompt_name}.json"

@@ -200,8 +200,12 @@ def extractor_for(answer_type: str, choices: Sequence[str] | None = None) -> str
 def label_extractor(labels: Sequence[str]) -> str:
     """The extractor of a label task: the labels named, no "$" (after "$" a small model writes a number;
     bench/label_extractors.py measured the wording on train and dev)."""
-    named = ", ".join(labels[:-1]) + f" or {labels[-1]}" if len(labels) > 1 else labels[0]
-    return LABEL_EXTRACTOR.format(labels=named)
+    return LABEL_EXTRACTOR.format(labels=named_labels(labels))
+
+
+def named_labels(labels: Sequence[str]) -> str:
+    """The labels as a label extractor names them: "a, b or c"."""
+    return ", ".join(labels[:-1]) + f" or {labels[-1]}" if len(labels) > 1 else labels[0]
 
 
 def final_answer(text: str) -> str:
