@@ -88,3 +88,29 @@ def test_evidence_rules_decide_on_dev_only_and_wait_for_every_cell(tmp_path: Pat
     proc = subprocess.run([*script[:-1], str(empty)], capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr.strip() == f"error: no greater cells in {empty / 'cells'}"
+
+
+def test_identity_diff_ignores_timings_and_finds_any_other_change(tmp_path: Path) -> None:
+    def capture(root: Path, score: float, seconds: float, prompt: str) -> None:
+        (root / "run").mkdir(parents=True)
+        step = {"step": 1, "best_score": score, "seconds": {"total": seconds}, "peak_memory": {"mib": seconds}}
+        (root / "run" / "steps.jsonl").write_text(json.dumps(step) + "\n")
+        result = {"prompt": prompt, "task": str(root / "data.jsonl"), "usage": {"calls": 3, "seconds": seconds}}
+        (root / "run" / "result.json").write_text(json.dumps(result))
+        (root / "run" / "prompt.txt").write_text(prompt + "\n")
+
+    def diff(after: Path) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(BENCH / "identity.py"), "diff", str(tmp_path / "a"), str(after)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    capture(tmp_path / "a", 0.5, 1.0, "think.")
+    capture(tmp_path / "b", 0.5, 7.0, "think.")  # only timings (and the capture's own path) differ
+    same = diff(tmp_path / "b")
+    assert same.returncode == 0, same.stdout
+    assert "3 files compared, 0 differences" in same.stdout
+    capture(tmp_path / "c", 0.5 + 1e-12, 1.0, "think!")
+    changed = diff(tmp_path / "c")
+    assert changed.returncode == 1
+    assert "run/steps.jsonl[0].best_score: 0.5 before, 0.500000000001 after" in changed.stdout
+    assert "run/prompt.txt: text differs" in changed.stdout
+    assert "run/result.json.prompt: 'think.' before, 'think!' after" in changed.stdout

@@ -1,7 +1,10 @@
 """greater: prompt optimization for small local language models with gradients over reasoning (GReaTer)."""
 
+__version__ = "0.1.0"  # before the imports: greater.artifact records it in every prompt.json
+
 from greater.errors import GreaterError
 from greater.evaluate import Evaluation, evaluate
+from greater.lifecycle import Run, RunOptions, RunOutcome, RunSpec, Runtime
 from greater.methods import METHODS, MethodConfig, MethodResult, run_method
 from greater.model import load_model
 from greater.optimizer import GreaterConfig, Result, StepRecord, optimize
@@ -16,6 +19,11 @@ __all__ = [
     "MethodConfig",
     "MethodResult",
     "Result",
+    "Run",
+    "RunOptions",
+    "RunOutcome",
+    "RunSpec",
+    "Runtime",
     "StepRecord",
     "Task",
     "evaluate",
@@ -25,4 +33,3 @@ __all__ = [
     "run_method",
     "task_names",
 ]
-__version__ = "0.1.0"

@@ -30,7 +30,7 @@ from greater.errors import GreaterError
 from greater.evaluate import evaluate
 from greater.layout import ChatLayout
 from greater.model import EMBEDDED_MODEL, cache_root, embedded_gguf_path, load_model, model_label, model_name
-from greater.runs import PROMPT_JSON, split_sizes, write_atomic
+from greater.runs import PROMPT_JSON, read_json, split_sizes, write_atomic
 from greater.tasks import Example, resolve_task
 from greater.tasks.answers import LABELS, normalizer_for
 from greater.tasks.base import first_answer_span
@@ -215,6 +215,23 @@ def read(path: Path) -> dict:
         if not isinstance(data.get(key), kind):
             raise GreaterError(f"{path}: {key!r} is missing or not a {kind.__name__}")
     return data
+
+
+def prompt_to_score(run: Path | None, prompt_file: Path | None) -> tuple[dict, str]:
+    """(run, label) for `greater evaluate`: a finished run's result.json (`run`, a folder) or a
+    prompt.json given as `prompt_file`, in result.json's shape; ({}, "") when neither is given (a
+    `prompt_file` of one prompt per line is not read here)."""
+    from_file = prompt_file is not None and is_artifact_file(prompt_file)
+    if from_file and run is not None:
+        raise GreaterError("give --run DIR or a prompt.json as --prompt-file, not both")
+    if from_file:
+        return as_run(read(prompt_file)), "prompt.json"
+    if run is None:
+        return {}, ""
+    result = read_json(run / "result.json")
+    if not isinstance(result.get("prompt"), str):
+        raise GreaterError(f"{run / 'result.json'} has no 'prompt'")
+    return result, "run"
 
 
 def as_run(data: dict) -> dict:

@@ -50,11 +50,13 @@ from tqdm import tqdm
 from greater.cluster import Loaded, RaySettings, run_on_ray
 from greater.compare_table import cell_name, compare_markdown, summarize, write_chart
 from greater.errors import GreaterError
-from greater.evaluate import evaluate, slug, write_predictions
+from greater.evaluate import DEFAULT_JOINER, evaluate, slug, write_predictions
+from greater.fit import fit_to_model
 from greater.methods import MethodConfig, run_method
 from greater.runs import FolderLock, make_folder, read_json, write_atomic, write_json
 from greater.tasks import Example, Task
 from greater.tasks.base import fingerprint as split_fingerprint
+from greater.tracking import MlflowTracker, NoTracker, default_uri
 
 SETTINGS_FILE = "compare.json"
 PARTIAL_DIR = "partial"
@@ -415,3 +417,49 @@ def _score(
     predictions[relative] = ev.predictions
     correct = sum(p["correct"] for p in ev.predictions)
     return {"accuracy": ev.accuracy, "correct": correct, "n": ev.n, "predictions": relative}
+
+
+_GREATER_PROMPT_TOKENS = 20  # the default initial prompt's length, rounded up
+
+
+def check_rows_fit(scorer: Scorer, tasks: Sequence[Task], config: MethodConfig) -> None:
+    """Every example of every task must fit the scoring model's context (the comparison draws its
+    splits per seed itself, so rows are refused, not left out): `GreaterError` naming the first that
+    does not."""
+    # a baseline's prompt is cut at max_prompt_tokens; GReaTer's grows by at most one token a step
+    longest = max(config.max_prompt_tokens, _GREATER_PROMPT_TOKENS + config.steps)
+    for task in tasks:  # with GReaTer's joiner, the longer of its and the baselines' (".")
+        fit_to_model(
+            scorer.model,
+            scorer.tokenizer,
+            task,
+            prompt_tokens=longest,
+            joiner=DEFAULT_JOINER,
+            max_new_tokens=config.max_new_tokens,
+        )
+
+
+def compare_tracker(out: Path, mlflow: str | None, params: dict):
+    """One MLflow run per output folder (its id in mlflow.json there, so a rerun that resumes the
+    comparison logs into the same MLflow run); `mlflow` as `lifecycle.RunOptions.mlflow` says."""
+    path = out / "mlflow.json"
+    stored = read_json(path) if path.exists() else None
+    if mlflow is None and stored is None:
+        return NoTracker()
+    uri = (mlflow or default_uri()) if mlflow is not None else stored["tracking_uri"]
+    tracker = MlflowTracker(uri, run_id=stored["run_id"] if stored else None, name=f"compare {out.name}")
+    if stored is None:
+        tracker.log_params(params)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"tracking_uri": tracker.uri, "run_id": tracker.run_id})
+    return tracker
+
+
+def log_compare(tracker, out: Path, table: dict) -> None:
+    """Per task and method: mean test accuracy, its sd, calls, tokens and seconds; then the folder."""
+    metrics = {}
+    for row in table.get("results", []):
+        name = f"{row['task']}/{row['method']}"
+        metrics |= {f"{name}/test_accuracy": row["mean"], f"{name}/test_accuracy_sd": row["sd"]}
+        metrics |= {f"{name}/{key}": row[key] for key in ("calls", "generated_tokens", "seconds")}
+    tracker.finish(out, metrics)

@@ -14,10 +14,13 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.engine import Engine
+from greater.errors import GreaterError
 from greater.generation import Generator, longest_first
 from greater.layout import decode, encode_prompt
-from greater.runs import write_atomic, write_json
-from greater.tasks import Example, Task
+from greater.runs import split_sizes, write_atomic, write_json
+from greater.tasks import Example, Task, resolve_task
+from greater.tasks.base import fingerprint
+from greater.tasks.custom import is_custom_task
 
 ANSWER_SLACK = 8  # tokens allowed after the extractor beyond the longest gold answer
 DEFAULT_JOINER = ". Use"
@@ -169,6 +172,44 @@ class TaskSplit:
     task: Task
     examples: list[Example]
     split: dict  # e.g. split name, seed, n_train, n_test, fingerprint
+
+
+def evaluation_splits(
+    task_names: Sequence[str],
+    data_dir: str | None,
+    run: dict,
+    options: dict,
+    *,
+    part: str = "test",
+    seed: int | None = None,
+    sizes: tuple[int | None, int | None, int | None] = (None, None, None),
+    limit: int | None = None,
+) -> list[TaskSplit]:
+    """The examples to score per task: the `part` ("train", "dev" or "test") of each task's split, drawn
+    as `run` (a result.json or prompt.json in result.json's shape; {}: none) drew it for the run's own
+    task (its seed, sizes and custom-task settings, unless `seed` or `sizes` (train, dev, test) say
+    otherwise), and from `seed` and `sizes` for the others; custom-task `options` apply to custom
+    tasks only when some task is custom. At most `limit` examples per task."""
+    any_custom = any(is_custom_task(name) for name in task_names)
+    splits = []
+    for name in task_names:
+        own = name == run.get("task")  # the run's task: its split and custom-task settings by default
+        given = options if is_custom_task(name) or not any_custom else {}
+        task = resolve_task(name, data_dir, (run.get("task_options", {}) if own else {}) | given)
+        stored_split = run.get("split", {}) if own else {}
+        chosen_seed = seed if seed is not None else stored_split.get("seed") or 0
+        stored = split_sizes(stored_split)
+        n_train, n_test = sizes[0] or stored[0], sizes[2] or stored[2]
+        n_dev = sizes[1] if sizes[1] is not None else stored[1] if own else 0 if part != "dev" else None
+        drawn = task.splits(n_train, n_dev, n_test, chosen_seed)
+        examples = getattr(drawn, part)[:limit]
+        if not examples:
+            raise GreaterError(f"task {task.name!r} has no {part} examples in this split; set --{part}")
+        record = {"split": part, "seed": chosen_seed, "train": n_train, "dev": n_dev, "test": n_test}
+        record |= {"limit": limit, "n_train": len(drawn.train), "n_dev": len(drawn.dev), "n_test": len(drawn.test)}
+        record["fingerprint"] = fingerprint(drawn.train, drawn.test, drawn.dev)
+        splits.append(TaskSplit(task, examples, record))
+    return splits
 
 
 @dataclass

@@ -117,3 +117,26 @@ def fitting_task(
         load=lambda: list(kept["example"]),
         load_test=(lambda: list(test_rows)) if test_rows is not None else None,
     )
+
+
+def fit_to_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    *,
+    prompt_tokens: int,
+    joiner: str,
+    max_new_tokens: int,
+    skip: bool = False,
+) -> Task:
+    """`fitting_task` against `model`'s context length (`context_length`)."""
+    context = context_length(model, tokenizer)
+    return fitting_task(
+        tokenizer,
+        task,
+        context=context,
+        prompt_tokens=prompt_tokens,
+        joiner=joiner,
+        max_new_tokens=max_new_tokens,
+        skip=skip,
+    )

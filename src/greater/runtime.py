@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -78,15 +82,61 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
-class Budget:
-    """A wall-clock allowance started when the command started; `spent()` once it has run out."""
+class OutOfTime(Exception):
+    """The time budget was spent; raised after a checkpoint, so the run resumes where it stopped."""
 
-    def __init__(self, seconds: float | None, started: float | None = None) -> None:
-        self.seconds = seconds
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
+
+
+class RunClock:
+    """A run's wall-clock budget (`limit` seconds from `started`, None: none), and the projection printed
+    after the first step of this process."""
+
+    def __init__(self, limit: float | None, started: float | None = None, resumed: bool = False) -> None:
+        self.limit, self.resumed = limit, resumed
         self.started = time.monotonic() if started is None else started
+        self.test_seconds: float | None = None  # the initial test evaluation, when it ran in this process
+        self.projected = False
 
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
+    def after_step(self, bar, record, step: int, config, n_dev: int, n_test: int) -> None:
+        """After step `step`: the first time, write the projected time left on `bar`; then `check`."""
+        if not self.projected:
+            self.projected = True
+            per_step = float(record.seconds.get("total", 0.0))
+            rest = per_step * (config.steps - step)
+            if self.test_seconds:  # the final test evaluation, and the dev pass scaled by its size
+                rest += self.test_seconds * (1 + config.keep_top * n_dev / max(n_test, 1))
+            whole = "the rest of the run" if self.resumed else "the whole run"
+            total = rest if self.resumed else time.monotonic() - self.started + rest
+            finish = time.strftime("%H:%M", time.localtime(time.time() + rest))
+            bar.write(
+                f"projected time for {whole}: about {format_duration(total)} "
+                f"(first step {format_duration(per_step)}, {config.steps - step} more; done around {finish})",
+                file=sys.stdout,
+            )
+        self.check(step)
 
-    def spent(self) -> bool:
-        return self.seconds is not None and self.elapsed() >= self.seconds
+    def check(self, step: int) -> None:
+        """Raise `OutOfTime(step)` once the budget is spent."""
+        if self.limit is not None and time.monotonic() - self.started >= self.limit:
+            raise OutOfTime(step)
+
+
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread (within `sigterm_interrupts`) so a command stops as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` in the main thread."""
+
+    def on_sigterm(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
