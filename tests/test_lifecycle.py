@@ -12,6 +12,7 @@ import greater.cli as cli
 import greater.cli_flags as cli_flags
 from greater import GreaterConfig, MethodConfig, Run, RunOptions, RunSpec
 from greater.errors import GreaterError, ResumeConflict
+from greater.settings import RUN_KEYS
 from helpers import assert_same, read_json, read_jsonl, run_cli, steps_without_timing
 
 TASK = "gen/boolean_expressions"
@@ -54,6 +55,14 @@ def test_a_library_run_writes_what_the_command_writes(tiny_model_dir, tmp_path, 
         result["dev_accuracy"],
     )
     assert result["steps"] == 3 and len(result["finalists"]) == 2
+    # run.json keeps what defines the run where the resume check (greater.settings.RUN_KEYS) reads it
+    given = {"task": TASK, "model": str(tiny_model_dir), "train": 4, "dev": 3, "test": 3}
+    info = read_json(tmp_path / "lib" / "run.json")
+    for name, value in given.items():
+        stored = info
+        for key in RUN_KEYS[name]:
+            stored = stored[key]
+        assert stored == value, name
 
 
 def test_a_run_stopped_by_its_time_budget_resumes_exactly(tiny_model_dir, tmp_path):

@@ -41,10 +41,11 @@ from greater.methods import (
     greater_settings,
 )
 from greater.model import model_label, model_name
-from greater.optimizer import CONFIG_FLAGS, GreaterConfig
+from greater.optimizer import GreaterConfig
 from greater.report import write_report
-from greater.runs import RUN_KEYS, write_atomic, write_json
+from greater.runs import write_atomic, write_json
 from greater.runtime import Terminated, parse_duration, set_threads, sigterm_interrupts
+from greater.settings import CONFIG_FLAGS, RUN_KEYS, names
 from greater.tasks import resolve_task
 from greater.tasks import task_names as known_tasks
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
@@ -179,7 +180,8 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
         if args.keep_top is not None:  # a MethodConfig field, used by `greater compare --dev` only
             raise GreaterError(f"--keep-top applies to GReaTer runs only, not to {args.method}")
         _no_vllm(args, f"the {args.method} baseline")
-        flags = [k for k in CONFIG_FLAGS if k != "grad_batch_size"] + ["evaluations", "dev"]
+        # every flag of the command, so one that sets no baseline field is refused by name
+        flags = (*CONFIG_FLAGS, "evaluations", "dev")
         config = MethodConfig.from_args(args, flags, args.method)
     sizes = {"train": args.train, "dev": args.dev, "test": args.test}
     where = {"data_dir": args.data_dir, "task_options": _task_options(args), "out": args.out, "runtime": _runtime(args)}
@@ -290,8 +292,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.keep_top is not None and not args.dev:
         raise GreaterError("--keep-top picks the prompts scored on the dev set; give --dev N too")
     _check_out_folder(args.out)
-    flags = ("steps", "evaluations", "max_new_tokens", "batch_size", "meta_max_new_tokens", "keep_top")
-    config = MethodConfig.from_args(args, flags, "greater compare")
+    config = MethodConfig.from_args(args, names("compare"), "greater compare")
     distinct_settings(methods, greater_settings(config))
     options = _task_options(args)
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]

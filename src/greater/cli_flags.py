@@ -8,8 +8,9 @@ from pathlib import Path
 
 from greater.device import DTYPES
 from greater.lifecycle import GENERATORS
-from greater.methods import METHODS, PAPER_METHODS, TUNABLE, ZS_COT_PROMPT
+from greater.methods import METHODS, PAPER_METHODS, ZS_COT_PROMPT
 from greater.optimizer import SELECTION_RULES
+from greater.settings import TUNABLE
 from greater.tasks.answers import ANSWER_TYPES
 
 LOCAL_RAY = "local"  # --ray without an address: a Ray instance started on this machine

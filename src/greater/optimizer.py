@@ -25,6 +25,7 @@ from greater.generation import Generator
 from greater.gradient import Terms
 from greater.layout import Ids, decode, encode, encode_prompt
 from greater.memory import is_size
+from greater.settings import CONFIG_FLAGS
 from greater.tasks import Example, Task
 from greater.timing import STEP_PHASES, PhaseTimer
 
@@ -35,10 +36,6 @@ _log = logging.getLogger("greater")
 
 
 SELECTION_RULES = ("errors-then-loss", "reference", "loss")
-# the GreaterConfig fields a command-line flag sets (flag dest == field name)
-CONFIG_FLAGS = ("steps", "init_prompt", "top_k", "top_q", "max_new_tokens", "patience", "seed", "batch_size")
-CONFIG_FLAGS += ("selection", "candidate_nll", "filler", "keep_top", "grad_batch_size")
-CONFIG_FLAGS += ("joiner", "num_select", "nll_weight", "answer_temperature", "dev_keeps_initial")
 
 
 @dataclass

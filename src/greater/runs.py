@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from greater.errors import FolderInUse, GreaterError, ResumeConflict
+from greater.settings import RUN_KEYS
 from greater.tasks.base import fingerprint
-from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
 LOCK_FILE = ".lock"
 
@@ -277,10 +277,6 @@ PROMPT_TEXT = "prompt.txt"
 PROMPT_JSON = "prompt.json"  # the portable prompt (`greater.artifact`)
 STEPS = "steps.jsonl"
 INITIAL_EVAL = "initial_eval.json"
-# flags that define a run but are not config fields (flag dest -> where run.json stores it)
-RUN_KEYS: dict[str, tuple[str, ...]] = {"task": ("task",), "model": ("model",)}
-RUN_KEYS |= {"train": ("split", "train"), "test": ("split", "test"), "dev": ("split", "dev")}
-RUN_KEYS |= {key: ("task_options", key) for key in TASK_OPTIONS}  # custom-task settings
 
 
 def split_sizes(split: dict) -> tuple[int | None, int | None, int | None]:

@@ -27,6 +27,7 @@ from greater.methods.common import (
     pick_on_dev,
 )
 from greater.optimizer import GreaterConfig, RunState, StepRecord, fitted_generator, optimize
+from greater.settings import SHARED, TUNABLE
 from greater.tasks import Example, Task
 
 __all__ = [
@@ -59,19 +60,6 @@ GREATER_VARIANTS: dict[str, dict] = {
 }
 METHODS = (*GREATER_VARIANTS, *_BASELINES)
 PAPER_METHODS = ("greater", *_BASELINES)  # what the paper compares: no variant rows
-# what a GReaTer method's name may set after it, each as ":field=value" ("greater:nll_weight=0.5:num_select=6"):
-# the search's own options, so such a row differs from its base row in nothing else
-TUNABLE: dict[str, Callable[[str], object]] = {
-    "num_select": int,
-    "nll_weight": float,
-    "answer_temperature": float,
-    "top_k": int,
-    "top_q": int,
-    "selection": str,
-    "selection_nll_weight": float,
-    "candidate_nll": lambda text: {"true": True, "false": False}[text.lower()],
-    "patience": int,
-}
 
 
 def greater_fields(name: str) -> dict | None:
@@ -180,14 +168,7 @@ def run_method(
 
 def greater_settings(config: MethodConfig) -> GreaterConfig:
     """GReaTer's config at the shared budget (its own defaults for everything else)."""
-    return GreaterConfig(
-        steps=config.steps,
-        num_select=config.num_select,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        keep_top=config.keep_top,
-        seed=config.seed,
-    )
+    return GreaterConfig(**{name: getattr(config, name) for name in SHARED})
 
 
 def _greater(

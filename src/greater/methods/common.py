@@ -21,6 +21,7 @@ from greater.evaluate import accuracy_on, best_on_dev
 from greater.generation import TransformersGenerator
 from greater.layout import ChatLayout, decode, encode, encode_prompt
 from greater.memory import is_size
+from greater.optimizer import GreaterConfig
 from greater.tasks import Example, Task
 
 ZS_COT_PROMPT = "Let's think step by step."
@@ -37,10 +38,11 @@ class MethodConfig:
     GReaTer's gradient passes) is counted in `Usage`.
     """
 
-    steps: int = 10  # GReaTer steps; also sets the baselines' budget
-    num_select: int = 3  # GReaTer: candidates re-scored per step; baselines: candidates per round
+    # the fields GReaTer shares (`greater.settings.SHARED`) take GreaterConfig's defaults: one each
+    steps: int = GreaterConfig.steps  # GReaTer steps; also sets the baselines' budget
+    num_select: int = GreaterConfig.num_select  # GReaTer: candidates re-scored per step; baselines: per round
     evaluations: int | None = None  # candidate prompts a baseline scores (default num_select × steps)
-    max_new_tokens: int = 1024  # reasoning cap when scoring prompts (the reference's, as GreaterConfig's)
+    max_new_tokens: int = GreaterConfig.max_new_tokens  # reasoning cap when scoring prompts
     meta_max_new_tokens: int = 96  # cap on the optimizer model's replies to meta-prompts
     max_prompt_tokens: int = 48  # longer proposed prompts are cut at a sentence or word end
     demos: int = 4  # examples shown in a meta-prompt (APE demonstrations, APO/PE2/TextGrad cases)
@@ -48,9 +50,9 @@ class MethodConfig:
     temperature: float = 0.7  # sampling temperature of meta-prompt replies
     init_prompt: str = ZS_COT_PROMPT  # where APO, PE2 and TextGrad start (GReaTer keeps its own)
     joiner: str = "."  # between question and prompt for the baselines' prompts (GReaTer keeps ". Use")
-    batch_size: int | str = "auto"  # rows per generation batch; "auto": from free GPU memory (CPU: 32)
-    keep_top: int = 10  # with a dev set: the best distinct prompts by training score scored on it (GReaTer's too)
-    seed: int = 0
+    batch_size: int | str = GreaterConfig.batch_size  # rows per generation batch; "auto": from free GPU memory
+    keep_top: int = GreaterConfig.keep_top  # with a dev set: the best prompts by training score scored on it
+    seed: int = GreaterConfig.seed
 
     @property
     def budget(self) -> int:
