@@ -50,9 +50,9 @@ def test_placement_on_a_machine_without_cuda() -> None:
         resolve_placement("gpu")
     with pytest.raises(GreaterError, match=r"dtype 'float64' is not one of auto, float32, bfloat16, float16"):
         resolve_placement("cpu", "float64")
-    with pytest.raises(GreaterError, match="--device-map auto spreads a model over GPUs, but CUDA is not available"):
+    with pytest.raises(GreaterError, match="^device_map auto spreads a model over GPUs, but CUDA is not available"):
         resolve_placement("auto", "auto", "auto")
-    with pytest.raises(GreaterError, match="drop --device cpu"):
+    with pytest.raises(GreaterError, match="drop device cpu"):
         resolve_placement("cpu", "auto", "auto")
 
 

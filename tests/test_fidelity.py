@@ -320,7 +320,7 @@ def test_small_bbh_task_shares_what_is_left_and_says_so():
     assert abs(len(drawn.dev) - len(drawn.test)) <= 1
     assert f"has {n} examples" in drawn.note
     assert f"{len(drawn.dev)} dev / {len(drawn.test)} test" in drawn.note
-    with pytest.raises(GreaterError, match="--dev must be at most"):
+    with pytest.raises(GreaterError, match="dev must be at most"):
         task.splits(50, n, None, seed=0)
 
 

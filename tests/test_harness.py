@@ -8,16 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from greater.evaluate import (
-    Cell,
-    Evaluation,
-    PromptSpec,
-    TaskSplit,
-    evaluate,
-    evaluate_table,
-    prompts_table_markdown,
-    table_data,
-)
+from greater.evaluate import Evaluation, evaluate
+from greater.prompt_table import Cell, PromptSpec, TaskSplit, evaluate_table, prompts_table_markdown, table_data
 from greater.tasks import get_task
 from helpers import SHARED_DATA, generator_calls, message_lines, read_jsonl, run_cli
 

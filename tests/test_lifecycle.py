@@ -74,9 +74,9 @@ def test_a_run_stopped_by_its_time_budget_resumes_exactly(tiny_model_dir, tmp_pa
     assert len(read_jsonl(tmp_path / "stopped" / "steps.jsonl")) == 1
     assert not (tmp_path / "stopped" / "result.json").exists()
 
-    with pytest.raises(ResumeConflict, match="--top-k 9 differs from the run's stored value 6"):
+    with pytest.raises(ResumeConflict, match="^top_k 9 differs from the run's stored value 6; drop top_k to resume"):
         Run.resume(tmp_path / "stopped", given={"top_k": 9})
-    with pytest.raises(ResumeConflict, match="--train 5 differs"):
+    with pytest.raises(ResumeConflict, match="^train 5 differs"):
         Run.resume(tmp_path / "stopped", given={"train": 5, "top_k": None})  # None: not asked for
     with Run.resume(tmp_path / "stopped", given={"top_k": 6}) as run:
         assert run.state is not None and run.state.step == 1
@@ -106,8 +106,43 @@ def test_a_baseline_runs_through_the_same_entry(tiny_model_dir, tmp_path):
     }
     assert len(read_jsonl(tmp_path / "zs" / "history.jsonl")) == 1
     assert read_json(tmp_path / "zs" / "prompt.json")["method"] == "zs-cot"
-    with pytest.raises(GreaterError, match="is a zs-cot run; --resume continues GReaTer runs only"):
+    with pytest.raises(GreaterError, match="finished run"):
         Run.resume(tmp_path / "zs")
+
+
+def test_a_baseline_stopped_by_its_time_budget_resumes_to_the_same_result(tiny_model_dir, tmp_path, capsys):
+    """A baseline's run goes through the checkpointed search a comparison's cell uses
+    (`run_method(resume=, checkpoint=)`): stopped after its first scored batch, it resumes to the
+    uninterrupted run's prompt, history and test accuracy."""
+    config = MethodConfig(steps=2, max_new_tokens=6, meta_max_new_tokens=8, batch_size=4)
+
+    def spec(out: Path) -> RunSpec:
+        return RunSpec(TASK, str(tiny_model_dir), method="ape", config=config, train=4, test=3, out=out)
+
+    with Run.start(spec(tmp_path / "straight")) as run:
+        run.execute()
+    with Run.start(spec(tmp_path / "stopped"), RunOptions(max_time=1e-6)) as run:
+        stopped = run.execute()
+    assert not stopped.finished and stopped.out_of_time == 1  # a batch of 4 rows holds one prompt
+    assert read_json(tmp_path / "stopped" / "checkpoint.json")["progress"]["method"] == "ape"
+    assert not (tmp_path / "stopped" / "result.json").exists()
+    with pytest.raises(ResumeConflict, match="^evaluations 9 differs"):
+        Run.resume(tmp_path / "stopped", given={"evaluations": 9})
+    with pytest.raises(ResumeConflict, match="^method 'apo' differs from the run's stored value 'ape'"):
+        Run.resume(tmp_path / "stopped", given={"method": "apo"})
+    capsys.readouterr()
+    with Run.resume(tmp_path / "stopped") as run:
+        assert run.progress is not None
+        run.execute()
+    assert "with 1 candidate prompts scored" in capsys.readouterr().err
+    straight, resumed = (
+        read_json(tmp_path / "straight" / "result.json"),
+        read_json(tmp_path / "stopped" / "result.json"),
+    )
+    for key in ("prompt", "joiner", "score", "test_accuracy"):
+        assert resumed[key] == straight[key], key
+    assert read_jsonl(tmp_path / "stopped" / "history.jsonl") == read_jsonl(tmp_path / "straight" / "history.jsonl")
+    assert resumed["usage"]["calls"] >= straight["usage"]["calls"]  # a replayed search asks for its replies again
 
 
 def test_start_checks_before_making_a_folder(tiny_model_dir, tmp_path):

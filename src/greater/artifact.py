@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from greater import __version__
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 from greater.evaluate import evaluate
 from greater.layout import ChatLayout
 from greater.model import EMBEDDED_MODEL, cache_root, embedded_gguf_path, load_model, model_label, model_name
@@ -223,7 +223,9 @@ def prompt_to_score(run: Path | None, prompt_file: Path | None) -> tuple[dict, s
     `prompt_file` of one prompt per line is not read here)."""
     from_file = prompt_file is not None and is_artifact_file(prompt_file)
     if from_file and run is not None:
-        raise GreaterError("give --run DIR or a prompt.json as --prompt-file, not both")
+        raise GreaterError(
+            f"give {setting_name('run')} DIR or a prompt.json as {setting_name('prompt_file')}, not both"
+        )
     if from_file:
         return as_run(read(prompt_file)), "prompt.json"
     if run is None:

@@ -1,7 +1,7 @@
 """The `greater` command: each command parses its flags, calls the library and prints.
 
 A run's lifecycle is `greater.lifecycle` (`Run`), a comparison is `greater.compare`, the prompts ×
-tasks table is `greater.evaluate`; this module turns flags into their arguments, and their outcomes
+tasks table is `greater.prompt_table`; this module turns flags into their arguments, and their outcomes
 and `GreaterError`s into lines and exit codes."""
 
 from __future__ import annotations
@@ -20,18 +20,8 @@ from transformers.utils import logging as hf_logging
 from greater import artifact, cli_flags
 from greater.cluster import RaySettings, import_ray
 from greater.compare import Scorer, check_rows_fit, compare_tracker, log_compare, run_compare
-from greater.errors import GreaterError
-from greater.evaluate import (
-    DEFAULT_JOINER,
-    Cell,
-    PromptSpec,
-    evaluate_table,
-    evaluation_splits,
-    prompts_table_markdown,
-    table_data,
-    write_predictions,
-    write_table,
-)
+from greater.errors import GreaterError, flag_names
+from greater.evaluate import DEFAULT_JOINER
 from greater.fit import fit_to_model
 from greater.layout import encode_prompt
 from greater.lifecycle import Run, RunOptions, RunSpec, Runtime, load, reasoning_generator
@@ -42,8 +32,17 @@ from greater.methods import (
 )
 from greater.model import model_label, model_name
 from greater.optimizer import GreaterConfig
+from greater.prompt_table import (
+    Cell,
+    PromptSpec,
+    evaluate_table,
+    evaluation_splits,
+    prompts_table_markdown,
+    table_data,
+    write_table,
+)
 from greater.report import write_report
-from greater.runs import write_atomic, write_json
+from greater.runs import write_atomic, write_json, write_predictions
 from greater.runtime import Terminated, parse_duration, set_threads, sigterm_interrupts
 from greater.settings import CONFIG_FLAGS, RUN_KEYS, names
 from greater.tasks import resolve_task
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "threads"):  # a command that runs a model
             set_threads(args.threads)
         args.started = time.monotonic()
-        with sigterm_interrupts():
+        with sigterm_interrupts(), flag_names():
             return COMMANDS[args.command](args)
     except GreaterError as exc:
         print(f"greater: error: {exc}", file=sys.stderr)
@@ -140,14 +139,13 @@ def _names(text: str, flag: str) -> list[str]:
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     """`greater optimize`: a new GReaTer run, a resumed one (--resume DIR), or a baseline (--method)."""
-    if args.method != "greater" and args.resume is not None:
-        raise GreaterError(f"--resume continues GReaTer runs only; start the {args.method} run again instead")
-    if args.method == "greater" and args.evaluations is not None:
-        raise GreaterError("--evaluations sets a baseline's budget; GReaTer's is --steps")
     if args.resume is not None:
-        given = {flag: getattr(args, flag) for flag in (*CONFIG_FLAGS, *RUN_KEYS)}
+        given = {flag: getattr(args, flag) for flag in (*CONFIG_FLAGS, *RUN_KEYS, "evaluations")}
+        given["method"] = args.method if args.method != "greater" else None  # the default: the run's own
         run = Run.resume(args.resume, given, _runtime(args), _options(args))
     else:
+        if args.method == "greater" and args.evaluations is not None:
+            raise GreaterError("--evaluations sets a baseline's budget; GReaTer's is --steps")
         if not args.task:
             raise GreaterError("--task is required (or --resume DIR to continue a run)")
         _check_out_folder(args.out)
@@ -156,13 +154,16 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         try:
             outcome = run.execute()
         except (KeyboardInterrupt, Terminated):
-            if run.method == "greater":
-                print(f"greater: steps up to the last completed one are saved in {run.path}", file=sys.stderr)
-                print(f"resume with: greater optimize --resume {run.path}", file=sys.stderr)
+            done = "steps up to the last completed one" if run.method == "greater" else "the prompts scored so far"
+            print(f"greater: {done} are saved in {run.path}", file=sys.stderr)
+            print(f"resume with: greater optimize --resume {run.path}", file=sys.stderr)
             raise
     if outcome.out_of_time is not None:
+        done = f"step {outcome.out_of_time} of {run.config.steps}"
+        if run.method != "greater":
+            done = f"{outcome.out_of_time} of {run.config.budget} candidate prompts"
         print(
-            f"greater: --max-time {args.max_time} spent after step {outcome.out_of_time} of {run.config.steps}; "
+            f"greater: --max-time {args.max_time} spent after {done}; "
             f"the run is saved in {run.path}\nresume with: greater optimize --resume {run.path}",
             file=sys.stderr,
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from greater.device import DTYPES
 from greater.lifecycle import GENERATORS
-from greater.methods import METHODS, PAPER_METHODS, ZS_COT_PROMPT
+from greater.methods import METHODS, PAPER_METHODS, ZS_COT_JOINER, ZS_COT_PROMPT
 from greater.optimizer import SELECTION_RULES
 from greater.settings import TUNABLE
 from greater.tasks.answers import ANSWER_TYPES
@@ -16,7 +16,7 @@ from greater.tasks.answers import ANSWER_TYPES
 LOCAL_RAY = "local"  # --ray without an address: a Ray instance started on this machine
 # baseline prompts for `greater evaluate --baseline`: name -> (prompt, joiner); zero-shot CoT reads
 # "<question>. Let's think step by step." (the prompt follows the joiner after one space)
-BASELINES = {"zs-cot": (ZS_COT_PROMPT, ".")}
+BASELINES = {"zs-cot": (ZS_COT_PROMPT, ZS_COT_JOINER)}
 
 
 def build() -> argparse.ArgumentParser:

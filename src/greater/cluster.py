@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 from greater.model import load_model, model_name
 
 LOCAL_OBJECT_STORE = 256 * 2**20  # bytes: cells return small records, so a local instance needs little
@@ -46,7 +46,7 @@ def import_ray():
     try:
         import ray  # optional (greater[ray]): imported only when --ray is given
     except ImportError as exc:
-        raise GreaterError("--ray needs Ray: pip install 'greater[ray]'") from exc
+        raise GreaterError(f"{setting_name('ray')} needs Ray: pip install 'greater[ray]'") from exc
     return ray
 
 
@@ -101,7 +101,9 @@ def _on_gpus(ray, device: str) -> bool:
     """Whether each cell asks for a GPU: --device cuda[:N], or auto on a cluster that has GPUs."""
     if device.startswith("cuda"):
         if not ray.cluster_resources().get("GPU", 0):
-            raise GreaterError(f"--device {device} with --ray, but the Ray cluster has no GPUs")
+            raise GreaterError(
+                f"{setting_name('device')} {device} with {setting_name('ray')}, but the Ray cluster has no GPUs"
+            )
         return True
     return device == "auto" and ray.cluster_resources().get("GPU", 0) >= 1
 

@@ -49,11 +49,11 @@ from tqdm import tqdm
 
 from greater.cluster import Loaded, RaySettings, run_on_ray
 from greater.compare_table import cell_name, compare_markdown, summarize, write_chart
-from greater.errors import GreaterError
-from greater.evaluate import DEFAULT_JOINER, evaluate, slug, write_predictions
+from greater.errors import GreaterError, setting_name
+from greater.evaluate import DEFAULT_JOINER, evaluate
 from greater.fit import fit_to_model
 from greater.methods import MethodConfig, run_method
-from greater.runs import FolderLock, make_folder, read_json, write_atomic, write_json
+from greater.runs import FolderLock, make_folder, read_json, slug, write_atomic, write_json, write_predictions
 from greater.tasks import Example, Task
 from greater.tasks.base import fingerprint as split_fingerprint
 from greater.tracking import MlflowTracker, NoTracker, default_uri
@@ -237,7 +237,7 @@ def _check_settings(out: Path, settings: dict) -> None:
                     old, new = old.get(what), new.get(what)
                 raise GreaterError(
                     f"{out} holds a comparison run with {what}={old!r}, not {new!r}; "
-                    "rerun with the same settings to resume it, or choose another --out"
+                    f"rerun with the same settings to resume it, or choose another {setting_name('out')}"
                 )
         return
     make_folder(out)

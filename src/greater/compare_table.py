@@ -17,8 +17,8 @@ from pathlib import Path
 
 from greater import stats
 from greater.errors import GreaterError
-from greater.evaluate import ends_in_repetition, slug
-from greater.runs import write_atomic
+from greater.evaluate import ends_in_repetition
+from greater.runs import slug, write_atomic
 from greater.tasks import Task
 
 REFERENCE = "greater"  # the method the paired tests compare every other with (else the first named)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
@@ -54,7 +54,10 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
-        raise GreaterError(f"device {text!r}: CUDA is not available ({build}); use --device cpu or --device auto")
+        raise GreaterError(
+            f"device {text!r}: CUDA is not available ({build}); use {setting_name('device')} cpu or "
+            f"{setting_name('device')} auto"
+        )
     index = int(text.split(":")[1]) if ":" in text else torch.cuda.current_device()
     count = torch.cuda.device_count()
     if index >= count:
@@ -92,12 +95,19 @@ def resolve_placement(
 ) -> Placement:
     """Device, dtype and device map checked together (a device map needs CUDA and places the model itself)."""
     if device_map not in (None, "auto"):
-        raise GreaterError(f"device map {device_map!r} is not supported; use --device-map auto or leave it out")
+        raise GreaterError(
+            f"device map {device_map!r} is not supported; use {setting_name('device_map')} auto or leave it out"
+        )
     if device_map == "auto":
         if str(device or "auto") not in ("auto", "cuda"):
-            raise GreaterError(f"--device-map auto places the model on every visible GPU; drop --device {device}")
+            raise GreaterError(
+                f"{setting_name('device_map')} auto places the model on every visible GPU; drop "
+                f"{setting_name('device')} {device}"
+            )
         if not torch.cuda.is_available():
-            raise GreaterError("--device-map auto spreads a model over GPUs, but CUDA is not available")
+            raise GreaterError(
+                f"{setting_name('device_map')} auto spreads a model over GPUs, but CUDA is not available"
+            )
     where = resolve_device(device if device_map is None else "cuda:0")
     return Placement(str(where), _name(resolve_dtype(dtype, where)), device_map)
 

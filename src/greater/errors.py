@@ -1,4 +1,30 @@
-"""The one exception type the CLI turns into a clean one-line error (exit code 2), and its kinds."""
+"""The one exception type the CLI turns into a clean one-line error (exit code 2), its kinds, and how a
+message names a setting: by its field name for a library caller (`train`), by its flag under the
+command line (`--train`; `greater.cli` sets `flag_names`)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+_FLAG_NAMES: ContextVar[bool] = ContextVar("greater_flag_names", default=False)
+
+
+def setting_name(name: str) -> str:
+    """`name` (a field or flag dest, e.g. "max_new_tokens") as a message should show it: as the field
+    for a library caller, as `--max-new-tokens` within `flag_names()`."""
+    return "--" + name.replace("_", "-") if _FLAG_NAMES.get() else name
+
+
+@contextlib.contextmanager
+def flag_names() -> Iterator[None]:
+    """Within the block, messages name settings by their command-line flags."""
+    token = _FLAG_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _FLAG_NAMES.reset(token)
 
 
 class GreaterError(Exception):
@@ -12,7 +38,7 @@ class ResumeConflict(GreaterError):
     """A flag given with `--resume` that contradicts the value the run stored."""
 
     def __init__(self, flag: str, given: object, stored: object) -> None:
-        name = "--" + flag.replace("_", "-")
+        name = setting_name(flag)
         super().__init__(
             f"{name} {given!r} differs from the run's stored value {stored!r}; "
             f"drop {name} to resume, or start a new run"

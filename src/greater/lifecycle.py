@@ -35,15 +35,15 @@ from tqdm import tqdm
 from greater import artifact
 from greater.backends.vllm import VLLMGenerator
 from greater.device import resolve_placement
-from greater.errors import GreaterError, ResumeConflict
-from greater.evaluate import evaluate, slug
+from greater.errors import GreaterError, ResumeConflict, setting_name
+from greater.evaluate import evaluate
 from greater.fit import fit_to_model
 from greater.generation import stop_token_ids
 from greater.layout import encode_prompt
 from greater.methods import MethodConfig, run_method
 from greater.model import load_model, model_label, model_name, model_source
 from greater.optimizer import GreaterConfig, RunState, StepRecord, filler_token, optimize, resolve_batch_sizes
-from greater.runs import RunDir, split_sizes
+from greater.runs import RunDir, slug, split_sizes
 from greater.runtime import OutOfTime, RunClock, set_threads
 from greater.stats import majority
 from greater.tasks import Example, Task, resolve_task
@@ -78,10 +78,13 @@ class Runtime:
         device = self.device if self.device is not None else "auto" if device_map else base.get("device", "auto")
         generator = pick("generator", "hf")
         if generator == "vllm" and importlib.util.find_spec("vllm") is None:  # before any model is loaded
-            raise GreaterError("--generator vllm needs vLLM: pip install 'greater[vllm]' (GPU only)")
+            raise GreaterError(f"{setting_name('generator')} vllm needs vLLM: pip install 'greater[vllm]' (GPU only)")
         runtime = resolve_placement(device, pick("dtype", "auto"), device_map).to_json() | {"generator": generator}
         if generator == "vllm" and not runtime["device"].startswith("cuda"):
-            raise GreaterError("--generator vllm runs on a GPU; use --device cuda, or --generator hf on a CPU")
+            raise GreaterError(
+                f"{setting_name('generator')} vllm runs on a GPU; use {setting_name('device')} cuda, or "
+                f"{setting_name('generator')} hf on a CPU"
+            )
         for key in ("device", "dtype", "device_map", "generator") if stored is not None else ():
             if getattr(self, key) is not None and runtime[key] != base[key]:
                 raise ResumeConflict(key, getattr(self, key), base[key])
@@ -169,8 +172,9 @@ class RunOptions:
 
 @dataclass
 class RunOutcome:
-    """What `Run.execute` ended with. out_of_time: the step after which the time budget stopped the run
-    (None: it finished; `Run.resume(path)` goes on from there)."""
+    """What `Run.execute` ended with. out_of_time: where the time budget stopped the run — after this
+    GReaTer step, or this many candidate prompts a baseline scored (None: it finished; `Run.resume(path)`
+    goes on from there)."""
 
     path: Path
     prompt: str | None = None
@@ -201,8 +205,10 @@ class Run:
 
     def __init__(self, folder: RunDir, config, inputs: Inputs, clock: RunClock, options: RunOptions, state=None):
         self.folder, self.config, self.inputs, self.clock, self.options = folder, config, inputs, clock, options
-        self.state: RunState | None = state
         self.method: str = folder.info.get("method", "greater")
+        # where a resumed search goes on from: GReaTer's `RunState`, a baseline's saved progress (None: the start)
+        self.state: RunState | None = state if self.method == "greater" else None
+        self.progress: dict | None = state if self.method != "greater" else None
 
     @property
     def path(self) -> Path:
@@ -249,26 +255,29 @@ class Run:
         runtime: Runtime | None = None,
         options: RunOptions | None = None,
     ) -> Run:
-        """An unfinished GReaTer run, reopened and locked, at its last checkpoint. `given`: settings the
-        caller asks for (config fields, and task, model, train, dev, test or a custom-task option; None
-        values are ignored): one that contradicts the run is refused (`ResumeConflict`), as is a
-        `runtime` that resolves to another device, dtype, device map or generator."""
+        """An unfinished run (GReaTer or a baseline), reopened and locked, at its last checkpoint.
+        `given`: settings the caller asks for (config fields, method, and task, model, train, dev, test or
+        a custom-task option; None values are ignored): one that contradicts the run is refused
+        (`ResumeConflict`), as is a `runtime` that resolves to another device, dtype, device map or
+        generator."""
         options = options or RunOptions()
         clock = RunClock(options.max_time, options.started, resumed=True)
         given = {key: value for key, value in (given or {}).items() if value is not None}
         folder = RunDir.open(Path(path))  # locked: one process at a time writes a run
         try:
-            config = GreaterConfig.from_args(SimpleNamespace(**given), stored=folder.info["config"])
+            method = folder.info.get("method", "greater")
+            if given.get("method", method) != method:
+                raise ResumeConflict("method", given["method"], method)
             folder.check_flags(given)
             folder.info["runtime"] = (runtime or Runtime()).resolve(folder.info.get("runtime", {}))
-            state = None if folder.checkpoint is None else RunState.from_json(folder.checkpoint["state"])
-            # killed before its first step ended: it starts again from its settings
-            where = "from its start (it stopped before its first step)" if state is None else f"after step {state.step}"
-            print(f"resuming {folder.path} {where}", file=sys.stderr)
             set_threads(options.threads)
-            inputs = _prepare_greater(folder.info, config, options.trust_remote_code, new=False)
+            if method == "greater":
+                config, state, inputs = _reopen_greater(folder, given, options.trust_remote_code)
+            else:
+                config, state, inputs = _reopen_baseline(folder, given, options.trust_remote_code)
             folder.check_data(inputs.train, inputs.test, inputs.dev)
-            folder.keep_steps(state.step if state else 0)
+            if method == "greater":  # drop a step logged after the last checkpoint
+                folder.keep_steps(state.step if state else 0)
         except BaseException:
             folder.close()
             raise
@@ -386,7 +395,17 @@ class Run:
             f"task {folder.info['task']}: {len(train)} train / {len(test)} test examples; run directory {folder.path}"
         )
         print(f"running {method} (budget: {config.budget} candidate prompts) ...", file=sys.stderr)
-        result = run_method(method, model, tokenizer, task, train, config)
+
+        def checkpoint(progress: dict) -> None:  # the same progress a comparison's cell saves
+            folder.save_progress(progress)
+            self.clock.check(len(progress["search"].get("scores", [])))
+
+        try:
+            result = run_method(
+                method, model, tokenizer, task, train, config, resume=self.progress, checkpoint=checkpoint
+            )
+        except OutOfTime as stop:
+            return RunOutcome(folder.path, out_of_time=stop.step)
         folder.append_history(result.history)
         print(f"optimized prompt: {result.prompt}")
         final_acc = self._test_accuracy(result.prompt, "optimized prompt", config.joiner)
@@ -435,8 +454,42 @@ def _prepare_greater(info: dict, config: GreaterConfig, trust_remote_code: bool,
     )
     drawn = task.splits(*split_sizes(split), split["seed"])
     if config.dev_keeps_initial and not drawn.dev:
-        raise GreaterError("--dev-keeps-initial scores the starting prompt on the dev set: give --dev N too")
+        raise GreaterError(
+            f"{setting_name('dev_keeps_initial')} scores the starting prompt on the dev set: give "
+            f"{setting_name('dev')} N too"
+        )
     return Inputs(task, model, tokenizer, generator, drawn.train, drawn.dev, drawn.test)
+
+
+def _reopen_greater(
+    folder: RunDir, given: dict, trust_remote_code: bool
+) -> tuple[GreaterConfig, RunState | None, Inputs]:
+    """A GReaTer run's stored config (a `given` field that differs is refused), its last `RunState` and
+    its inputs; steps.jsonl cut back to the checkpoint."""
+    if "evaluations" in given:
+        raise GreaterError(
+            f"{setting_name('evaluations')} sets a baseline's budget; GReaTer's is {setting_name('steps')}"
+        )
+    config = GreaterConfig.from_args(SimpleNamespace(**given), stored=folder.info["config"])
+    state = None if folder.checkpoint is None else RunState.from_json(folder.checkpoint["state"])
+    # killed before its first step ended: it starts again from its settings
+    where = "from its start (it stopped before its first step)" if state is None else f"after step {state.step}"
+    print(f"resuming {folder.path} {where}", file=sys.stderr)
+    return config, state, _prepare_greater(folder.info, config, trust_remote_code, new=False)
+
+
+def _reopen_baseline(folder: RunDir, given: dict, trust_remote_code: bool) -> tuple[MethodConfig, dict | None, Inputs]:
+    """A baseline run's stored config (a `given` field that differs is refused), its saved progress and
+    its inputs."""
+    stored = folder.info["config"]
+    for name, value in given.items():
+        if name in stored and value != stored[name]:
+            raise ResumeConflict(name, value, stored[name])
+    config = MethodConfig(**stored)
+    progress = (folder.checkpoint or {}).get("progress")
+    scored = len(progress["search"].get("scores", [])) if progress else 0
+    print(f"resuming {folder.path} with {scored} candidate prompts scored", file=sys.stderr)
+    return config, progress, _prepare_baseline(folder.info, config, trust_remote_code)
 
 
 def _prepare_baseline(info: dict, config: MethodConfig, trust_remote_code: bool) -> Inputs:

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from greater.batching import DecodeStats
 from greater.device import peak_memory, reset_peak_memory
 from greater.engine import Engine
-from greater.errors import GreaterError, ResumeConflict
+from greater.errors import GreaterError, ResumeConflict, setting_name
 from greater.evaluate import DEFAULT_JOINER, accuracy_on, best_on_dev
 from greater.generation import Generator
 from greater.gradient import Terms
@@ -654,7 +654,9 @@ def filler_token(tokenizer: PreTrainedTokenizerBase, filler: str) -> int:
             if text != filler:
                 _log.warning("the filler %r is not one token for this tokenizer; using %r", filler, text)
             return ids[0]
-    raise GreaterError(f"the filler {filler!r} is not a single token for this tokenizer; choose another with --filler")
+    raise GreaterError(
+        f"the filler {filler!r} is not a single token for this tokenizer; choose another {setting_name('filler')}"
+    )
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, ids: Ids) -> str:

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import random
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from greater.errors import FolderInUse, GreaterError, ResumeConflict
+from greater.errors import FolderInUse, GreaterError, ResumeConflict, setting_name
 from greater.settings import RUN_KEYS
 from greater.tasks.base import fingerprint
 
@@ -103,7 +104,7 @@ def new_run_dir(requested: Path) -> tuple[Path, bool, FolderLock]:
     Returns (path, renamed, lock): an existing run is never overwritten.
     """
     if requested.exists() and not requested.is_dir():
-        raise GreaterError(f"{requested} is a file, not a folder; choose another --out for the run")
+        raise GreaterError(f"{requested} is a file, not a folder; choose another {setting_name('out')} for the run")
     for n in itertools.count():
         path = requested if n == 0 else requested.with_name(f"{requested.name}-{n}")
         if path.exists() and not path.is_dir():
@@ -192,6 +193,16 @@ def append_jsonl(path: Path, record: dict) -> None:
             raise GreaterError(f"cannot append to {path}: {exc.strerror}") from exc
     finally:
         os.close(fd)
+
+
+def write_predictions(path: Path, predictions: list[dict]) -> None:
+    """Per-example predictions as JSON lines, written atomically."""
+    write_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a task name or prompt label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "_"
 
 
 def read_json(path: Path) -> dict:
@@ -331,15 +342,13 @@ class RunDir:
 
     @classmethod
     def open(cls, path: Path) -> RunDir:
-        """An unfinished GReaTer run to resume, locked (`FolderLock`: refused while another process
+        """An unfinished run to resume, locked (`FolderLock`: refused while another process
         writes it), with its last checkpoint (None: it stopped before its first step ended); reading the
         checkpoint restores its RNG states."""
         read_json(path / RUN_INFO)  # not a run folder: refused before a lock file is made in it
         lock = FolderLock(path, what=f"run folder {path}").acquire()
         try:
             info = read_json(path / RUN_INFO)
-            if info.get("method", "greater") != "greater":
-                raise GreaterError(f"{path} is a {info['method']} run; --resume continues GReaTer runs only")
             if (path / RESULT).exists():
                 raise GreaterError(f"{path} is a finished run (result.json exists); nothing to resume")
             return cls(path, info, read_checkpoint(path) if (path / CHECKPOINT).exists() else None, lock)
@@ -384,7 +393,13 @@ class RunDir:
         self.save_checkpoint(state)
 
     def save_checkpoint(self, state: dict) -> None:
+        """A GReaTer run's checkpoint: its `RunState` (as JSON)."""
         write_checkpoint(self.path, {"state": state})
+
+    def save_progress(self, progress: dict) -> None:
+        """A baseline run's checkpoint: its progress as `methods.run_method(checkpoint=...)` hands it over
+        (the same progress a comparison's cell saves in partial/)."""
+        write_checkpoint(self.path, {"progress": progress})
 
     def initial_accuracy(self) -> float | None:
         """The initial prompt's test accuracy, when a previous process of this run scored it."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 
 
 def physical_cores() -> int:
@@ -63,10 +63,12 @@ def parse_duration(text: str) -> float:
     except ValueError:
         parts = _DURATION.findall(compact)
         if not parts or "".join(f"{n}{u}" for n, u in parts).lower() != compact.lower():
-            raise GreaterError(f"--max-time {text!r} is not a duration; write e.g. 90s, 45m, 2h or 1h30m") from None
+            raise GreaterError(
+                f"{setting_name('max_time')} {text!r} is not a duration; write e.g. 90s, 45m, 2h or 1h30m"
+            ) from None
         seconds = sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in parts)
     if seconds <= 0:
-        raise GreaterError(f"--max-time must be more than zero (got {text!r})")
+        raise GreaterError(f"{setting_name('max_time')} must be more than zero (got {text!r})")
     return seconds
 
 

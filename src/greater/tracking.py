@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 
 if TYPE_CHECKING:
     from greater.optimizer import StepRecord
@@ -64,7 +64,9 @@ class MlflowTracker(NoTracker):
         try:
             from mlflow.tracking import MlflowClient  # optional (greater[mlflow]): only for --mlflow
         except ImportError:
-            raise GreaterError("--mlflow needs the mlflow package: pip install 'greater[mlflow]'") from None
+            raise GreaterError(
+                f"{setting_name('mlflow')} needs the mlflow package: pip install 'greater[mlflow]'"
+            ) from None
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its "creating tables" notices
         self.uri = uri
         try:

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from greater.errors import GreaterError
 from greater.methods import baselines
 from greater.methods.common import (
+    ZS_COT_JOINER,
     ZS_COT_PROMPT,
     MethodConfig,
     MethodResult,
@@ -35,6 +36,7 @@ __all__ = [
     "METHODS",
     "PAPER_METHODS",
     "TUNABLE",
+    "ZS_COT_JOINER",
     "ZS_COT_PROMPT",
     "MethodConfig",
     "MethodResult",
@@ -56,7 +58,7 @@ _BASELINES: dict[str, Callable[[Workbench], tuple[Scored, list[dict]]]] = {
 GREATER_VARIANTS: dict[str, dict] = {
     "greater": {},
     # starts from ZS-CoT's prompt, which also stays a finalist on dev: its search must beat ZS-CoT there
-    "greater-zs": {"init_prompt": ZS_COT_PROMPT, "joiner": ".", "dev_keeps_initial": True},
+    "greater-zs": {"init_prompt": ZS_COT_PROMPT, "joiner": ZS_COT_JOINER, "dev_keeps_initial": True},
 }
 METHODS = (*GREATER_VARIANTS, *_BASELINES)
 PAPER_METHODS = ("greater", *_BASELINES)  # what the paper compares: no variant rows

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.batching import DecodeStats
 from greater.engine import Engine
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 from greater.evaluate import accuracy_on, best_on_dev
 from greater.generation import TransformersGenerator
 from greater.layout import ChatLayout, decode, encode, encode_prompt
@@ -25,6 +25,7 @@ from greater.optimizer import GreaterConfig
 from greater.tasks import Example, Task
 
 ZS_COT_PROMPT = "Let's think step by step."
+ZS_COT_JOINER = "."  # zero-shot CoT reads "<question>. Let's think step by step."
 
 
 @dataclass
@@ -49,7 +50,7 @@ class MethodConfig:
     beam: int = 2  # APO beam width
     temperature: float = 0.7  # sampling temperature of meta-prompt replies
     init_prompt: str = ZS_COT_PROMPT  # where APO, PE2 and TextGrad start (GReaTer keeps its own)
-    joiner: str = "."  # between question and prompt for the baselines' prompts (GReaTer keeps ". Use")
+    joiner: str = ZS_COT_JOINER  # between question and prompt for the baselines' prompts (GReaTer keeps its own)
     batch_size: int | str = GreaterConfig.batch_size  # rows per generation batch; "auto": from free GPU memory
     keep_top: int = GreaterConfig.keep_top  # with a dev set: the best prompts by training score scored on it
     seed: int = GreaterConfig.seed
@@ -67,7 +68,7 @@ class MethodConfig:
         own = {f.name for f in fields(cls)}
         foreign = [flag for flag in given if flag not in own]
         if foreign:
-            raise GreaterError(f"--{foreign[0].replace('_', '-')} applies to GReaTer runs only, not to {method}")
+            raise GreaterError(f"{setting_name(foreign[0])} applies to GReaTer runs only, not to {method}")
         config = cls(**given)
         config.validate()
         return config

@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 from greater.tasks.answers import LABELS
 
 
@@ -95,12 +95,13 @@ class Task:
         if n_train < 1 or n_train > pool:
             kind = "training examples" if self.load_test else "examples"
             raise GreaterError(
-                f"task {self.name!r} has {len(examples)} {kind}; --train must be between 1 and {pool} (got {n_train})"
+                f"task {self.name!r} has {len(examples)} {kind}; {setting_name('train')} must be between 1 and "
+                f"{pool} (got {n_train})"
             )
         if test is not None and test < 1:
-            raise GreaterError(f"--test must be at least 1 (got {test})")
+            raise GreaterError(f"{setting_name('test')} must be at least 1 (got {test})")
         if n_dev < 0:
-            raise GreaterError(f"--dev must be 0 or more (got {n_dev})")
+            raise GreaterError(f"{setting_name('dev')} must be 0 or more (got {n_dev})")
         n_test = self.default_test if test is None else test
         note = ""
         left = len(examples) - n_train  # what dev (and, without a test set, test) are drawn from
@@ -116,7 +117,10 @@ class Task:
             )
         room = left if self.load_test else left - 1
         if n_dev > room:
-            raise GreaterError(f"task {self.name!r}: --dev must be at most {room} with --train {n_train} (got {n_dev})")
+            raise GreaterError(
+                f"task {self.name!r}: {setting_name('dev')} must be at most {room} with {setting_name('train')} "
+                f"{n_train} (got {n_dev})"
+            )
         shuffled = _shuffled(examples, seed)
         if self.load_test:
             rest = _shuffled(self.load_test(), seed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 from greater.tasks.answers import extractor_for, gold_problem, infer_answer_type, normalizer_for, option_letters
 from greater.tasks.base import Example, Task
 from greater.tasks.rows import read_records
@@ -79,7 +79,9 @@ def load_bbh_task(name: str, data_dir: str | os.PathLike[str] | None = None) -> 
     Without a data folder the examples come from the hub (see `sources.hub_rows`).
     """
     path = resolve_data_dir(data_dir)
-    where = f"pass --data-dir DIR or set {DATA_DIR_ENV} to a folder holding {name}.json (from {SOURCE_URL})"
+    where = (
+        f"pass {setting_name('data_dir')} DIR or set {DATA_DIR_ENV} to a folder holding {name}.json (from {SOURCE_URL})"
+    )
     if path is None:
         try:
             rows = hub_rows(HUB_DATASET, name, "test", f"{name}.json")

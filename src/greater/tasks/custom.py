@@ -27,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser as the `tomli` package (a dependency there)
     import tomli as tomllib
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 from greater.tasks.answers import (
     ANSWER_TYPES,
     CHOICE_LETTERS,
@@ -136,7 +136,9 @@ def parse_choices(value: object, answer_type: str) -> tuple[str, ...] | None:
         items = [str(item) for item in value]  # type: ignore[attr-defined]
     choices = tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
     if not choices:
-        raise GreaterError("--choices is empty; give them comma-separated, e.g. --choices A,B,C")
+        raise GreaterError(
+            f"{setting_name('choices')} is empty; give them comma-separated, e.g. {setting_name('choices')} A,B,C"
+        )
     if answer_type == "choice":
         letters = tuple(normalize_choice(choice) for choice in choices)
         bad = [c for c, x in zip(choices, letters, strict=True) if len(x) != 1 or x not in CHOICE_LETTERS]
@@ -241,7 +243,7 @@ def _field(records: Sequence[Record], data: Path, key: str, given: object) -> st
     for name in _DEFAULT_FIELDS[key]:
         if name in present:
             return name
-    flag = "--" + key.replace("_", "-")
+    flag = setting_name(key)
     found = ", ".join(sorted(present)[:10]) or "none"
     names = " or ".join(repr(name) for name in _DEFAULT_FIELDS[key])
     raise GreaterError(f"{data}: no {names} field (fields found: {found}); pass {flag} NAME")

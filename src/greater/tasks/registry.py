@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Mapping
 from pathlib import Path
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 from greater.tasks.base import Task
 from greater.tasks.bbh import BBH_ANSWER_TYPES, bbh_task_names, load_bbh_task, resolve_data_dir
 from greater.tasks.benchmarks import BENCHMARKS, benchmark_available, load_benchmark
@@ -52,7 +52,7 @@ def resolve_task(name: str, data_dir: str | None = None, options: Mapping[str, o
     if is_custom_task(name):
         return load_custom_task(Path(name), given)
     if given:
-        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        flags = ", ".join(setting_name(key) for key in given)
         raise GreaterError(f"{flags}: only for custom tasks (a .jsonl, .csv, .json or .toml file), not for {name!r}")
     return get_task(name, data_dir)
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 
 DATA_DIR_ENV = "GREATER_DATA_DIR"
 
@@ -38,7 +38,7 @@ def find_file(
 
 def data_hint(what: str) -> str:
     """How to give greater a local copy of `what` (the flag and the variable)."""
-    return f"pass --data-dir DIR (a folder holding {what}) or set {DATA_DIR_ENV}"
+    return f"pass {setting_name('data_dir')} DIR (a folder holding {what}) or set {DATA_DIR_ENV}"
 
 
 def hub_rows(dataset: str, config: str | None, split: str, what: str) -> list[dict]:
