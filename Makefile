@@ -9,7 +9,7 @@ DEMO_TASK ?= gen/boolean_expressions
 PROMPTFOO := 0.121.20
 TOOLS := .tools
 
-.PHONY: install demo test test-deps lint bench clean
+.PHONY: install demo test test-deps lint bench docs clean
 
 install: $(STAMP)
 
@@ -44,6 +44,8 @@ test-deps:
 test: install test-deps
 	@# the import contracts of docs/architecture.md (pyproject.toml [tool.importlinter]): layers, no cycles
 	$(VENV)/bin/lint-imports
+	@# the documentation site: no broken link, no missing page, references generated from the code
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 	$(PY) -m pytest -q
 	@# exact resume must not depend on the CPU the suite was written on: the resume tests again with torch's
 	@# kernels capped at AVX2 (no AVX-512, no AVX-512-BF16) on one thread, as on an AMD EPYC with AVX2 only
@@ -54,8 +56,12 @@ lint: install
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/lint-imports
 
+# the documentation site into site/ (open site/index.html, or serve it: `.venv/bin/mkdocs serve`)
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 bench: install
 	$(PY) bench/step.py
 
 clean:
-	rm -rf $(VENV) runs $(TOOLS)
+	rm -rf $(VENV) runs site $(TOOLS)

@@ -184,7 +184,7 @@ def test_jsonl_bad_rows_have_line_numbers(tmp_path: Path) -> None:
     assert "line 5: answer '(D)' is not one of A, B, C" in message
     assert "line 6: is a JSON list, not an object" in message
     assert "line 7: field 'input' is empty" in message
-    assert "--skip-bad-rows" in message
+    assert "or pass skip_bad_rows to leave them out" in message  # a library call: the setting's name
 
 
 def test_skip_bad_rows_reports_how_many(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -246,7 +246,7 @@ def test_json_items_have_line_numbers(tmp_path: Path) -> None:
         ('[{"input": 1,}]', ".json", r"invalid JSON at line 1, column \d+"),
         ('{"rows": []}', ".json", 'no "examples" list'),
         ("\n\n", ".jsonl", "no examples"),
-        ('{"text": "q", "label": "A"}\n', ".jsonl", "no 'input' or 'question' field .*text.*--input-field"),
+        ('{"text": "q", "label": "A"}\n', ".jsonl", "no 'input' or 'question' field .*text.*pass input_field NAME"),
     ],
 )
 def test_bad_files(tmp_path: Path, content: str, suffix: str, message: str) -> None:
@@ -366,7 +366,7 @@ def test_word_labels_are_inferred_said_on_stderr_and_overridable(tmp_path: Path,
         task = resolve_task(str(path))
     assert (task.answer_type, task.choices) == ("text", ("negative", "positive"))
     assert task.extractor == "Therefore, in one word (negative or positive), the answer is:"
-    assert "2 labels (negative, positive)" in caplog.text and "--answer-type text" in caplog.text
+    assert "2 labels (negative, positive)" in caplog.text and "answer_type text" in caplog.text
     example = task.load()[1]
     assert example.answer == "positive"
     assert task.is_correct(" Positive, because the food was good.", example)

@@ -90,7 +90,10 @@ def _add_optimize(sub) -> None:
     opt = sub.add_parser("optimize", help="find a better prompt for a task")
     _add_common(opt)
     opt.add_argument(
-        "--method", choices=PAPER_METHODS, default="greater", help="greater (default) or a baseline (see README)"
+        "--method",
+        choices=PAPER_METHODS,
+        default="greater",
+        help="greater (default) or a baseline (docs/guide/compare.md)",
     )
     opt.add_argument(
         "--evaluations", type=_positive, default=None, help="baselines: candidate prompts scored (3 × --steps)"
@@ -99,7 +102,9 @@ def _add_optimize(sub) -> None:
     opt.add_argument(
         "--joiner", default=None, help="text between question and prompt (default '. Use', the reference's)"
     )
-    opt.add_argument("--steps", type=_positive, default=None)
+    opt.add_argument(
+        "--steps", type=_positive, default=None, help="GReaTer steps (100); a baseline scores 3 × steps prompts"
+    )
     opt.add_argument("--train", type=_positive, default=None, help="training examples")
     opt.add_argument("--test", type=_positive, default=None, help="test examples scored before and after")
     opt.add_argument("--dev", type=_non_negative, default=None, help="dev examples for the final choice (0: none)")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from greater import stats
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 from greater.evaluate import ends_in_repetition
 from greater.runs import slug, write_atomic
 from greater.tasks import Task
@@ -300,7 +300,7 @@ def _paired(rows: dict, tasks: list[str], methods: list[str], seeds: list, refer
                     raise GreaterError(
                         f"task {task}, seed {seed}: {reference} and {other} were scored on different test "
                         "examples (their predictions files differ), so they cannot be paired; rerun the "
-                        "comparison into a new --out"
+                        f"comparison into a new {setting_name('out')}"
                     )
                 groups[task, other].append([(a["correct"], b["correct"]) for a, b in zip(mine, theirs, strict=True)])
     tests = [{"task": task, "other": other} | stats.paired_test(g) for (task, other), g in groups.items()]

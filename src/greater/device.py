@@ -81,7 +81,7 @@ def resolve_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch
         name = torch.cuda.get_device_name(device)
         raise GreaterError(
             f"{name} ({device}) cannot compute in bfloat16 (it needs compute capability 8.0+); "
-            "use --dtype float16 or float32"
+            f"use {setting_name('dtype')} float16 or float32"
         )
     return DTYPES[text]
 

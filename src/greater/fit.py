@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 from greater.evaluate import ANSWER_SLACK
 from greater.layout import ChatLayout, encode
 from greater.tasks import Example, Task
@@ -77,7 +77,10 @@ def fitting_rows(
     shown = "; ".join(bad[:SHOWN]) + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
     budget = f"the model's context of {context} tokens with reasoning capped at {max_new_tokens} tokens"
     if not skip:
-        hint = "shorten them or lower --max-new-tokens (custom tasks: --skip-bad-rows leaves them out)"
+        hint = (
+            f"shorten them or lower {setting_name('max_new_tokens')} "
+            f"(custom tasks: {setting_name('skip_bad_rows')} leaves them out)"
+        )
         raise GreaterError(f"{len(bad)} row(s) do not fit {budget}: {shown}; {hint}")
     empty = [name for name, examples in kept.items() if splits[name] and not examples]
     if empty:

