@@ -108,6 +108,17 @@ def _add_optimize(sub) -> None:
     opt.add_argument("--train", type=_positive, default=None, help="training examples")
     opt.add_argument("--test", type=_positive, default=None, help="test examples scored before and after")
     opt.add_argument("--dev", type=_non_negative, default=None, help="dev examples for the final choice (0: none)")
+    _add_search_options(opt)
+    opt.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<task>-<time>)")
+    opt.add_argument("--resume", type=Path, default=None, help="continue the run in this directory")
+    opt.add_argument(
+        "--max-time", default=None, help="stop after the step in progress once this is spent (90s, 45m, 2h); resumable"
+    )
+    _add_mlflow_flag(opt)
+
+
+def _add_search_options(opt: argparse.ArgumentParser) -> None:
+    """GReaTer's search options (`greater optimize`)."""
     opt.add_argument("--top-k", type=_positive, default=None, help="per-example top-k of the proposal (40)")
     opt.add_argument("--top-q", type=_positive, default=None, help="intersections whose union are candidates (6)")
     opt.add_argument(
@@ -144,12 +155,6 @@ def _add_optimize(sub) -> None:
         help="rows per forward + backward chunk, or auto (default: from free GPU memory; 4 on a CPU)",
     )
     opt.add_argument("--patience", type=_positive, default=None, help="stop after N steps without improvement")
-    opt.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<task>-<time>)")
-    opt.add_argument("--resume", type=Path, default=None, help="continue the run in this directory")
-    opt.add_argument(
-        "--max-time", default=None, help="stop after the step in progress once this is spent (90s, 45m, 2h); resumable"
-    )
-    _add_mlflow_flag(opt)
 
 
 def _add_evaluate(sub) -> None:

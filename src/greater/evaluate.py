@@ -33,6 +33,10 @@ def ends_in_repetition(reasoning: str) -> bool:
 
 @dataclass
 class Evaluation:
+    """A prompt's score on examples: the share answered right, how many, and per example the question,
+    the reasoning, the text after the extractor, the answer extracted from it, the gold answer and
+    whether they match."""
+
     accuracy: float
     n: int
     predictions: list[dict]  # question, reasoning, output, predicted, gold, correct

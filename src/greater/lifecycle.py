@@ -42,7 +42,7 @@ from greater.generation import stop_token_ids
 from greater.layout import encode_prompt
 from greater.methods import MethodConfig, run_method
 from greater.model import load_model, model_label, model_name, model_source
-from greater.optimizer import GreaterConfig, RunState, StepRecord, filler_token, optimize, resolve_batch_sizes
+from greater.optimizer import GreaterConfig, RunState, StepRecord, filler_token, resolve_batch_sizes
 from greater.runs import RunDir, slug, split_sizes
 from greater.runtime import OutOfTime, RunClock, set_threads
 from greater.stats import majority
@@ -206,15 +206,17 @@ class Run:
     def __init__(self, folder: RunDir, config, inputs: Inputs, clock: RunClock, options: RunOptions, state=None):
         self.folder, self.config, self.inputs, self.clock, self.options = folder, config, inputs, clock, options
         self.method: str = folder.info.get("method", "greater")
-        # where a resumed search goes on from: GReaTer's `RunState`, a baseline's saved progress (None: the start)
+        # where a resumed search goes on from (None: its start): its saved progress, in
+        # `run_method(resume=...)`'s shape, and for GReaTer the `RunState` in it
+        self.progress: dict | None = folder.saved_progress(self.method) if state is not None else None
         self.state: RunState | None = state if self.method == "greater" else None
-        self.progress: dict | None = state if self.method != "greater" else None
 
     @property
     def path(self) -> Path:
         return self.folder.path
 
     def close(self) -> None:
+        """Free the run folder's lock (the end of `with`, or of the process, frees it too)."""
         self.folder.close()
 
     def __enter__(self) -> Run:
@@ -351,42 +353,49 @@ class Run:
         return RunOutcome(folder.path, result.prompt, test_accuracy, result.dev_accuracy)
 
     def _search(self, tracker):
-        """`optimize` with a progress bar, each step checkpointed and logged to `tracker`, the time budget
-        checked after each (raises `OutOfTime`)."""
+        """GReaTer's search through `run_method` (as a comparison's cell runs it), with a progress bar:
+        after each step its record goes into steps.jsonl and to `tracker`, then the checkpoint, then
+        the time budget is checked (raises `OutOfTime`); the dev pass is checkpointed prompt by
+        prompt. Returns `optimize`'s `Result`."""
         config, folder, state = self.config, self.folder, self.state
         task, model, tokenizer, generator, train, dev, test = self.inputs
         bar = tqdm(
             total=config.steps, initial=state.step if state else 0, desc="optimizing", unit="step", file=sys.stderr
         )
+        stepped: list[StepRecord] = []  # the step whose progress the next checkpoint saves
 
-        def on_step(record: StepRecord, run_state: RunState) -> None:
-            folder.record_step(record.to_json(), run_state.to_json(), log=lambda: tracker.log_step(record))
+        def checkpoint(progress: dict) -> None:
+            step = progress["search"]["state"]["step"]
+            if not stepped:  # a prompt of the dev pass
+                folder.save_progress(progress)
+                self.clock.check(step)
+                return
+            record = stepped.pop()
+            folder.record_step(record.to_json(), progress, log=lambda: tracker.log_step(record))
             bar.set_postfix_str(f"best selection score {record.best_score:.3f}")
             bar.update(1)
-            self.clock.after_step(bar, record, run_state.step, config, len(dev), len(test))
-            if run_state.step == config.steps and dev:
+            self.clock.after_step(bar, record, step, config, len(dev), len(test))
+            if step == config.steps and dev:
                 bar.close()
                 print(f"scoring the {config.keep_top} best prompts on {len(dev)} dev examples ...", file=sys.stderr)
 
-        def on_dev(run_state: RunState) -> None:
-            folder.save_checkpoint(run_state.to_json())
-            self.clock.check(run_state.step)
-
         try:
-            return optimize(
+            result = run_method(
+                "greater",
                 model,
                 tokenizer,
                 task,
-                config,
-                train=train,
+                train,
+                greater_config=config,
                 dev=dev,
-                on_step=on_step,
-                on_dev=on_dev,
-                state=state,
+                resume=self.progress,
+                checkpoint=checkpoint,
+                on_step=stepped.append,
                 generator=generator,
             )
         finally:
             bar.close()  # also before an error's line (a full disk), so that line is not the bar's
+        return result.details
 
     def _execute_baseline(self, tracker) -> RunOutcome:
         config, folder, method = self.config, self.folder, self.method
@@ -486,7 +495,7 @@ def _reopen_baseline(folder: RunDir, given: dict, trust_remote_code: bool) -> tu
         if name in stored and value != stored[name]:
             raise ResumeConflict(name, value, stored[name])
     config = MethodConfig(**stored)
-    progress = (folder.checkpoint or {}).get("progress")
+    progress = folder.saved_progress(folder.info["method"])
     scored = len(progress["search"].get("scores", [])) if progress else 0
     print(f"resuming {folder.path} with {scored} candidate prompts scored", file=sys.stderr)
     return config, progress, _prepare_baseline(folder.info, config, trust_remote_code)

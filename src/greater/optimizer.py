@@ -102,6 +102,7 @@ class GreaterConfig:
         return cls(**stored)
 
     def validate(self) -> None:
+        """Raise `GreaterError` naming the first setting out of range."""
         checks = {
             "steps": self.steps >= 1,
             "top_k": self.top_k >= 1,

@@ -383,23 +383,37 @@ class RunDir:
         """Drop a step logged after the last checkpoint (it is run again)."""
         truncate_lines(self.path / STEPS, steps)
 
-    def record_step(self, record: dict, state: dict, log: Callable[[], None] | None = None) -> None:
-        """After a step: append it to steps.jsonl, call `log` (the tracker), then write the checkpoint.
-        Logged before the checkpoint: a kill between the two repeats the step (and its metrics) on
-        resume, rather than leaving a checkpointed step that MLflow never saw."""
+    def record_step(self, record: dict, progress: dict, log: Callable[[], None] | None = None) -> None:
+        """After a GReaTer step: append it to steps.jsonl, call `log` (the tracker), then write the
+        checkpoint (`save_progress`). Logged before the checkpoint: a kill between the two repeats the
+        step (and its metrics) on resume, rather than leaving a checkpointed step that MLflow never saw."""
         append_jsonl(self.path / STEPS, record)
         if log is not None:
             log()
-        self.save_checkpoint(state)
-
-    def save_checkpoint(self, state: dict) -> None:
-        """A GReaTer run's checkpoint: its `RunState` (as JSON)."""
-        write_checkpoint(self.path, {"state": state})
+        self.save_progress(progress)
 
     def save_progress(self, progress: dict) -> None:
-        """A baseline run's checkpoint: its progress as `methods.run_method(checkpoint=...)` hands it over
-        (the same progress a comparison's cell saves in partial/)."""
-        write_checkpoint(self.path, {"progress": progress})
+        """The run's checkpoint: its search's progress as `methods.run_method(checkpoint=...)` hands it
+        over (the same progress a comparison's cell saves in partial/). A GReaTer run's keeps its
+        `RunState` at the top ("state", with "history" and "usage" beside it), as runs before this
+        format did; a baseline's is stored whole ("progress")."""
+        if progress.get("method") == "greater":
+            search = progress["search"]
+            payload = {"state": search["state"], "history": search["history"], "usage": progress["usage"]}
+        else:
+            payload = {"progress": progress}
+        write_checkpoint(self.path, payload)
+
+    def saved_progress(self, method: str) -> dict | None:
+        """The progress the last checkpoint holds, in `run_method(resume=...)`'s shape (None: none yet);
+        a GReaTer checkpoint from before "history" was kept resumes with the history of this sitting only."""
+        checkpoint = self.checkpoint or {}
+        if method != "greater":
+            return checkpoint.get("progress")
+        if "state" not in checkpoint:
+            return None
+        search = {"state": checkpoint["state"], "history": checkpoint.get("history", [])}
+        return {"method": "greater", "search": search, "usage": checkpoint.get("usage", {})}
 
     def initial_accuracy(self) -> float | None:
         """The initial prompt's test accuracy, when a previous process of this run scored it."""

@@ -15,6 +15,7 @@ from dataclasses import replace
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.errors import GreaterError
+from greater.generation import Generator
 from greater.methods import baselines
 from greater.methods.common import (
     ZS_COT_JOINER,
@@ -61,6 +62,7 @@ GREATER_VARIANTS: dict[str, dict] = {
     "greater-zs": {"init_prompt": ZS_COT_PROMPT, "joiner": ZS_COT_JOINER, "dev_keeps_initial": True},
 }
 METHODS = (*GREATER_VARIANTS, *_BASELINES)
+"""Every method name `run_method` and `greater compare --methods` take: GReaTer and its variants, then the baselines."""
 PAPER_METHODS = ("greater", *_BASELINES)  # what the paper compares: no variant rows
 
 
@@ -126,6 +128,8 @@ def run_method(
     greater_config: GreaterConfig | None = None,
     resume: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None,
+    on_step: Callable[[StepRecord], None] | None = None,
+    generator: Generator | None = None,
 ) -> MethodResult:
     """Run method `name` on `train`; `greater_config` overrides what GReaTer derives from `config`.
 
@@ -143,7 +147,11 @@ def run_method(
     meta-prompt replies again but taking every prompt's scores from the progress. The result is the
     uninterrupted run's wherever the model computes the same numbers again (same device, dtype and
     batch sizes). Its `usage` is the work actually spent: the sum over the sittings of what
-    each did up to its last checkpoint (a baseline's replayed replies count again)."""
+    each did up to its last checkpoint (a baseline's replayed replies count again).
+
+    GReaTer only: `on_step(record)` gets each step's `StepRecord` before that step's progress is
+    handed to `checkpoint`; `generator` generates its reasoning instead of the transformers one it
+    makes (e.g. vLLM); its result's `details` is `optimize`'s `Result`."""
     config = config or MethodConfig()
     config.validate()
     fields = greater_fields(name)
@@ -152,7 +160,7 @@ def run_method(
     sitting = Sitting(name, resume, checkpoint)
     if fields is not None:  # GReaTer: its generator follows GreaterConfig's decoding switches, not a Workbench's
         settings = replace(greater_config or greater_settings(config), **fields)
-        result = _greater(name, model, tokenizer, task, train, settings, dev, sitting)
+        result = _greater(name, model, tokenizer, task, train, settings, dev, sitting, on_step, generator)
     else:
         on_progress = sitting.save if checkpoint is not None else None
         bench = Workbench(model, tokenizer, task, train, config, saved=sitting.search, on_progress=on_progress)
@@ -174,13 +182,23 @@ def greater_settings(config: MethodConfig) -> GreaterConfig:
 
 
 def _greater(
-    name: str, model, tokenizer, task, train, config: GreaterConfig, dev: list[Example] | None, sitting: Sitting
+    name: str,
+    model,
+    tokenizer,
+    task,
+    train,
+    config: GreaterConfig,
+    dev: list[Example] | None,
+    sitting: Sitting,
+    step_hook: Callable[[StepRecord], None] | None = None,
+    generator: Generator | None = None,
 ) -> MethodResult:
     """GReaTer, continued from `sitting.search` ({"state": `RunState.to_json`, "history": the history
     entries of the steps done}) when there is one, checkpointed through `sitting` after every step and
     every prompt of the dev pass."""
     # the generator is made here so its counters can be saved with each checkpoint
-    config, generator = fitted_generator(model, tokenizer, task, train, config)
+    if generator is None:
+        config, generator = fitted_generator(model, tokenizer, task, train, config)
     sitting.counts = generator.stats
     saved = sitting.search or {}
     state = RunState.from_json(saved["state"]) if saved else None
@@ -200,6 +218,8 @@ def _greater(
                 "evaluated": [{"prompt": e.prompt, "score": e.score} for e in record.evaluated],
             }
         )
+        if step_hook is not None:
+            step_hook(record)
         save(run_state)
 
     def save(run_state: RunState) -> None:
@@ -218,5 +238,5 @@ def _greater(
         state=state,
     )
     method = MethodResult(name, result.prompt, config.joiner, result.score, "selection loss", history)
-    method.dev_accuracy, method.finalists = result.dev_accuracy, result.finalists
+    method.dev_accuracy, method.finalists, method.details = result.dev_accuracy, result.finalists, result
     return method

@@ -9,7 +9,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -74,6 +74,7 @@ class MethodConfig:
         return config
 
     def validate(self) -> None:
+        """Raise `GreaterError` naming the first setting out of range."""
         numbers = ("steps", "num_select", "max_new_tokens", "meta_max_new_tokens", "max_prompt_tokens", "demos")
         bad = [name for name in numbers + ("beam", "keep_top") if getattr(self, name) < 1]
         if not is_size(self.batch_size):
@@ -164,9 +165,14 @@ class MethodResult:
     usage: Usage = field(default_factory=Usage)
     dev_accuracy: float | None = None
     finalists: list[dict] = field(default_factory=list)
+    # GReaTer's: `optimize`'s own Result (prompt ids, initial prompt and score, why it stopped, the steps)
+    details: object = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """The result as plain JSON (a comparison's cell keeps it; `details` is not part of it)."""
+        data = asdict(replace(self, details=None))
+        del data["details"]
+        return data
 
 
 @dataclass

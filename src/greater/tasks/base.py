@@ -71,6 +71,7 @@ class Task:
         return self.normalize(first_answer_span(continuation))
 
     def is_correct(self, continuation: str, example: Example) -> bool:
+        """Whether the answer extracted from `continuation` (the text after the extractor) is the gold one."""
         return self.extract(continuation) == self.normalize(example.answer)
 
     def split(self, train: int | None, test: int | None, seed: int) -> tuple[list[Example], list[Example]]:
