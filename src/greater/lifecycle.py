@@ -8,12 +8,14 @@
 `Run.start` checks everything that can be checked before a model call (the split can be drawn, the
 model loads, the prompt and filler encode, every row fits the model's context), then makes the run
 folder (never an existing run's; locked until the run ends: `runs.FolderLock`) with its run.json.
-`Run.resume` reopens an unfinished GReaTer run's folder, refuses settings that contradict it and
-restores its last checkpoint. `Run.execute` does the rest: the starting prompt's test score
-(initial_eval.json), the search (each step into steps.jsonl and checkpoint.json, the time budget
-checked after each), the dev pass, the chosen prompt's test score, prompt.txt, prompt.json and
-result.json, each logged to the run's tracker (MLflow when asked for). A baseline (`RunSpec.method`)
-runs the same way without steps or resume: its history goes into history.jsonl.
+`Run.resume` reopens an unfinished run's folder, refuses settings that contradict it and restores
+its last checkpoint. `Run.execute` does the rest: the starting prompt's test score
+(initial_eval.json), the search through `methods.run_method` (as a comparison's cell runs it; each
+GReaTer step into steps.jsonl, the progress into checkpoint.json, the time budget checked after each),
+the dev pass, the chosen prompt's test score, prompt.txt, prompt.json and result.json, each logged
+to the run's tracker (MLflow when asked for). A baseline (`RunSpec.method`) runs the same way
+without the initial score and steps.jsonl, checkpointed after every batch of prompts it scores; its
+history goes into history.jsonl.
 
 Progress goes to stdout and stderr as the command prints it; what to do next after an interrupt or
 when the time budget is spent (`RunOutcome.out_of_time`) is the caller's to say.
