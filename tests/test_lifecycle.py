@@ -114,7 +114,7 @@ def test_a_baseline_stopped_by_its_time_budget_resumes_to_the_same_result(tiny_m
     """A baseline's run goes through the checkpointed search a comparison's cell uses
     (`run_method(resume=, checkpoint=)`): stopped after its first scored batch, it resumes to the
     uninterrupted run's prompt, history and test accuracy."""
-    config = MethodConfig(steps=2, max_new_tokens=6, meta_max_new_tokens=8, batch_size=4)
+    config = MethodConfig(steps=1, max_new_tokens=6, meta_max_new_tokens=8, batch_size=4)
 
     def spec(out: Path) -> RunSpec:
         return RunSpec(TASK, str(tiny_model_dir), method="ape", config=config, train=4, test=3, out=out)
