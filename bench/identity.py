@@ -11,7 +11,7 @@ ape`) and a small `greater compare` (greater, zs-cot, ape; one task, one seed), 
 
 `diff` compares every .json and .jsonl file the two captures hold (run.json, steps.jsonl,
 checkpoint.json, result.json, prompt.json, cells, table.json, ...) value by value, floats to the bit,
-ignoring what a machine measures (`TIMING_KEYS`) and the capture's own folder name, and the text
+ignoring what a machine measures and a checkpoint's process-random RNG states (`TIMING_KEYS`) and the capture's own folder name, and the text
 files (prompt.txt, table.md) byte by byte; it prints each difference and exits 1 when there is one.
 """
 
@@ -34,8 +34,10 @@ COMMANDS = {
     "cmp": ["compare", "--task", TASK, "--methods", "greater,zs-cot,ape", "--seeds", "0", "--steps", "3",
             "--train", "8", "--dev", "8", "--keep-top", "2", "--test", "16", "--max-new-tokens", "48", "--out", "cmp"],
 }  # fmt: skip
-# measured, not computed: seconds anywhere, peak memory, the time a step or cell took
-TIMING_KEYS = {"seconds", "peak_memory", "wall_seconds", "elapsed", "started", "finished"}
+# measured, not computed: seconds anywhere, peak memory, the time a step or cell took; and a checkpoint's
+# "rng" (the process's global Python, NumPy and torch generators, which each process seeds at random:
+# they are saved so a resume restores them, and differ between two runs of the same code)
+TIMING_KEYS = {"seconds", "peak_memory", "wall_seconds", "elapsed", "started", "finished", "rng"}
 TEXT_SUFFIXES = {".txt", ".md"}
 
 
