@@ -11,8 +11,9 @@ ape`) and a small `greater compare` (greater, zs-cot, ape; one task, one seed), 
 
 `diff` compares every .json and .jsonl file the two captures hold (run.json, steps.jsonl,
 checkpoint.json, result.json, prompt.json, cells, table.json, ...) value by value, floats to the bit,
-ignoring what a machine measures and a checkpoint's process-random RNG states (`TIMING_KEYS`) and the capture's own folder name, and the text
-files (prompt.txt, table.md) byte by byte; it prints each difference and exits 1 when there is one.
+ignoring what a machine measures and a checkpoint's process-random RNG states (`TIMING_KEYS`) and the
+capture's own folder name, and the text files (prompt.txt, table.md) byte by byte; it prints each
+difference and exits 1 when there is one.
 """
 
 from __future__ import annotations
