@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
+
+from helpers import tiny_llama
 
 
 @pytest.fixture(scope="session")
@@ -29,21 +31,7 @@ def smol_tokenizer(embedded_folder):
 @pytest.fixture(scope="session")
 def tiny_model(smol_tokenizer):
     """A 2-layer Llama with random weights over SmolLM2's vocabulary (fast, deterministic)."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(smol_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_llama(len(smol_tokenizer))
     model.requires_grad_(False)
     return model
 

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import greater.runs as runs_module
 from greater.cli import main
@@ -35,6 +37,29 @@ BENCH = REPO / "bench"
 TOOLS = REPO / ".tools"  # Makefile `test-deps` installs promptfoo here
 SHARED_DATA = REPO.parent / "shared" / "data"  # benchmark data beside the checkout, when present
 BBH_DIR = SHARED_DATA / "bbh"
+
+# --- the tiny model -----------------------------------------------------------------------------------
+
+
+def tiny_llama(vocab_size: int) -> LlamaForCausalLM:
+    """A 2-layer Llama with random weights (seed 0) over a vocabulary of `vocab_size` tokens: the tests'
+    tiny model (conftest.py's `tiny_model`) and the one tests/fixtures/ were written with."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config).eval()
+
 
 # --- the command line, in process ----------------------------------------------------------------------
 

@@ -205,13 +205,14 @@ class Run:
     """One run in its locked folder (`RunDir`), ready to `execute`; made by `start` or `resume`, and
     closed (its lock freed) by `close` or the end of `with`."""
 
-    def __init__(self, folder: RunDir, config, inputs: Inputs, clock: RunClock, options: RunOptions, state=None):
+    def __init__(self, folder: RunDir, config, inputs: Inputs, clock: RunClock, options: RunOptions) -> None:
         self.folder, self.config, self.inputs, self.clock, self.options = folder, config, inputs, clock, options
         self.method: str = folder.info.get("method", "greater")
-        # where a resumed search goes on from (None: its start): its saved progress, in
+        # where the search goes on from (None: its start): the folder's saved progress, in
         # `run_method(resume=...)`'s shape, and for GReaTer the `RunState` in it
-        self.progress: dict | None = folder.saved_progress(self.method) if state is not None else None
-        self.state: RunState | None = state if self.method == "greater" else None
+        self.progress: dict | None = folder.saved_progress(self.method)
+        saved_state = self.progress["search"]["state"] if self.progress and self.method == "greater" else None
+        self.state: RunState | None = RunState.from_json(saved_state) if saved_state else None
 
     @property
     def path(self) -> Path:
@@ -275,17 +276,16 @@ class Run:
             folder.check_flags(given)
             folder.info["runtime"] = (runtime or Runtime()).resolve(folder.info.get("runtime", {}))
             set_threads(options.threads)
-            if method == "greater":
-                config, state, inputs = _reopen_greater(folder, given, options.trust_remote_code)
-            else:
-                config, state, inputs = _reopen_baseline(folder, given, options.trust_remote_code)
+            reopen = _reopen_greater if method == "greater" else _reopen_baseline
+            config, inputs = reopen(folder, given, options.trust_remote_code)
             folder.check_data(inputs.train, inputs.test, inputs.dev)
+            run = cls(folder, config, inputs, clock, options)
             if method == "greater":  # drop a step logged after the last checkpoint
-                folder.keep_steps(state.step if state else 0)
+                folder.keep_steps(run.state.step if run.state else 0)
         except BaseException:
             folder.close()
             raise
-        return cls(folder, config, inputs, clock, options, state)
+        return run
 
     def execute(self) -> RunOutcome:
         """The run to its end (or to its time budget's end): see the module's docstring."""
@@ -452,17 +452,7 @@ def _prepare_greater(info: dict, config: GreaterConfig, trust_remote_code: bool,
     prompt_ids = encode_prompt(tokenizer, config.init_prompt)
     filler_token(tokenizer, config.filler)
     # the prompt grows by at most one token a step (the filler), so that is the longest it can get
-    longest = len(prompt_ids) + config.steps
-    skip = bool((info.get("task_options") or {}).get("skip_bad_rows"))
-    task = fit_to_model(
-        model,
-        tokenizer,
-        task,
-        prompt_tokens=longest,
-        joiner=config.joiner,
-        max_new_tokens=config.max_new_tokens,
-        skip=skip,
-    )
+    task = _fitted(model, tokenizer, task, info, len(prompt_ids) + config.steps, config)
     drawn = task.splits(*split_sizes(split), split["seed"])
     if config.dev_keeps_initial and not drawn.dev:
         raise GreaterError(
@@ -472,26 +462,40 @@ def _prepare_greater(info: dict, config: GreaterConfig, trust_remote_code: bool,
     return Inputs(task, model, tokenizer, generator, drawn.train, drawn.dev, drawn.test)
 
 
-def _reopen_greater(
-    folder: RunDir, given: dict, trust_remote_code: bool
-) -> tuple[GreaterConfig, RunState | None, Inputs]:
-    """A GReaTer run's stored config (a `given` field that differs is refused), its last `RunState` and
-    its inputs; steps.jsonl cut back to the checkpoint."""
+def _fitted(model, tokenizer, task: Task, info: dict, prompt_tokens: int, config) -> Task:
+    """`task` with every row checked against the model's context, for prompts of up to `prompt_tokens`
+    tokens, `config`'s joiner and reasoning cap: a row that cannot fit is refused, or left out when the
+    run's custom-task options say skip_bad_rows."""
+    skip = bool((info.get("task_options") or {}).get("skip_bad_rows"))
+    return fit_to_model(
+        model,
+        tokenizer,
+        task,
+        prompt_tokens=prompt_tokens,
+        joiner=config.joiner,
+        max_new_tokens=config.max_new_tokens,
+        skip=skip,
+    )
+
+
+def _reopen_greater(folder: RunDir, given: dict, trust_remote_code: bool) -> tuple[GreaterConfig, Inputs]:
+    """A GReaTer run's stored config (a `given` field that differs is refused) and its inputs."""
     if "evaluations" in given:
         raise GreaterError(
             f"{setting_name('evaluations')} sets a baseline's budget; GReaTer's is {setting_name('steps')}"
         )
     config = GreaterConfig.from_args(SimpleNamespace(**given), stored=folder.info["config"])
-    state = None if folder.checkpoint is None else RunState.from_json(folder.checkpoint["state"])
+    progress = folder.saved_progress("greater")
     # killed before its first step ended: it starts again from its settings
-    where = "from its start (it stopped before its first step)" if state is None else f"after step {state.step}"
+    where = f"after step {progress['search']['state']['step']}" if progress else "from its start"
+    if not progress:
+        where += " (it stopped before its first step)"
     print(f"resuming {folder.path} {where}", file=sys.stderr)
-    return config, state, _prepare_greater(folder.info, config, trust_remote_code, new=False)
+    return config, _prepare_greater(folder.info, config, trust_remote_code, new=False)
 
 
-def _reopen_baseline(folder: RunDir, given: dict, trust_remote_code: bool) -> tuple[MethodConfig, dict | None, Inputs]:
-    """A baseline run's stored config (a `given` field that differs is refused), its saved progress and
-    its inputs."""
+def _reopen_baseline(folder: RunDir, given: dict, trust_remote_code: bool) -> tuple[MethodConfig, Inputs]:
+    """A baseline run's stored config (a `given` field that differs is refused) and its inputs."""
     stored = folder.info["config"]
     for name, value in given.items():
         if name in stored and value != stored[name]:
@@ -500,7 +504,7 @@ def _reopen_baseline(folder: RunDir, given: dict, trust_remote_code: bool) -> tu
     progress = folder.saved_progress(folder.info["method"])
     scored = len(progress["search"].get("scores", [])) if progress else 0
     print(f"resuming {folder.path} with {scored} candidate prompts scored", file=sys.stderr)
-    return config, progress, _prepare_baseline(folder.info, config, trust_remote_code)
+    return config, _prepare_baseline(folder.info, config, trust_remote_code)
 
 
 def _prepare_baseline(info: dict, config: MethodConfig, trust_remote_code: bool) -> Inputs:
@@ -513,16 +517,7 @@ def _prepare_baseline(info: dict, config: MethodConfig, trust_remote_code: bool)
     model, tokenizer = load(model_name(info["model"]), info["runtime"], trust_remote_code)
     prompt_ids = encode_prompt(tokenizer, config.init_prompt)
     longest = max(len(prompt_ids), config.max_prompt_tokens)  # proposals are cut at max_prompt_tokens
-    skip = bool(options.get("skip_bad_rows"))
-    task = fit_to_model(
-        model,
-        tokenizer,
-        task,
-        prompt_tokens=longest,
-        joiner=config.joiner,
-        max_new_tokens=config.max_new_tokens,
-        skip=skip,
-    )
+    task = _fitted(model, tokenizer, task, info, longest, config)
     train, test = task.split(*sizes, config.seed)
     return Inputs(task, model, tokenizer, None, train, [], test)
 
