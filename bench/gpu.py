@@ -35,8 +35,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from greater.generation import TransformersGenerator
-from greater.optimizer import GreaterConfig, optimize, resolve_batch_sizes
+from greater.optimizer import GreaterConfig, build_engine, fitted_config, optimize
 from greater.tasks import get_task
 
 HERE = Path(__file__).resolve().parent
@@ -151,8 +150,8 @@ def run_part(name: str, settings: dict, model, tokenizer, max_seconds: float) ->
         top_q=settings["top_q"],
         num_select=settings["num_select"],
     )
-    config = resolve_batch_sizes(model, tokenizer, task, train, config)  # "auto": from free memory
-    generator = TransformersGenerator(model, tokenizer, batch_size=config.batch_size)
+    engine = build_engine(model, tokenizer, task, train, config)  # "auto" batch sizes: from free memory
+    config, generator = fitted_config(config, engine), engine.generator
     steps: list[dict] = []
     started = time.perf_counter()
     last = {"t": started, "counts": asdict(generator.stats)}
@@ -175,7 +174,7 @@ def run_part(name: str, settings: dict, model, tokenizer, max_seconds: float) ->
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, max_seconds)
     try:
-        optimize(model, tokenizer, task, config, train=train, on_step=on_step, generator=generator)
+        optimize(model, tokenizer, task, config, on_step=on_step, engine=engine)
     except OutOfTime as exc:
         stopped = f"time: {exc}"
     finally:

@@ -228,8 +228,8 @@ def test_a_baseline_scores_its_keep_top_best_prompts_on_dev(tiny_model, smol_tok
     plain = run_method("ape", tiny_model, smol_tokenizer, TASK, TRAIN, config)
     asked = []
 
-    def scripted(engine, examples, prompt, *, joiner, max_new_tokens) -> float:
-        asked.append((prompt, examples, joiner, max_new_tokens))
+    def scripted(engine, examples, prompt) -> float:
+        asked.append((prompt, examples, engine.joiner, engine.max_new_tokens))
         return [0.25, 0.75][len(asked) - 1]  # the second finalist is the best on dev
 
     monkeypatch.setattr(common, "accuracy_on", scripted)

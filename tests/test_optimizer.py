@@ -9,6 +9,9 @@ import random
 import pytest
 import torch
 
+from greater.errors import GreaterError
+from greater.evaluate import ANSWER_SLACK, evaluate, evaluate_with
+from greater.fit import fitting_rows
 from greater.layout import decode, encode, encode_prompt
 from greater.optimizer import (
     GreaterConfig,
@@ -18,6 +21,7 @@ from greater.optimizer import (
     propose_candidates,
     shortlist_candidates,
 )
+from greater.tasks import get_task
 
 LAMBDA = 0.2
 TEMPERATURE = 0.2
@@ -187,3 +191,47 @@ def test_same_seed_same_prompts_and_reuse_changes_nothing(tiny_run):
     assert [r.candidates for r in a.steps] == [r.candidates for r in b.steps]
     assert a.prompt == c.prompt
     assert a.score == pytest.approx(c.score, abs=1e-4)
+
+
+def test_an_engine_on_other_examples_shares_its_model_calls_and_scores_as_a_fresh_one(
+    tiny_model, smol_tokenizer, tiny_engine
+):
+
+    engine = tiny_engine("gen/boolean_expressions", 3, batch_size=2, max_new_tokens=6)
+    task = get_task("gen/boolean_expressions")
+    others = task.load()[5:8]
+    on = engine.on(others)
+    assert on.generator is engine.generator and on.counts is engine.counts and on.batch_size == 2
+    assert on.examples == others and engine.examples == task.load()[:3]  # the original keeps its own
+    before = engine.counts.sequences
+    mine = evaluate_with(on, "Think step by step.")
+    assert engine.counts.sequences == before + 2 * len(others)  # reasoning + answer, counted on the run's engine
+    fresh = evaluate(
+        tiny_model, smol_tokenizer, task, others, "Think step by step.", joiner=". Use", max_new_tokens=6, batch_size=2
+    )
+    assert mine.predictions == fresh.predictions
+
+
+def test_the_context_check_counts_a_row_as_the_engine_does(smol_tokenizer, tiny_engine):
+
+    engine = tiny_engine("gen/boolean_expressions", 1)
+    (example,) = engine.examples
+    # the evaluation lets the model write ANSWER_SLACK tokens beyond the gold answer
+    tokens = engine.row_tokens(32, prompt_tokens=10) + ANSWER_SLACK
+
+    def kept(context: int) -> int:
+        rows, _ = fitting_rows(
+            smol_tokenizer,
+            engine.task,
+            {"train": [example]},
+            context=context,
+            prompt_tokens=10,
+            joiner=engine.joiner,
+            max_new_tokens=32,
+            skip=True,
+        )
+        return len(rows["train"])
+
+    assert kept(tokens) == 1
+    with pytest.raises(GreaterError, match="no train example fits"):
+        kept(tokens - 1)

@@ -45,6 +45,10 @@ class DecodeStats:
         """Counter by counter: what two sittings of one run did together (`methods.Sitting`)."""
         return DecodeStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
+    def __sub__(self, other: DecodeStats) -> DecodeStats:
+        """Counter by counter: the work done since `other` was copied from these counters."""
+        return DecodeStats(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
 
 def pack_rows(
     rows: Sequence[Sequence[int]],

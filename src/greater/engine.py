@@ -5,6 +5,7 @@ by a `gradient.GradientPass`) and the candidates' reasoning and scores (`reason_
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol
 
 import torch
@@ -44,30 +45,35 @@ class Engine:
         batch_size: int | str = AUTO,
         grad_batch_size: int | str = AUTO,
         max_new_tokens: int = 256,
+        size_tokens: int | None = None,
         answer_temperature: float = 1.0,
         generator: Generator | None = None,
         cached_decoding: bool = True,
         batched_gradient: bool = True,
         lookup_decoding: bool = True,
     ) -> None:
+        """`max_new_tokens`: the reasoning cap, every call's default; `size_tokens` (default: the cap):
+        the longest generation the "auto" batch sizes must leave room for (a baseline's meta-prompt
+        replies can be longer than its reasonings)."""
         self.model = model
         self.tokenizer = tokenizer
         self.task = task
-        self.examples = examples
+        self.joiner = joiner
+        self.max_new_tokens = max_new_tokens
+        self.answer_temperature = answer_temperature
+        self.cached_decoding, self.batched_gradient = cached_decoding, batched_gradient
         self.layout = ChatLayout.from_tokenizer(tokenizer)
-        self.heads = [self.layout.encode_head(tokenizer, ex.question + joiner) for ex in examples]
-        self.answer_ids: list[Ids] = [tuple(encode(tokenizer, task.target_text(ex))) for ex in examples]
         self.extractor_ids: Ids = tuple(encode(tokenizer, " " + task.extractor))
+        self._bind(examples)
         # "auto": from free GPU memory for rows this long (CPU: 32 and 4)
         self.batch_size, self.grad_batch_size = fit_batch_sizes(
             model,
-            self.row_tokens(max_new_tokens),
+            self.row_tokens(max_new_tokens if size_tokens is None else size_tokens),
             len(examples),
             batch_size,
             grad_batch_size,
             prefix_tokens=self.row_tokens(0),
         )
-        self.answer_temperature = answer_temperature
         self.generator = (
             as_generator(generator)
             if generator is not None
@@ -81,21 +87,41 @@ class Engine:
         )
         self.counts: DecodeStats = self.generator.stats
         self.pad_id = pad_token_id(model, tokenizer)
-        self.prefix = SharedPrefix(model, [h[0] + h[1] for h in self.heads], self.pad_id, self.counts, self.batch_size)
         self.forcing = TeacherForcing(model, self.pad_id, answer_temperature, self.counts)
+        self._bind_passes()
+
+    def on(self, examples: list[Example]) -> Engine:
+        """This engine — model, generator (and its counters), batch sizes, cap and switches — over other
+        examples of its task: a run's dev pass and test scoring use its engine this way."""
+        other = copy.copy(self)
+        other._bind(examples)
+        other._bind_passes()
+        return other
+
+    def _bind(self, examples: list[Example]) -> None:
+        """The examples and what is tokenized from them once."""
+        self.examples = examples
+        self.heads = [self.layout.encode_head(self.tokenizer, ex.question + self.joiner) for ex in examples]
+        self.answer_ids: list[Ids] = [tuple(encode(self.tokenizer, self.task.target_text(ex))) for ex in examples]
+
+    def _bind_passes(self) -> None:
+        """The passes that keep state about the examples: the shared prefix, the gradient pass, selection."""
+        self.prefix = SharedPrefix(
+            self.model, [h[0] + h[1] for h in self.heads], self.pad_id, self.counts, self.batch_size
+        )
         self.gradient_pass: GradientPass = (
             KeptPrefix(self.forcing, self.prefix, self.grad_batch_size)
-            if batched_gradient
+            if self.batched_gradient
             else FullSequences(self.forcing)
         )
-        decoder = self.generator.shared_prefix() if cached_decoding else None
+        decoder = self.generator.shared_prefix() if self.cached_decoding else None
         self.selection: SelectionScorer = SharedPrefixDecode(self, decoder) if decoder is not None else Regenerate(self)
 
     def row_tokens(self, max_new_tokens: int, prompt_tokens: int = PROMPT_TOKENS) -> int:
         """Tokens of the longest row with a prompt of `prompt_tokens` and a reasoning of `max_new_tokens`."""
-        head = max(len(h[0]) + len(h[1]) for h in self.heads) if self.heads else 0
+        head = max(self.heads, key=lambda h: len(h[0]) + len(h[1]), default=((), ()))
         follow = len(self.extractor_ids) + max(map(len, self.answer_ids), default=0)
-        return head + prompt_tokens + len(self.layout.mid_ids) + max_new_tokens + follow
+        return self.layout.row_tokens(head, prompt_tokens, max_new_tokens, follow)
 
     # -- sequences and generation ---------------------------------------------------------
 
@@ -108,10 +134,11 @@ class Engine:
             for h, r, a in zip(self.heads, reasonings, self.answer_ids, strict=True)
         ]
 
-    def reason(self, prompts: list[Ids], max_new_tokens: int) -> list[list[list[int]]]:
-        """Greedy reasoning for every (prompt, example), all prompts in one generation call."""
+    def reason(self, prompts: list[Ids], max_new_tokens: int | None = None) -> list[list[list[int]]]:
+        """Greedy reasoning (capped at `max_new_tokens`, default the engine's cap) for every
+        (prompt, example), all prompts in one generation call."""
         contexts = [seq.ids for prompt in prompts for seq in self.sequences(prompt)]
-        flat = self.generator.generate(contexts, max_new_tokens)
+        flat = self.generator.generate(contexts, max_new_tokens or self.max_new_tokens)
         n = len(self.examples)
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
 
@@ -125,11 +152,12 @@ class Engine:
         return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
 
     def reason_and_score(
-        self, prompts: list[Ids], max_new_tokens: int, timer: PhaseTimer | None = None
+        self, prompts: list[Ids], max_new_tokens: int | None = None, timer: PhaseTimer | None = None
     ) -> list[Scored]:
-        """Reasoning and loss terms (no gradient) for each prompt on every example, by `selection`;
-        `timer` gets the seconds of the selection_generation and selection_scoring phases."""
-        return self.selection.score(prompts, max_new_tokens, timer or PhaseTimer())
+        """Reasoning (capped at `max_new_tokens`, default the engine's cap) and loss terms (no gradient)
+        for each prompt on every example, by `selection`; `timer` gets the seconds of the
+        selection_generation and selection_scoring phases."""
+        return self.selection.score(prompts, max_new_tokens or self.max_new_tokens, timer or PhaseTimer())
 
     def terms(self, seqs: list[TokenSequence], *, position: int | None = None, nll_weight: float = 0.0) -> Terms:
         """Loss terms for `seqs`, in chunks of `batch_size`; with `position`, also proposal log-probs

@@ -1,5 +1,5 @@
 """Accuracy of a prompt on examples: reasoning, then the extractor, then answer matching (`evaluate`;
-`accuracy_on` with an optimizer's engine, for the dev pass), and the dev choice (`best_on_dev`). The
+`evaluate_with` an engine a run already has; `accuracy_on` for the dev pass), and the dev choice (`best_on_dev`). The
 prompts × tasks table built on it is `greater.prompt_table`."""
 
 from __future__ import annotations
@@ -58,13 +58,8 @@ def evaluate(
     saved_reasoning: dict[int, list[int]] | None = None,
     on_reasoning: Callable[[dict[int, list[int]], int], None] | None = None,
 ) -> Evaluation:
-    """Score `prompt` on `examples` with greedy reasoning capped at `max_new_tokens`.
-
-    With `on_reasoning`, the reasonings are generated one generation batch at a time and
-    `on_reasoning(done, batch_size)` gets every reasoning so far (example index -> token ids) and the
-    batch size after each batch; passing `done` back as `saved_reasoning`, with that batch size as
-    `batch_size`, skips the batches it holds. The predictions are those of one uninterrupted call
-    either way (`reason_in_batches`)."""
+    """Score `prompt` on `examples` with greedy reasoning capped at `max_new_tokens`: `evaluate_with` on
+    an engine made for them."""
     engine = Engine(
         model,
         tokenizer,
@@ -75,14 +70,41 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         generator=generator,
     )
+    return evaluate_with(
+        engine, prompt, progress=progress, desc=desc, saved_reasoning=saved_reasoning, on_reasoning=on_reasoning
+    )
+
+
+def evaluate_with(
+    engine: Engine,
+    prompt: str,
+    *,
+    progress: bool = False,
+    desc: str = "evaluating",
+    saved_reasoning: dict[int, list[int]] | None = None,
+    on_reasoning: Callable[[dict[int, list[int]], int], None] | None = None,
+) -> Evaluation:
+    """Score `prompt` on `engine`'s examples, with its joiner, reasoning cap, batch size and generator
+    (whose counters count the work).
+
+    With `on_reasoning`, the reasonings are generated one generation batch at a time and
+    `on_reasoning(done, batch_size)` gets every reasoning so far (example index -> token ids) and the
+    batch size after each batch; passing `done` back as `saved_reasoning`, with that batch size as
+    `batch_size`, skips the batches it holds. The predictions are those of one uninterrupted call
+    either way (`reason_in_batches`)."""
+    task, tokenizer, examples = engine.task, engine.tokenizer, engine.examples
     prompt_ids = tuple(encode_prompt(tokenizer, prompt))
+    shown = engine.generator.progress
     with tqdm(total=2 * len(examples), desc=desc, unit="gen", disable=not progress, file=sys.stderr) as bar:
         engine.generator.progress = bar
-        done = dict(saved_reasoning or {})
-        bar.update(len(done))
-        on_batch = None if on_reasoning is None else (lambda done: on_reasoning(done, engine.batch_size))
-        reasoning = reason_in_batches(engine, prompt_ids, max_new_tokens, done, on_batch)
-        outputs = engine.answer(prompt_ids, reasoning, max(map(len, engine.answer_ids)) + ANSWER_SLACK)
+        try:
+            done = dict(saved_reasoning or {})
+            bar.update(len(done))
+            on_batch = None if on_reasoning is None else (lambda done: on_reasoning(done, engine.batch_size))
+            reasoning = reason_in_batches(engine, prompt_ids, engine.max_new_tokens, done, on_batch)
+            outputs = engine.answer(prompt_ids, reasoning, max(map(len, engine.answer_ids)) + ANSWER_SLACK)
+        finally:
+            engine.generator.progress = shown  # a run's generator goes on after this bar is closed
     predictions = []
     for ex, r, out in zip(examples, reasoning, outputs, strict=True):
         predictions.append(
@@ -135,17 +157,7 @@ def best_on_dev(dev_accuracies: Sequence[float]) -> int:
     return max(range(len(dev_accuracies)), key=dev_accuracies.__getitem__)  # max keeps the first of equals
 
 
-def accuracy_on(engine: Engine, examples: list[Example], prompt: str, *, joiner: str, max_new_tokens: int) -> float:
-    """`evaluate`'s accuracy with an optimizer's own model, batch size and generator, so its counters
+def accuracy_on(engine: Engine, examples: list[Example], prompt: str) -> float:
+    """`evaluate`'s accuracy on `examples` with an optimizer's engine (`Engine.on`), so its counters
     count the work: the dev pass that picks GReaTer's and the baselines' final prompt."""
-    return evaluate(
-        engine.model,
-        engine.tokenizer,
-        engine.task,
-        examples,
-        prompt,
-        joiner=joiner,
-        max_new_tokens=max_new_tokens,
-        batch_size=engine.batch_size,
-        generator=engine.generator,
-    ).accuracy
+    return evaluate_with(engine.on(examples), prompt).accuracy

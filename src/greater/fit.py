@@ -2,8 +2,9 @@
 
 A row fits when its whole sequence — chat prefix, question + joiner, prompt, the assistant header, the
 reasoning cap, the extractor and the longest answer the evaluation lets the model write — is within the
-model's context length. A row that does not fit would fail (or run out of memory) deep inside a step;
-here it is refused with its file and line (or task name and index), or left out when asked to.
+model's context length, counted as the engine counts it (`ChatLayout.row_tokens`). A row that does not
+fit would fail (or run out of memory) deep inside a step; here it is refused with its file and line (or
+task name and index), or left out when asked to.
 """
 
 from __future__ import annotations
@@ -57,21 +58,22 @@ def fitting_rows(
     if context is None:
         return dict(splits), 0
     layout = ChatLayout.from_tokenizer(tokenizer)
-    fixed = len(layout.prefix_ids) + prompt_tokens + len(layout.mid_ids) + max_new_tokens
-    fixed += len(encode(tokenizer, " " + task.extractor)) + ANSWER_SLACK
+    extractor = len(encode(tokenizer, " " + task.extractor))
     kept: dict[str, list[Example]] = {}
     bad: list[str] = []
     for name, examples in splits.items():
         kept[name] = []
         for index, ex in enumerate(examples):
-            room = context - fixed - len(encode(tokenizer, task.target_text(ex)))
             # a fast tokenizer takes a 50,000-word question in well under a second
-            used = len(encode(tokenizer, ex.question + joiner))
-            if used <= room:
+            head = layout.encode_head(tokenizer, ex.question + joiner)
+            follow = extractor + len(encode(tokenizer, task.target_text(ex))) + ANSWER_SLACK
+            tokens = layout.row_tokens(head, prompt_tokens, max_new_tokens, follow)
+            if tokens <= context:
                 kept[name].append(ex)
                 continue
+            used = len(head[1])  # the question's tokens, and the room the rest of the row leaves them
             where = ex.where or f"task {task.name}, {name} {index}"
-            bad.append(f"{where} ({used} tokens; room for {max(room, 0)})")
+            bad.append(f"{where} ({used} tokens; room for {max(context - tokens + used, 0)})")
     if not bad:
         return kept, 0
     shown = "; ".join(bad[:SHOWN]) + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")

@@ -63,6 +63,11 @@ class ChatLayout:
                 break
         return self.prefix_ids, tuple(encode(tokenizer, user_text))
 
+    def row_tokens(self, head: tuple[Ids, Ids], prompt_tokens: int, reasoning_tokens: int, follow_tokens: int) -> int:
+        """Tokens of a row (see the module's picture): `head` from `encode_head`, a prompt and a reasoning of
+        these lengths, and `follow_tokens` after the reasoning (extractor and answer)."""
+        return len(head[0]) + len(head[1]) + prompt_tokens + len(self.mid_ids) + reasoning_tokens + follow_tokens
+
 
 @dataclass(frozen=True)
 class TokenSequence:

@@ -37,14 +37,16 @@ from tqdm import tqdm
 from greater import artifact
 from greater.backends.vllm import VLLMGenerator
 from greater.device import resolve_placement
+from greater.engine import Engine
 from greater.errors import GreaterError, ResumeConflict, setting_name
-from greater.evaluate import evaluate
+from greater.evaluate import evaluate_with
 from greater.fit import fit_to_model
 from greater.generation import stop_token_ids
 from greater.layout import encode_prompt
 from greater.methods import MethodConfig, run_method
+from greater.methods.common import baseline_engine
 from greater.model import load_model, model_label, model_name, model_source
-from greater.optimizer import GreaterConfig, RunState, StepRecord, filler_token, resolve_batch_sizes
+from greater.optimizer import GreaterConfig, RunState, StepRecord, build_engine, filler_token, fitted_config
 from greater.runs import RunDir, slug, split_sizes
 from greater.runtime import OutOfTime, RunClock, set_threads
 from greater.stats import majority
@@ -195,7 +197,7 @@ class Inputs(NamedTuple):
     task: Task
     model: object
     tokenizer: object
-    generator: object
+    engine: Engine  # built once: the search, its dev pass and the test scoring all run on it
     train: list[Example]
     dev: list[Example]
     test: list[Example]
@@ -240,7 +242,7 @@ class Run:
         if spec.method == "greater":
             inputs = _prepare_greater(info, config, options.trust_remote_code, new=True)
             # "auto" batch sizes become numbers fitted to this device's free memory, stored for a resume
-            config = resolve_batch_sizes(inputs.model, inputs.tokenizer, inputs.task, inputs.train, config)
+            config = fitted_config(config, inputs.engine)
             info["config"] = asdict(config)
         else:
             inputs = _prepare_baseline(info, config, options.trust_remote_code)
@@ -294,22 +296,9 @@ class Run:
             return self._execute_greater(tracker)
         return self._execute_baseline(tracker)
 
-    def _test_accuracy(self, prompt: str, label: str, joiner: str) -> float:
+    def _test_accuracy(self, prompt: str, label: str) -> float:
         """Score a prompt on the test examples (with progress) and print its accuracy."""
-        task, model, tokenizer, generator, _, _, test = self.inputs
-        config = self.config
-        ev = evaluate(
-            model,
-            tokenizer,
-            task,
-            test,
-            prompt,
-            joiner=joiner,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            generator=generator,
-            progress=True,
-        )
+        ev = evaluate_with(self.inputs.engine.on(self.inputs.test), prompt, progress=True)
         print(f"{label} test accuracy: {ev.accuracy:.3f} ({sum(p['correct'] for p in ev.predictions)}/{ev.n})")
         return ev.accuracy
 
@@ -323,7 +312,7 @@ class Run:
             print(f"initial prompt test accuracy: {initial_acc:.3f} (from initial_eval.json)")
         else:
             eval_started = time.monotonic()
-            initial_acc = self._test_accuracy(config.init_prompt, "initial prompt", config.joiner)
+            initial_acc = self._test_accuracy(config.init_prompt, "initial prompt")
             folder.save_initial_accuracy(config.init_prompt, initial_acc)
             self.clock.test_seconds = time.monotonic() - eval_started
         try:
@@ -333,7 +322,7 @@ class Run:
         if result.dev_accuracy is not None:
             print(f"dev accuracy of the chosen prompt: {result.dev_accuracy:.3f} (best of {len(result.finalists)})")
         print(f"optimized prompt: {result.prompt}")
-        final_acc = self._test_accuracy(result.prompt, "optimized prompt", config.joiner)
+        final_acc = self._test_accuracy(result.prompt, "optimized prompt")
         test_accuracy = {"initial": initial_acc, "optimized": final_acc}
         common, share = majority([task.normalize(ex.answer) for ex in test])
         print(f"chance on these test examples (always answering {common!r}): {share:.3f}")
@@ -360,7 +349,7 @@ class Run:
         the time budget is checked (raises `OutOfTime`); the dev pass is checkpointed prompt by
         prompt. Returns `optimize`'s `Result`."""
         config, folder, state = self.config, self.folder, self.state
-        task, model, tokenizer, generator, train, dev, test = self.inputs
+        task, model, tokenizer, engine, train, dev, test = self.inputs
         bar = tqdm(
             total=config.steps, initial=state.step if state else 0, desc="optimizing", unit="step", file=sys.stderr
         )
@@ -393,7 +382,7 @@ class Run:
                 resume=self.progress,
                 checkpoint=checkpoint,
                 on_step=stepped.append,
-                generator=generator,
+                engine=engine,
             )
         finally:
             bar.close()  # also before an error's line (a full disk), so that line is not the bar's
@@ -413,13 +402,21 @@ class Run:
 
         try:
             result = run_method(
-                method, model, tokenizer, task, train, config, resume=self.progress, checkpoint=checkpoint
+                method,
+                model,
+                tokenizer,
+                task,
+                train,
+                config,
+                resume=self.progress,
+                checkpoint=checkpoint,
+                engine=self.inputs.engine,
             )
         except OutOfTime as stop:
             return RunOutcome(folder.path, out_of_time=stop.step)
         folder.append_history(result.history)
         print(f"optimized prompt: {result.prompt}")
-        final_acc = self._test_accuracy(result.prompt, "optimized prompt", config.joiner)
+        final_acc = self._test_accuracy(result.prompt, "optimized prompt")
         scores = {"score": result.score, "score_name": result.score_name, "dev_accuracy": None}
         scores["test_accuracy"] = {"optimized": final_acc}
         ids = encode_prompt(tokenizer, result.prompt)
@@ -438,7 +435,7 @@ class Run:
 
 
 def _prepare_greater(info: dict, config: GreaterConfig, trust_remote_code: bool, new: bool) -> Inputs:
-    """The task, model, tokenizer, generator and split of a GReaTer run: the model loaded as info's
+    """The task, model, tokenizer, engine and split of a GReaTer run: the model loaded as info's
     runtime says, the prompt and filler checked against its tokenizer and every row against its
     context (all before anything is written), the split drawn."""
     task = resolve_task(info["task"], info.get("data_dir"), info.get("task_options"))
@@ -459,7 +456,8 @@ def _prepare_greater(info: dict, config: GreaterConfig, trust_remote_code: bool,
             f"{setting_name('dev_keeps_initial')} scores the starting prompt on the dev set: give "
             f"{setting_name('dev')} N too"
         )
-    return Inputs(task, model, tokenizer, generator, drawn.train, drawn.dev, drawn.test)
+    engine = build_engine(model, tokenizer, task, drawn.train, config, generator)
+    return Inputs(task, model, tokenizer, engine, drawn.train, drawn.dev, drawn.test)
 
 
 def _fitted(model, tokenizer, task: Task, info: dict, prompt_tokens: int, config) -> Task:
@@ -519,7 +517,8 @@ def _prepare_baseline(info: dict, config: MethodConfig, trust_remote_code: bool)
     longest = max(len(prompt_ids), config.max_prompt_tokens)  # proposals are cut at max_prompt_tokens
     task = _fitted(model, tokenizer, task, info, longest, config)
     train, test = task.split(*sizes, config.seed)
-    return Inputs(task, model, tokenizer, None, train, [], test)
+    engine = baseline_engine(model, tokenizer, task, train, config)
+    return Inputs(task, model, tokenizer, engine, train, [], test)
 
 
 def _tracker(mlflow: str | None, folder: RunDir):

@@ -191,8 +191,8 @@ class Result:
     initial_score: float
     steps: list[StepRecord]  # the steps run by this call (a resumed run starts after its checkpoint)
     stopped: str  # "budget" or "plateau"
-    # model work done by this call: the engine's counters as they are (DecodeStats is public: a
-    # summary of them would only drop what bench/step.py and methods.Usage read)
+    # model work done by this call (DecodeStats is public: a summary of them would only drop what
+    # bench/step.py and methods.Usage read)
     counts: DecodeStats = field(default_factory=DecodeStats)
     dev_accuracy: float | None = None  # the chosen prompt's, when a dev set was given
     finalists: list[dict] = field(default_factory=list)  # {"prompt", "prompt_ids", "score", "dev_accuracy"}
@@ -252,22 +252,27 @@ def optimize(
     on_dev: Callable[[RunState], None] | None = None,
     generator: Generator | None = None,
     state: RunState | None = None,
+    engine: Engine | None = None,
 ) -> Result:
     """Run GReaTer on `train` (default: the task's seeded train split) and return the chosen prompt.
 
     With `dev` examples, the `keep_top` best prompts by selection score are scored on them at the
     end (greedy reasoning, accuracy) and the best on dev is the result. `on_step(record, state)` is
     called after every step and `on_dev(state)` after every prompt of the dev pass (the CLI writes a
-    checkpoint there); passing a saved `state` continues that run exactly where it stopped.
+    checkpoint there); passing a saved `state` continues that run exactly where it stopped. `engine`:
+    one `build_engine` made for `train` with this config (a `Run` makes one and scores its test
+    examples with it too); `model`, `tokenizer`, `train` and `generator` are then the engine's.
     """
     config = config or GreaterConfig()
     config.validate()
-    if train is None:
-        train, _ = task.split(None, None, config.seed)
-    if not train:
-        raise GreaterError(f"task {task.name!r}: no training examples")
-    engine = _engine(model, tokenizer, task, train, config, generator)
-    config = replace(config, batch_size=engine.batch_size, grad_batch_size=engine.grad_batch_size)  # "auto" fitted
+    if engine is None:
+        if train is None:
+            train, _ = task.split(None, None, config.seed)
+        if not train:
+            raise GreaterError(f"task {task.name!r}: no training examples")
+        engine = build_engine(model, tokenizer, task, train, config, generator)
+    config = fitted_config(config, engine)
+    counted = replace(engine.counts)  # a run's engine may have scored test examples before
     filler = filler_token(tokenizer, config.filler)
     if state is None:
         init = encode_prompt(tokenizer, config.init_prompt)
@@ -304,7 +309,7 @@ def optimize(
         initial_score=state.initial_score,
         steps=records,
         stopped=state.stopped,
-        counts=engine.counts,
+        counts=engine.counts - counted,
         dev_accuracy=state.dev_accuracy.get(tuple(chosen)) if dev else None,
         finalists=finalists,
     )
@@ -330,9 +335,7 @@ def _dev_choice(
         if ids in state.dev_accuracy:
             continue
         text = prompt_text(tokenizer, ids)
-        state.dev_accuracy[ids] = accuracy_on(
-            engine, dev, text, joiner=config.joiner, max_new_tokens=config.max_new_tokens
-        )
+        state.dev_accuracy[ids] = accuracy_on(engine, dev, text)
         if on_dev is not None:
             on_dev(state)
     best = finalists[best_on_dev([state.dev_accuracy[ids] for ids in finalists])]
@@ -365,29 +368,18 @@ class Returnable:
         return self._known[ids]
 
 
-def resolve_batch_sizes(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: list[Example], config: GreaterConfig
-) -> GreaterConfig:
-    """`config` with "auto" batch sizes replaced by numbers fitted to the free device memory for these
-    examples (see greater.memory); the CLI stores the numbers in run.json, so a resumed run uses them."""
-    if config.batch_size != "auto" and config.grad_batch_size != "auto":
-        return config
-    return fitted_generator(model, tokenizer, task, train, config)[0]
-
-
-def fitted_generator(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: list[Example], config: GreaterConfig
-) -> tuple[GreaterConfig, Generator]:
-    """`config` with its batch sizes fitted (as `resolve_batch_sizes`) and the generator `optimize` would
-    make for it: passed to `optimize`, its counters (`stats`, `Result.counts` at the end) can be read
-    while the run goes on (`methods.run_method` saves them with each checkpoint)."""
-    engine = _engine(model, tokenizer, task, train, config)
-    fitted = replace(config, batch_size=engine.batch_size, grad_batch_size=engine.grad_batch_size)
-    return fitted, engine.generator
-
-
-def _engine(model, tokenizer, task: Task, train: list[Example], config: GreaterConfig, generator=None) -> Engine:
-    """The engine of a run with `config` (its "auto" batch sizes fitted to free memory by the engine)."""
+def build_engine(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    train: list[Example],
+    config: GreaterConfig,
+    generator: Generator | None = None,
+) -> Engine:
+    """The engine of a GReaTer run on `train` with `config`, its "auto" batch sizes fitted to the free
+    device memory (see greater.memory; `fitted_config` puts the numbers in the config a run stores, so
+    a resumed run uses them). `optimize(engine=...)` searches with it and `Engine.on` scores other
+    examples with the same model calls and counters."""
     return Engine(
         model,
         tokenizer,
@@ -403,6 +395,11 @@ def _engine(model, tokenizer, task: Task, train: list[Example], config: GreaterC
         batched_gradient=config.batched_gradient,
         lookup_decoding=config.lookup_decoding,
     )
+
+
+def fitted_config(config: GreaterConfig, engine: Engine) -> GreaterConfig:
+    """`config` with the batch sizes `engine` uses ("auto" replaced by the fitted numbers)."""
+    return replace(config, batch_size=engine.batch_size, grad_batch_size=engine.grad_batch_size)
 
 
 class _Step:
@@ -427,7 +424,7 @@ class _Step:
             # 1. reasoning for the current prompt (reused from the previous selection when possible)
             with timer("reasoning"):
                 if state.reasoning is None or not config.reuse_reasoning:
-                    (state.reasoning,) = engine.reason([prompt], config.max_new_tokens)
+                    (state.reasoning,) = engine.reason([prompt])
             # 2. one teacher-forced forward + backward: loss, proposal log-probs, embedding gradient
             with timer("gradient"):
                 seqs = engine.sequences(prompt, state.reasoning)
@@ -511,7 +508,7 @@ class _Step:
         if period is not None:
             shortlist = shortlist[: shortlist.index(period) + 1]
         fresh = [p for p in shortlist if p not in state.scores]
-        scored_fresh = engine.reason_and_score(fresh, config.max_new_tokens, timer) if fresh else []
+        scored_fresh = engine.reason_and_score(fresh, timer=timer) if fresh else []
         fresh_reasoning = {p: reasoning for p, (reasoning, _) in zip(fresh, scored_fresh, strict=True)}
         for p, (_, terms) in zip(fresh, scored_fresh, strict=True):
             score = selection_score(terms, config)

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from greater.engine import Engine
 from greater.errors import GreaterError
 from greater.generation import Generator
 from greater.methods import baselines
@@ -28,7 +29,7 @@ from greater.methods.common import (
     Workbench,
     pick_on_dev,
 )
-from greater.optimizer import GreaterConfig, RunState, StepRecord, fitted_generator, optimize
+from greater.optimizer import GreaterConfig, RunState, StepRecord, build_engine, fitted_config, optimize
 from greater.settings import SHARED, TUNABLE
 from greater.tasks import Example, Task
 
@@ -130,6 +131,7 @@ def run_method(
     checkpoint: Callable[[dict], None] | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
     generator: Generator | None = None,
+    engine: Engine | None = None,
 ) -> MethodResult:
     """Run method `name` on `train`; `greater_config` overrides what GReaTer derives from `config`.
 
@@ -151,7 +153,11 @@ def run_method(
 
     GReaTer only: `on_step(record)` gets each step's `StepRecord` before that step's progress is
     handed to `checkpoint`; `generator` generates its reasoning instead of the transformers one it
-    makes (e.g. vLLM); its result's `details` is `optimize`'s `Result`."""
+    makes (e.g. vLLM); its result's `details` is `optimize`'s `Result`.
+
+    `engine`: the one to search with (GReaTer: `optimizer.build_engine`, a baseline:
+    `methods.common.baseline_engine`, on `train` with these settings), as a `Run` passes its own; default:
+    one made here."""
     config = config or MethodConfig()
     config.validate()
     fields = greater_fields(name)
@@ -160,11 +166,14 @@ def run_method(
     sitting = Sitting(name, resume, checkpoint)
     if fields is not None:  # GReaTer: its generator follows GreaterConfig's decoding switches, not a Workbench's
         settings = replace(greater_config or greater_settings(config), **fields)
-        result = _greater(name, model, tokenizer, task, train, settings, dev, sitting, on_step, generator)
+        engine = engine or build_engine(model, tokenizer, task, train, settings, generator)
+        result = _greater(name, task, settings, dev, sitting, on_step, engine)
     else:
         on_progress = sitting.save if checkpoint is not None else None
-        bench = Workbench(model, tokenizer, task, train, config, saved=sitting.search, on_progress=on_progress)
-        sitting.counts = bench.generator.stats
+        bench = Workbench(
+            model, tokenizer, task, train, config, saved=sitting.search, on_progress=on_progress, engine=engine
+        )
+        sitting.count(bench.generator.stats)
         best, history = _BASELINES[name](bench)
         finalists: list[dict] = []
         if dev and len(bench.scores) > 1:
@@ -183,23 +192,18 @@ def greater_settings(config: MethodConfig) -> GreaterConfig:
 
 def _greater(
     name: str,
-    model,
-    tokenizer,
-    task,
-    train,
+    task: Task,
     config: GreaterConfig,
     dev: list[Example] | None,
     sitting: Sitting,
-    step_hook: Callable[[StepRecord], None] | None = None,
-    generator: Generator | None = None,
+    step_hook: Callable[[StepRecord], None] | None,
+    engine: Engine,
 ) -> MethodResult:
-    """GReaTer, continued from `sitting.search` ({"state": `RunState.to_json`, "history": the history
-    entries of the steps done}) when there is one, checkpointed through `sitting` after every step and
-    every prompt of the dev pass."""
-    # the generator is made here so its counters can be saved with each checkpoint
-    if generator is None:
-        config, generator = fitted_generator(model, tokenizer, task, train, config)
-    sitting.counts = generator.stats
+    """GReaTer with `engine`, continued from `sitting.search` ({"state": `RunState.to_json`, "history": the
+    history entries of the steps done}) when there is one, checkpointed through `sitting` after every
+    step and every prompt of the dev pass."""
+    config = fitted_config(config, engine)
+    sitting.count(engine.counts)  # saved with each checkpoint
     saved = sitting.search or {}
     state = RunState.from_json(saved["state"]) if saved else None
     history: list[dict] = list(saved.get("history", []))  # the steps of earlier sittings, then this one's
@@ -226,16 +230,7 @@ def _greater(
         sitting.save({"state": run_state.to_json(), "history": history})
 
     result = optimize(
-        model,
-        tokenizer,
-        task,
-        config,
-        train=train,
-        dev=dev,
-        on_step=on_step,
-        on_dev=save,
-        generator=generator,
-        state=state,
+        engine.model, engine.tokenizer, task, config, dev=dev, on_step=on_step, on_dev=save, state=state, engine=engine
     )
     method = MethodResult(name, result.prompt, config.joiner, result.score, "selection loss", history)
     method.dev_accuracy, method.finalists, method.details = result.dev_accuracy, result.finalists, result

@@ -127,12 +127,19 @@ class Sitting:
         self.earlier = DecodeStats(**spent.get("counts", {}))
         self.earlier_seconds = float(spent.get("seconds", 0.0))
         self.checkpoint = checkpoint
-        self.counts = DecodeStats()  # the caller sets the run's generator's counters here
+        self.counts = DecodeStats()  # the search's counters (`count`)
+        self._before = DecodeStats()
         self.started = time.perf_counter()
+
+    def count(self, counts: DecodeStats) -> None:
+        """Count the work of the search from here on in `counts` (its engine's, which a run's test scoring
+        may have added to before)."""
+        self.counts, self._before = counts, replace(counts)
 
     def spent(self) -> tuple[DecodeStats, float]:
         """Counters and seconds of every sitting so far, this one up to now."""
-        return self.earlier + self.counts, self.earlier_seconds + time.perf_counter() - self.started
+        done = self.earlier + (self.counts - self._before)
+        return done, self.earlier_seconds + time.perf_counter() - self.started
 
     def usage(self) -> Usage:
         return Usage.of(*self.spent())
@@ -199,6 +206,23 @@ def pick_on_dev(finalists: list[Scored], dev_accuracy: Callable[[str], float]) -
     return finalists[best_on_dev([r["dev_accuracy"] for r in records])], records
 
 
+def baseline_engine(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, train: list[Example], config: MethodConfig
+) -> Engine:
+    """The engine of a baseline's run on `train`: its batch sizes leave room for the meta-prompt replies,
+    which its generator also samples."""
+    return Engine(
+        model,
+        tokenizer,
+        task,
+        train,
+        joiner=config.joiner,
+        batch_size=config.batch_size,
+        max_new_tokens=config.max_new_tokens,
+        size_tokens=max(config.max_new_tokens, config.meta_max_new_tokens),
+    )
+
+
 class Workbench:
     """One model serving as both task model and optimizer for one method run on `train`."""
 
@@ -212,21 +236,14 @@ class Workbench:
         *,
         saved: dict | None = None,
         on_progress: Callable[[dict], None] | None = None,
+        engine: Engine | None = None,
     ) -> None:
         """`saved`: the last `progress()` of an interrupted run of this search with the same arguments;
         `on_progress(progress())` is called after every scoring call that ran the model (a generation
-        batch's worth of prompts)."""
+        batch's worth of prompts); `engine`: the run's (`baseline_engine`), else one made here."""
         self.model, self.tokenizer, self.task, self.train, self.config = model, tokenizer, task, train, config
         self.layout = ChatLayout.from_tokenizer(tokenizer)
-        self.engine = Engine(
-            model,
-            tokenizer,
-            task,
-            train,
-            joiner=config.joiner,
-            batch_size=config.batch_size,
-            max_new_tokens=max(config.max_new_tokens, config.meta_max_new_tokens),
-        )
+        self.engine = engine if engine is not None else baseline_engine(model, tokenizer, task, train, config)
         self.generator: TransformersGenerator = self.engine.generator  # also samples the meta-prompt replies
         self.scores: dict[str, Scored] = {}
         self.evaluated = 0  # distinct candidate prompts scored, against `config.budget`
@@ -296,9 +313,7 @@ class Workbench:
         """Greedy accuracy of `prompt` on `dev`, counted in this run's usage (as GReaTer's dev pass);
         memoised by prompt (a run has one dev set), saved ones included."""
         if prompt not in self.dev_scores:
-            self.dev_scores[prompt] = accuracy_on(
-                self.engine, dev, prompt, joiner=self.config.joiner, max_new_tokens=self.config.max_new_tokens
-            )
+            self.dev_scores[prompt] = accuracy_on(self.engine, dev, prompt)
             if self.on_progress is not None:
                 self.on_progress(self.progress())
         return self.dev_scores[prompt]
