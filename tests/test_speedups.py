@@ -102,10 +102,19 @@ def test_shared_prefix_scoring_equals_full_forward(tiny_model, smol_tokenizer, t
         assert torch.equal(t_fast.correct, t_slow.correct)
 
 
-@pytest.mark.parametrize("switch", ["reuse_reasoning", "batched_gradient", "cached_decoding", "lookup_decoding"])
-def test_each_speedup_gives_the_same_run(tiny_run, switch):
+@pytest.mark.parametrize(
+    "switched",
+    [
+        {"reuse_reasoning": False},
+        {"batched_gradient": False},
+        {"cached_decoding": False},
+        {"lookup_decoding": False},
+        {"static_cache": True},
+    ],
+)
+def test_each_speedup_gives_the_same_run(tiny_run, switched):
     on = tiny_run(steps=4, max_new_tokens=6, batch_size=8)
-    off = tiny_run(steps=4, max_new_tokens=6, batch_size=8, **{switch: False})
+    off = tiny_run(steps=4, max_new_tokens=6, batch_size=8, **switched)
     assert [r.chosen_ids for r in on.steps] == [r.chosen_ids for r in off.steps]
     assert [[c.token_id for c in r.candidates] for r in on.steps] == [
         [c.token_id for c in r.candidates] for r in off.steps
@@ -114,6 +123,8 @@ def test_each_speedup_gives_the_same_run(tiny_run, switch):
         assert [e.score for e in a.evaluated] == pytest.approx([e.score for e in b.evaluated], abs=1e-4)
     assert on.prompt == off.prompt
     assert on.score == pytest.approx(off.score, abs=1e-4)
+    if "static_cache" in switched:  # the static loop ran: it drafts nothing, the default loop does here
+        assert off.counts.drafted_tokens == 0 < on.counts.drafted_tokens
 
 
 class _CountingGenerator:
@@ -263,3 +274,29 @@ def test_kept_prefix_depends_only_on_the_prompt_not_on_the_steps(tiny_model, smo
     other = (prompt[0] + 1,) + prompt[1:]
     again = stepwise(other, 2)
     assert again.ids == [h + other[:2] for h in heads]
+
+
+def test_the_static_cache_loop_decodes_and_scores_as_the_default_loop(tiny_model, smol_tokenizer):
+    """Rows ending at different steps (a stop token, the cap), the batch compacted as they end, follow
+    tokens scored on the static cache's rows: the same greedy tokens and scores as the default loop."""
+    texts = ["one two three one two three one two", "the cat sat on the mat. the cat", "x y", "a b c d e f g"]
+    contexts = [tuple(smol_tokenizer(t)["input_ids"]) for t in texts * 2]
+    follow = tuple(smol_tokenizer(" so the answer is 7")["input_ids"])
+    heads = prefill(tiny_model, [c[:-2] for c in contexts[:4]], pad_id=0)
+    rows = [DecodeRequest(i % 4, c[-2:] + (i,), follow, 3) for i, c in enumerate(contexts)]  # 8 rows, 4 heads
+    free = decode_shared(tiny_model, heads, rows, max_new_tokens=14, stop_ids=set(), pad_id=0)
+    # the tiny model repeats a token per row, then maybe switches: rows end at once, after 4, after 9, or at the cap
+    stops = {free[1].reasoning[0], free[3].reasoning[0], free[4].reasoning[9], free[6].reasoning[4]}
+    args = dict(max_new_tokens=14, stop_ids=stops, pad_id=0)
+    plain_stats, static_stats = DecodeStats(), DecodeStats()
+    plain = decode_shared(tiny_model, heads, rows, stats=plain_stats, **args)
+    static = decode_shared(tiny_model, heads, rows, static=True, stats=static_stats, **args)
+    lengths = sorted(len(r.reasoning) for r in plain)
+    assert len(set(lengths)) >= 3 and sum(n < 14 for n in lengths) >= 4  # so the batch of 8 halved
+    assert [r.reasoning for r in static] == [r.reasoning for r in plain]
+    for a, b in zip(static, plain, strict=True):
+        assert a.tail_logprobs == pytest.approx(b.tail_logprobs, abs=1e-5)
+        assert a.follow_logprobs == pytest.approx(b.follow_logprobs, abs=1e-5)
+        assert a.follow_hits == b.follow_hits
+    assert static_stats.generated_tokens == plain_stats.generated_tokens == sum(lengths)
+    assert static_stats.padded_slots > plain_stats.padded_slots  # finished rows wait, masked, until the batch halves

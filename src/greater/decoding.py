@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel, StaticCache
 
 from greater.batching import DecodeStats, pack_rows
 from greater.kvcache import Prefilled, cache_kwarg, cache_rows, cached_forward, stack_caches
@@ -29,6 +29,7 @@ from greater.layout import Ids
 from greater.logits import output_logits, token_logprobs
 
 MAX_DRAFT = 8  # guessed tokens per row and step at most
+_VACANT = -1  # `_StaticDecodeLoop.active` entry of a slot whose row has finished
 DRAFT_SLOTS = 16  # default token slots per decoding step that drafting may fill
 
 
@@ -70,6 +71,7 @@ class DecodeSettings:
     pad_id: int
     follow_temperature: float = 1.0
     draft_slots: int = 0
+    static: bool = False
 
 
 @torch.no_grad()
@@ -84,6 +86,7 @@ def decode_shared(
     follow_temperature: float = 1.0,
     draft_slots: int = 0,
     stats: DecodeStats | None = None,
+    static: bool = False,
 ) -> list[DecodedRow]:
     """Greedy reasoning + teacher-forced follow tokens for `requests`, one `DecodedRow` each, in order:
     each row continues a copy of head `heads[request.head]` (left as it is) with its tail, then
@@ -94,9 +97,15 @@ def decode_shared(
     tokens can come out of one forward; at most `draft_slots` slots are fed per step. Decoding one
     row costs about as much as decoding a few (the per-forward cost dominates), so this shortens the
     tail of the loop, where only the longest reasonings are still running.
+
+    `static=True` decodes into a KV cache allocated once at its final length (`_StaticDecodeLoop`: no
+    copy of the cache per token, rows that finish masked and the batch compacted only when it halves;
+    no drafting), the same greedy tokens and scores: the path for GPUs, where the per-token cache
+    copies of the default loop dominate.
     """
-    settings = DecodeSettings(max_new_tokens, stop_ids, pad_id, follow_temperature, draft_slots)
-    return _DecodeLoop(model, requests, settings, stats if stats is not None else DecodeStats()).run(heads)
+    settings = DecodeSettings(max_new_tokens, stop_ids, pad_id, follow_temperature, draft_slots, static)
+    loop = _StaticDecodeLoop if static else _DecodeLoop
+    return loop(model, requests, settings, stats if stats is not None else DecodeStats()).run(heads)
 
 
 def lookup_draft(context: list[int], size: int, stop_ids: set[int], longest: int = 3) -> list[int]:
@@ -169,21 +178,21 @@ class _DecodeLoop:
     def _prefill_tails(self, heads: Prefilled) -> torch.Tensor:
         """Copy the head caches to the rows and prefill the tails (left-padded: holes in the mask are
         fine); returns (R, V) logits predicting each row's first reasoning token."""
-        start = heads.rows([request.head for request in self.requests])
-        self.cache = start.cache
-        positions = start.mask.sum(-1)
+        index = torch.tensor([request.head for request in self.requests], device=heads.mask.device)
         tail_ids, tail_mask = pack_rows([r.tail for r in self.requests], self.settings.pad_id, self.device, left=True)
         tail_width = tail_ids.shape[1]
-        self.mask = torch.cat([start.mask, tail_mask], 1)
+        head_mask = self._place_heads(heads, index, tail_mask)
+        positions = head_mask.sum(-1)
         tail_pos = positions[:, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
         tail_logits = cached_forward(
             self.model, self.kw, self.cache, input_ids=tail_ids, attention_mask=self.mask, position_ids=tail_pos
         )
         self.stats.count_forward(tail_mask)
         self.positions = positions + tail_mask.sum(-1)
+        first_logits = heads.last_logits[index.to(heads.last_logits.device)]
         for r, request in enumerate(self.requests):
             tail = request.tail
-            lp = token_logprobs(start.last_logits[r], torch.tensor(tail[0]))[None]
+            lp = token_logprobs(first_logits[r], torch.tensor(tail[0]))[None]
             rest = token_logprobs(
                 tail_logits[r, tail_width - len(tail) : -1], tail_ids[r, tail_width - len(tail) + 1 :]
             )
@@ -191,15 +200,26 @@ class _DecodeLoop:
         self.contexts = [list(heads.ids[r.head]) + list(r.tail) for r in self.requests]
         return tail_logits[:, -1]
 
+    def _place_heads(self, heads: Prefilled, index: torch.Tensor, tail_mask: torch.Tensor) -> torch.Tensor:
+        """Set `cache` to a copy of heads `index` (R,) and `mask` to theirs followed by `tail_mask`
+        (R, T); returns the heads' (R, W) mask."""
+        start = heads.rows(index.tolist())
+        self.cache = start.cache
+        self.mask = torch.cat([start.mask, tail_mask], 1)
+        return start.mask
+
     def _next_tokens(self, logits: torch.Tensor) -> tuple[list[list[int]], list[int]]:
         """Take each row's greedy token from `logits` (R, V). Returns what each slot feeds next
         ([token, *draft]; [] once its reasoning is over) and the slots whose reasoning is over (their
         logits predict the first follow token)."""
         settings = self.settings
-        draft_len = min(MAX_DRAFT, settings.draft_slots // len(self.active) - 1)
+        draft_len = min(MAX_DRAFT, settings.draft_slots // max(1, len(self.active)) - 1)
         feed: list[list[int]] = []
         over: list[int] = []
         for slot, r in enumerate(self.active):
+            if r == _VACANT:  # a static batch's finished row, kept as padding until the batch compacts
+                feed.append([])
+                continue
             reasoning = self.results[r].reasoning
             token = int(logits[slot].argmax())
             if len(reasoning) >= settings.max_new_tokens or token in settings.stop_ids:
@@ -319,3 +339,74 @@ class _DecodeLoop:
         temperature = self.settings.follow_temperature
         self.results[r].follow_logprobs.extend(token_logprobs(row_logits, target, temperature).tolist())
         self.results[r].follow_hits.extend((row_logits.argmax(-1) == target).tolist())
+
+
+class _StaticDecodeLoop(_DecodeLoop):
+    """`_DecodeLoop` on a KV cache allocated once per batch at its final length (transformers'
+    `StaticCache`: heads, tails and `max_new_tokens` columns), written one column per step in place.
+
+    All rows write the same column each step (the mask is one (R, columns) buffer; a row's holes are
+    zeros in it). A finished row is set aside as in `_DecodeLoop` but its slot stays, fed padding and
+    masked, until the live rows fit a batch half as large: then the batch is compacted to the next
+    power of two at or above the live rows (the shapes a step runs at stay few: what a captured CUDA
+    graph per shape needs). One token per row and step: no drafting.
+    """
+
+    def _place_heads(self, heads: Prefilled, index: torch.Tensor, tail_mask: torch.Tensor) -> torch.Tensor:
+        head_mask = heads.mask[index]
+        width = head_mask.shape[1] + tail_mask.shape[1]
+        self.cache = StaticCache(config=self.model.config, max_cache_len=width + self.settings.max_new_tokens)
+        for layer, entry in enumerate(heads.cache.layers):
+            at = index.to(entry.keys.device)  # with a device map, each layer's cache is on its layer's GPU
+            self.cache.update(entry.keys.index_select(0, at), entry.values.index_select(0, at), layer)
+        self.mask = head_mask.new_zeros((len(index), width + self.settings.max_new_tokens))
+        self.mask[:, :width] = torch.cat([head_mask, tail_mask], 1)
+        self.column = width  # where the next step writes
+        return head_mask
+
+    def _retire(self, over: list[int], logits: torch.Tensor, feed: list[list[int]]) -> list[list[int]]:
+        """Set the rows at slots `over` aside (scoring their first follow token from `logits`) and mark
+        their slots vacant; compact the batch once its live rows fit half of it. Returns the slots'
+        feed ([] when no row is left)."""
+        self._finish(over, logits)
+        for slot in over:
+            self.active[slot] = _VACANT
+        live = [slot for slot, tokens in enumerate(feed) if tokens]
+        if not live:
+            return []
+        size = _bucket(len(live))
+        if size <= len(self.active) // 2:
+            vacant = [slot for slot in range(len(self.active)) if not feed[slot]]
+            keep = live + vacant[: size - len(live)]
+            keep_idx = torch.tensor(keep, device=self.device)
+            self.cache.reorder_cache(keep_idx)
+            self.mask, self.positions = self.mask[keep_idx], self.positions[keep_idx]
+            self.active = [self.active[slot] for slot in keep]
+            feed = [feed[slot] for slot in keep]
+        if sum(len(f.rows) for f in self.finished) >= len(live):
+            self._score_finished()
+        return feed
+
+    def _forward(self, feed: list[list[int]]) -> torch.Tensor:
+        """Each live slot's token into the next column (vacant slots: padding, masked); returns (R, V)
+        logits predicting each row's next token."""
+        ids = torch.tensor([[tokens[0] if tokens else self.settings.pad_id] for tokens in feed], device=self.device)
+        live = torch.tensor([[1 if tokens else 0] for tokens in feed], device=self.device)
+        self.mask[:, self.column] = live[:, 0].to(self.mask.dtype)
+        logits = cached_forward(
+            self.model,
+            self.kw,
+            self.cache,
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=self.positions[:, None],
+        )
+        self.stats.count_forward(live)
+        self.positions = self.positions + live[:, 0]
+        self.column += 1
+        return logits[:, -1]
+
+
+def _bucket(rows: int) -> int:
+    """The batch size a static batch of `rows` live rows runs at: the next power of two."""
+    return 1 << max(0, rows - 1).bit_length()

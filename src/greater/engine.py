@@ -51,6 +51,7 @@ class Engine:
         cached_decoding: bool = True,
         batched_gradient: bool = True,
         lookup_decoding: bool = True,
+        static_cache: bool = False,
     ) -> None:
         """`max_new_tokens`: the reasoning cap, every call's default; `size_tokens` (default: the cap):
         the longest generation the "auto" batch sizes must leave room for (a baseline's meta-prompt
@@ -83,6 +84,7 @@ class Engine:
                 batch_size=self.batch_size,
                 cached=cached_decoding,
                 draft_slots=DRAFT_SLOTS * lookup_decoding,
+                static=static_cache,
             )
         )
         self.counts: DecodeStats = self.generator.stats

@@ -101,7 +101,8 @@ class TransformersGenerator(Generator):
 
     `cached=True` (default) uses greater's own KV-cache loop, which drops finished rows from the batch
     and drafts tokens by prompt lookup in `draft_slots` slots per step (0: off; see `decode_shared`);
-    `cached=False` uses `model.generate`.
+    with `static=True` that loop decodes into a cache allocated once per batch (no drafting; the GPU
+    path); `cached=False` uses `model.generate`.
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class TransformersGenerator(Generator):
         cached: bool = True,
         draft_slots: int = DRAFT_SLOTS,
         progress: Progress | None = None,
+        static: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -119,7 +121,8 @@ class TransformersGenerator(Generator):
         self.pad_id = pad_token_id(model, tokenizer)
         self.batch_size = batch_size
         self.cached = cached
-        self.draft_slots = draft_slots if cached else 0
+        self.static = static and cached
+        self.draft_slots = draft_slots if cached and not static else 0
         self.progress = progress
 
     def generate(self, contexts: list[tuple[int, ...]], max_new_tokens: int) -> list[list[int]]:
@@ -153,6 +156,7 @@ class TransformersGenerator(Generator):
             follow_temperature=follow_temperature,
             draft_slots=self.draft_slots,
             stats=self.stats,
+            static=self.static,
         )
 
     def sample(
@@ -176,6 +180,7 @@ class TransformersGenerator(Generator):
             pad_id=self.pad_id,
             draft_slots=self.draft_slots,
             stats=self.stats,
+            static=self.static,
         )
         self._tick(len(contexts))
         return [r.reasoning for r in rows]

@@ -80,6 +80,9 @@ class GreaterConfig:
     batched_gradient: bool = True
     cached_decoding: bool = True  # own KV-cache decoding: shared prefix, finished rows leave, cached scoring
     lookup_decoding: bool = True  # prompt-lookup drafts checked against greedy decoding (with cached_decoding)
+    # that loop on a KV cache allocated once per batch, no drafting (with cached_decoding): for GPUs, where
+    # the default loop's per-token cache copies dominate; off until measured there (bench/gpu.sh)
+    static_cache: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -394,6 +397,7 @@ def build_engine(
         cached_decoding=config.cached_decoding,
         batched_gradient=config.batched_gradient,
         lookup_decoding=config.lookup_decoding,
+        static_cache=config.static_cache,
     )
 
 
