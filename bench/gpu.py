@@ -6,12 +6,22 @@
 The model is built from `bench/llama3-8b.json` (Llama-3-8B: hidden 4096, 32 layers, 32 heads, 8 KV
 heads, intermediate 14336, rope theta 500000) with SmolLM2's tokenizer (`bench/tokenizer/`, its
 49,152-token vocabulary instead of Llama-3's 128,256: 7.4B parameters instead of 8.0B), directly on
-the GPU in bfloat16. Two parts, each with its own time guard (no step starts that the slowest step
-so far says would not finish in time, and an alarm ends a step still running at the limit):
+the GPU in bfloat16. Parts (`--parts`, default decode,paper,reference), each with its own time guard
+(no step starts that the slowest step so far says would not finish in time, and an alarm ends a step
+still running at the limit; `--max-seconds PART=S`):
 
+- decode: 150 rows of P1's contexts, reasoning capped at 256 tokens, in one batch, by greater's default
+  loop, by its static-cache loop (`GreaterConfig.static_cache`) and by `model.generate` in groups of 9
+  rows (the reference's way; 3 groups): generated tokens/s of each, against the bound that reading the
+  weights and the KV cache once per decoding step sets at the read bandwidth measured here, and how
+  much of the two loops' output agrees (bfloat16 rounds differently in each);
 - paper: 50 training examples of gen/boolean_expressions, reasoning capped at 256 tokens, top-k 40,
   top-q 6 (the reference's launch scripts), 3 selection candidates, 3 steps;
+- paper-1024: the same with reasoning capped at 1024 tokens, the paper's setting; with
+  `--memory-gib 80` on a larger card, as on an 80 GB one (batch sizes fitted to 80 GiB);
 - reference: the settings bench/README.md times on a CPU (8 examples, 96 tokens, top-k 11, top-q 6).
+
+`--static-cache` runs the GReaTer parts with the static-cache loop.
 
 Random weights almost never emit the end-of-turn token, so every reasoning runs to its cap: the
 worst case for time and memory. Printed and written to OUT_DIR/gpu.json: seconds per step by phase,
@@ -28,13 +38,16 @@ import signal
 import statistics
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from greater.generation import TransformersGenerator
+from greater.layout import encode_prompt
+from greater.memory import fit_batch_sizes, kv_bytes_per_token, shape
 from greater.optimizer import GreaterConfig, build_engine, fitted_config, optimize
 from greater.tasks import get_task
 
@@ -42,10 +55,13 @@ HERE = Path(__file__).resolve().parent
 TASK = "gen/boolean_expressions"
 PHASES = ("reasoning", "gradient", "proposal", "selection_generation", "selection_scoring", "selection", "total")
 PARTS = {  # name -> settings; --tiny shrinks them (see TINY)
+    "decode": {"rows": 150, "max_new_tokens": 256, "nines": 3},
     "paper": {"train": 50, "max_new_tokens": 256, "top_k": 40, "top_q": 6, "num_select": 3, "steps": 3},
+    "paper-1024": {"train": 50, "max_new_tokens": 1024, "top_k": 40, "top_q": 6, "num_select": 3, "steps": 3},
     "reference": {"train": 8, "max_new_tokens": 96, "top_k": 11, "top_q": 6, "num_select": 3, "steps": 3},
 }
-TINY = {"train": 6, "max_new_tokens": 12, "steps": 2}
+LIMITS = {"decode": 150.0, "paper": 240.0, "paper-1024": 300.0, "reference": 120.0}  # seconds, by default
+TINY = {"train": 6, "rows": 12, "max_new_tokens": 12, "steps": 2, "nines": 1}
 TINY_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 TINY_CONFIG |= {"num_key_value_heads": 2, "head_dim": 16}
 
@@ -62,14 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=Path, default=HERE / "tokenizer")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --tiny)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--parts", default="paper,reference", help="comma-separated: paper, reference")
+    parser.add_argument("--parts", default="decode,paper,reference", help=f"comma-separated, of: {', '.join(PARTS)}")
     parser.add_argument(
         "--max-seconds",
-        type=float,
-        nargs=2,
-        default=[240.0, 120.0],
-        metavar=("PAPER", "REFERENCE"),
-        help="time limit of each part (default 240 120: with start-up, under 8 minutes in all)",
+        nargs="*",
+        default=[],
+        metavar="PART=SECONDS",
+        help="time limit of a part (default " + ", ".join(f"{k}={v:.0f}" for k, v in LIMITS.items()) + ")",
+    )
+    parser.add_argument(
+        "--memory-gib", type=float, default=None, help="use at most this much GPU memory (e.g. 80: an 80 GB card)"
+    )
+    parser.add_argument(
+        "--static-cache", action="store_true", help="GReaTer parts decode with GreaterConfig.static_cache"
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -97,10 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['machine']['device_name']}: {report['model']['parameters'] / 1e9:.2f}B parameters in "
         f"{args.dtype}, built in {build_s:.1f} s; torch {torch.__version__}, transformers {transformers.__version__}"
     )
-    limits = dict(zip(PARTS, args.max_seconds, strict=True))
+    limits = LIMITS | {k: float(v) for k, v in (item.split("=", 1) for item in args.max_seconds)}
+    free = cap_memory(device, args.memory_gib)
+    report["memory_gib"] = args.memory_gib
     for name in [p.strip() for p in args.parts.split(",") if p.strip()]:
-        settings = PARTS[name] | (TINY if args.tiny else {})
-        report["parts"][name] = run_part(name, settings, model, tokenizer, limits[name])
+        settings = {k: v for k, v in (PARTS[name] | (TINY if args.tiny else {})).items() if k in PARTS[name]}
+        if name == "decode":
+            report["parts"][name] = run_decode(settings, model, tokenizer, device, limits[name])
+        else:
+            settings["static_cache"] = args.static_cache
+            report["parts"][name] = run_part(name, settings, model, tokenizer, limits[name], free)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     report["total_seconds"] = round(time.perf_counter() - started, 1)
@@ -139,8 +166,19 @@ def machine(device: torch.device) -> dict:
     return info | {"device_name": cpu, "threads": torch.get_num_threads()}
 
 
-def run_part(name: str, settings: dict, model, tokenizer, max_seconds: float) -> dict:
-    """Up to `settings["steps"]` GReaTer steps within `max_seconds`; per-step figures as a dict."""
+def cap_memory(device: torch.device, gib: float | None) -> int | None:
+    """With `gib`, limit this process's GPU memory to it and return the bytes it leaves free (the batch
+    sizes are fitted to that instead of the card's free memory); None otherwise."""
+    if gib is None or device.type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
+    return int(gib * 2**30) - torch.cuda.memory_allocated(device)
+
+
+def run_part(name: str, settings: dict, model, tokenizer, max_seconds: float, free: int | None = None) -> dict:
+    """Up to `settings["steps"]` GReaTer steps within `max_seconds`; per-step figures as a dict. `free`:
+    the bytes the batch sizes are fitted to (default: the card's free memory)."""
     task = get_task(TASK)
     train, _ = task.split(settings["train"], None, 0)
     config = GreaterConfig(
@@ -149,7 +187,14 @@ def run_part(name: str, settings: dict, model, tokenizer, max_seconds: float) ->
         top_k=settings["top_k"],
         top_q=settings["top_q"],
         num_select=settings["num_select"],
+        static_cache=settings["static_cache"],
     )
+    if free is not None:  # the engine fits "auto" to the card; here to the capped memory
+        probe = build_engine(model, tokenizer, task, train, replace(config, batch_size=1, grad_batch_size=1))
+        sizes = fit_batch_sizes(
+            model, probe.row_tokens(config.max_new_tokens), len(train), free=free, prefix_tokens=probe.row_tokens(0)
+        )
+        config = replace(config, batch_size=sizes[0], grad_batch_size=sizes[1])
     engine = build_engine(model, tokenizer, task, train, config)  # "auto" batch sizes: from free memory
     config, generator = fitted_config(config, engine), engine.generator
     steps: list[dict] = []
@@ -182,6 +227,105 @@ def run_part(name: str, settings: dict, model, tokenizer, max_seconds: float) ->
         signal.signal(signal.SIGALRM, previous)
     sizes = {"batch_size": config.batch_size, "grad_batch_size": config.grad_batch_size}
     return {"settings": settings | sizes} | summarize(name, steps, stopped)
+
+
+def run_decode(settings: dict, model, tokenizer, device: torch.device, max_seconds: float) -> dict:
+    """Greedy reasoning of `rows` training rows (P1's contexts) capped at `max_new_tokens`, one batch, by
+    greater's default loop, by its static-cache loop and by `model.generate` in groups of 9 rows (the
+    reference's way; `nines` groups only, the rate is per group): generated tokens/s of each, the
+    bound that reading the weights and the KV cache once per decoding step sets at the measured read
+    bandwidth, the share of it reached, and how often the two loops' tokens agree."""
+    task, rows, cap = get_task(TASK), settings["rows"], settings["max_new_tokens"]
+    examples = task.load()[:rows]
+    engine = build_engine(model, tokenizer, task, examples, GreaterConfig(max_new_tokens=cap, batch_size=rows))
+    contexts = [seq.ids for seq in engine.sequences(tuple(encode_prompt(tokenizer, GreaterConfig().init_prompt)))]
+    bandwidth = read_bandwidth(device)
+    bound = decode_bound(model, [len(c) for c in contexts], cap, bandwidth)
+    print(
+        f"\n[decode] {rows} rows of {min(map(len, contexts))}-{max(map(len, contexts))} tokens, reasoning <= {cap}; "
+        f"read bandwidth {bandwidth / 1e9:.0f} GB/s; bound {bound:.0f} tokens/s"
+    )
+    out: dict = {"settings": settings, "read_bandwidth_gbs": round(bandwidth / 1e9, 1), "bound_tokens_per_s": bound}
+    loops = {
+        "loop": TransformersGenerator(model, tokenizer, batch_size=rows),
+        "static": TransformersGenerator(model, tokenizer, batch_size=rows, static=True),
+        "generate_in_nines": TransformersGenerator(model, tokenizer, batch_size=9, cached=False),
+    }
+    tokens = {}
+    started = time.perf_counter()
+    for name, generator in loops.items():
+        if time.perf_counter() - started > max_seconds:
+            out[name] = {"skipped": f"past the {max_seconds:.0f} s limit"}
+            continue
+        rows_here = contexts[: 9 * settings["nines"]] if name == "generate_in_nines" else contexts
+        _sync(device)
+        began = time.perf_counter()
+        tokens[name] = generator.generate(rows_here, cap)
+        _sync(device)
+        seconds = time.perf_counter() - began
+        rate = generator.stats.generated_tokens / seconds
+        out[name] = {
+            "rows": len(rows_here),
+            "seconds": round(seconds, 2),
+            "generated_tokens": generator.stats.generated_tokens,
+            "tokens_per_s": round(rate, 1),
+            "share_of_bound": round(rate / bound, 4) if name != "generate_in_nines" else None,
+        }
+        print(f"[decode] {name:>17s}: {rate:9.0f} tokens/s in {seconds:6.1f} s ({len(rows_here)} rows)")
+    if "loop" in tokens and "static" in tokens:
+        same = sum(a == b for a, b in zip(tokens["loop"], tokens["static"], strict=True))
+        agree = sum(_common_prefix(a, b) for a, b in zip(tokens["loop"], tokens["static"], strict=True))
+        total = sum(max(len(a), len(b)) for a, b in zip(tokens["loop"], tokens["static"], strict=True))
+        out["agreement"] = {"identical_rows": same, "rows": len(contexts), "shared_token_share": agree / total}
+        print(
+            f"[decode] static vs loop: {same}/{len(contexts)} rows identical; {agree / total:.1%} of the tokens "
+            "come before a row's first difference"
+        )
+    for name in ("static", "loop"):
+        if "tokens_per_s" in out.get(name, {}) and "tokens_per_s" in out.get("generate_in_nines", {}):
+            ratio = out[name]["tokens_per_s"] / out["generate_in_nines"]["tokens_per_s"]
+            out[f"{name}_vs_generate_in_nines"] = round(ratio, 2)
+            print(f"[decode] {name} / generate in nines: {ratio:.1f}x")
+    return out
+
+
+def read_bandwidth(device: torch.device) -> float:
+    """Bytes per second one reduction reads from `device`'s memory (a 2 GiB tensor on a GPU, 256 MiB on a
+    CPU), best of 5: the rate the decode bound assumes."""
+    size = 2**30 if device.type == "cuda" else 2**27
+    data = torch.ones(size, dtype=torch.float16, device=device)
+    best = float("inf")
+    for _ in range(6):
+        _sync(device)
+        began = time.perf_counter()
+        data.sum()
+        _sync(device)
+        best = min(best, time.perf_counter() - began)
+    del data
+    return 2 * size / best
+
+
+def decode_bound(model, context_lengths: list[int], cap: int, bandwidth: float) -> float:
+    """Generated tokens/s if every decoding step only read the weights (all but the input embeddings,
+    of which a step reads a row each) and every row's KV cache so far, once, at `bandwidth`; every row
+    runs to `cap` (random weights never stop)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    embeddings = model.get_input_embeddings().weight
+    if embeddings is not model.get_output_embeddings().weight:
+        weights -= embeddings.numel() * embeddings.element_size()
+    per_token = kv_bytes_per_token(shape(model))
+    seconds = sum(weights + per_token * (sum(context_lengths) + len(context_lengths) * t) for t in range(cap))
+    return round(len(context_lengths) * cap / (seconds / bandwidth), 1)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens two reasonings share before they first differ."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _alarm(signum, frame) -> None:
