@@ -8,8 +8,10 @@ from transformers import AutoTokenizer
 from greater.engine import Engine
 from greater.errors import GreaterError
 from greater.layout import (
+    PLACEMENTS,
     ChatLayout,
     build_sequence,
+    chat_messages,
     check_layout,
     check_roundtrip,
     decode,
@@ -28,6 +30,11 @@ GEMMA_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
     "else message['role'] %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + "
     "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# Gemma-2's own template refuses a system message
+GEMMA2_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    + GEMMA_TEMPLATE
 )
 STYLES = {
     "chatml": (None, None, "<|im_start|>assistant\n"),
@@ -55,35 +62,55 @@ def _tokenizer(folder, style: str):
     return tok
 
 
-def _template_ids(tok, user_text: str) -> list[int]:
-    out = tok.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True)
+def _template_ids(tok, messages: list[dict]) -> list[int]:
+    out = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("style", sorted(STYLES))
-def test_slices_are_exact_for_each_template_style(style, embedded_folder):
+def test_slices_are_exact_for_each_template_style_and_placement(style, placement, embedded_folder):
     tok = _tokenizer(embedded_folder, style)
-    layout = ChatLayout.from_tokenizer(tok)
+    layout = ChatLayout.from_tokenizer(tok, placement)
     assert layout.mid_text.endswith(STYLES[style][2])
     seq = build_sequence(
         layout,
-        layout.encode_head(tok, QUESTION + ". Use"),
-        encode_prompt(tok, PROMPT),
+        layout.frame(tok, QUESTION, ". Use"),
+        encode_prompt(tok, PROMPT, layout.prompt_lead),
         encode(tok, REASONING),
         encode(tok, " " + EXTRACTOR),
         encode(tok, " False"),
     )
     ids = seq.ids
-    assert decode(tok, ids[seq.question]) == QUESTION + ". Use"
-    assert decode(tok, ids[seq.prompt]) == " " + PROMPT
+    assert decode(tok, ids[seq.question]) == QUESTION + (". Use" if placement == "after-question" else "")
+    assert decode(tok, ids[seq.prompt]) == layout.prompt_lead + PROMPT
     assert decode(tok, ids[seq.reasoning]) == REASONING
     assert decode(tok, ids[seq.extractor]) == " " + EXTRACTOR
     assert decode(tok, ids[seq.answer]).strip() == "False"
     assert seq.answer.stop == len(ids)
-    # the context is exactly what the template itself produces for the user turn
-    assert list(ids[: seq.context_len]) == _template_ids(tok, f"{QUESTION}. Use {PROMPT}")
-    assert check_layout(tok, seq, f"{QUESTION}. Use {PROMPT}")
-    assert not check_layout(tok, seq, f"{QUESTION}. Use {PROMPT} extra")
+    system, user = layout.user_texts(QUESTION, ". Use", PROMPT)
+    assert (system, user) == {
+        "after-question": (None, f"{QUESTION}. Use {PROMPT}"),
+        "before-question": (None, f"{PROMPT}\n\n{QUESTION}"),
+        "system": (PROMPT, QUESTION),
+    }[placement]
+    # the context is exactly what the template itself produces for the chat's turns
+    assert list(ids[: seq.context_len]) == _template_ids(tok, chat_messages(system, user))
+    assert check_layout(tok, seq, user, system)
+    assert not check_layout(tok, seq, user + " extra", system)
+
+
+def test_a_template_without_a_system_turn_refuses_placement_system(embedded_folder):
+    tok = _tokenizer(embedded_folder, "gemma")
+    tok.chat_template = GEMMA2_TEMPLATE
+    ChatLayout.from_tokenizer(tok, "before-question")  # a user turn is all the other placements need
+    with pytest.raises(GreaterError, match="placement system: this model's chat template has no system turn"):
+        ChatLayout.from_tokenizer(tok, "system")
+    tok.chat_template = None
+    with pytest.raises(GreaterError, match="placement system needs a chat template"):
+        ChatLayout.from_tokenizer(tok, "system")
+    with pytest.raises(GreaterError, match="placement must be one of"):
+        ChatLayout.from_tokenizer(tok, "sideways")
 
 
 @pytest.mark.parametrize("name", ["gen/boolean_expressions", "gen/arithmetic", "gen/object_counting"])

@@ -55,10 +55,17 @@ def _reference_loss(model, seqs, position, candidates, one_hot):
     return total, ces, nlls
 
 
-@pytest.mark.parametrize("position", [0, 2, 4])
-def test_candidate_gradient_matches_explicit_one_hot_autograd(tiny_model, smol_tokenizer, tiny_engine, position):
-    engine = tiny_engine(batch_size=2, grad_batch_size=2)
-    prompt = tuple(encode_prompt(smol_tokenizer, "think step by step and answer."))
+@pytest.mark.parametrize(
+    ("position", "placement"),
+    [(0, "after-question"), (2, "after-question"), (4, "after-question"), (0, "before-question"), (2, "system")],
+)
+def test_candidate_gradient_matches_explicit_one_hot_autograd(
+    tiny_model, smol_tokenizer, tiny_engine, position, placement
+):
+    engine = tiny_engine(batch_size=2, grad_batch_size=2, placement=placement)
+    prompt = engine.encode_prompt("think step by step and answer.")
+    if placement != "after-question":  # the question comes after the prompt, in every row's own tail
+        assert all(seq.question.start > seq.prompt.stop for seq in engine.sequences(prompt))
     reasonings = [encode(smol_tokenizer, f" First, step {i}: evaluate the inner part.") for i in range(3)]
     seqs = engine.sequences(prompt, reasonings)
     terms = engine.terms(seqs, position=position, nll_weight=LAMBDA)

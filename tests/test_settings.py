@@ -33,7 +33,7 @@ def test_every_scope_names_fields_of_its_config_and_flags_of_its_command():
 
 def test_shared_fields_have_one_default_and_are_what_greater_settings_copies():
     greater, method = GreaterConfig(), MethodConfig()
-    assert set(SHARED) == {"steps", "num_select", "max_new_tokens", "batch_size", "keep_top", "seed"}
+    assert set(SHARED) == {"steps", "num_select", "max_new_tokens", "batch_size", "keep_top", "seed", "placement"}
     for name in SHARED:
         assert getattr(method, name) == getattr(greater, name), name
     chosen = MethodConfig(steps=7, num_select=2, max_new_tokens=33, batch_size=5, keep_top=4, seed=9, demos=2)

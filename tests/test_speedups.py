@@ -18,9 +18,9 @@ from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import get_task
 
 
-def _arithmetic_engine(tiny_engine, cached: bool, batch_size: int = 32):
+def _arithmetic_engine(tiny_engine, cached: bool, batch_size: int = 32, placement: str = "after-question"):
     """An engine on 5 arithmetic examples, with or without the shared-cache decoding."""
-    return tiny_engine("gen/arithmetic", 5, batch_size=batch_size, cached_decoding=cached)
+    return tiny_engine("gen/arithmetic", 5, batch_size=batch_size, cached_decoding=cached, placement=placement)
 
 
 def test_own_decoding_loop_equals_model_generate(tiny_model, smol_tokenizer):
@@ -87,14 +87,16 @@ def test_lookup_drafting_gives_greedy_output_and_follow_scores(tiny_model, smol_
         assert a.follow_hits == b.follow_hits[-2:]
 
 
-@pytest.mark.parametrize("batch_size", [32, 4])
-def test_shared_prefix_scoring_equals_full_forward(tiny_model, smol_tokenizer, tiny_engine, batch_size):
-    tok = smol_tokenizer
-    base = tuple(encode_prompt(tok, "think step by step and answer."))
+@pytest.mark.parametrize(
+    ("batch_size", "placement"), [(32, "after-question"), (4, "after-question"), (4, "before-question"), (4, "system")]
+)
+def test_shared_prefix_scoring_equals_full_forward(tiny_model, smol_tokenizer, tiny_engine, batch_size, placement):
+    fast_engine = _arithmetic_engine(tiny_engine, True, batch_size, placement)
+    base = fast_engine.encode_prompt("think step by step and answer.")
     position = 2
     prompts = [base[:position] + (t,) + base[position + 1 :] for t in (base[position], 1183, 3045)]
-    fast = _arithmetic_engine(tiny_engine, True, batch_size).reason_and_score(prompts, 10)
-    slow = _arithmetic_engine(tiny_engine, False).reason_and_score(prompts, 10)
+    fast = fast_engine.reason_and_score(prompts, 10)
+    slow = _arithmetic_engine(tiny_engine, False, placement=placement).reason_and_score(prompts, 10)
     for (r_fast, t_fast), (r_slow, t_slow) in zip(fast, slow, strict=True):
         assert r_fast == r_slow
         assert torch.allclose(t_fast.ce, t_slow.ce, atol=1e-4)

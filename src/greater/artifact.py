@@ -4,7 +4,9 @@ Every `greater optimize` run writes `prompt.json` next to `result.json`. It hold
 use the prompt elsewhere and to score it again exactly (`greater evaluate --prompt-file prompt.json`):
 
     format            "greater-prompt/1"
-    prompt, prompt_ids, joiner      the user turn is question + joiner + " " + prompt
+    prompt, prompt_ids, joiner      the user turn is question + joiner + " " + prompt (placement after-question)
+    placement         where the prompt goes: after-question, before-question (prompt, blank line,
+                      question) or system (the system turn's text); absent in older files: after-question
     extractor, answer_type, choices the sentence after the reasoning; the answer follows after one space
     messages          the chat as the model saw it, with {question} and {reasoning} placeholders
     rendered          the same through the tokenizer's chat template (the exact text of the context)
@@ -28,7 +30,7 @@ import yaml
 from greater import __version__
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import evaluate
-from greater.layout import ChatLayout
+from greater.layout import AFTER_QUESTION, ChatLayout, chat_messages
 from greater.model import EMBEDDED_MODEL, cache_root, embedded_gguf_path, load_model, model_label, model_name
 from greater.runs import PROMPT_JSON, read_json, split_sizes, write_atomic
 from greater.tasks import Example, resolve_task
@@ -124,17 +126,26 @@ def tokenizer_sha256(tokenizer: object) -> str:
 # --- the artifact ---------------------------------------------------------------------------------
 
 
-def chat(tokenizer: object, prompt: str, joiner: str, extractor: str) -> tuple[list[dict], str]:
+def chat(
+    tokenizer: object, prompt: str, joiner: str, extractor: str, placement: str = AFTER_QUESTION
+) -> tuple[list[dict], str]:
     """(messages, rendered): the chat with {question} and {reasoning} placeholders, as the model sees it.
 
-    The user turn is question + joiner + " " + prompt; the assistant turn is the reasoning, then one
-    space and the extractor, after which the model writes the answer (after one more space).
+    The prompt is where `placement` puts it (after-question: the user turn is question + joiner + " " +
+    prompt); the assistant turn is the reasoning, then one space and the extractor, after which the
+    model writes the answer (after one more space).
     """
-    user = f"{QUESTION}{joiner} {prompt}"
+    layout = ChatLayout.from_tokenizer(tokenizer, placement)
+    system, user = layout.user_texts(QUESTION, joiner, prompt)
     assistant = f"{REASONING} {extractor}"
-    layout = ChatLayout.from_tokenizer(tokenizer)
-    rendered = layout.prefix_text + user + layout.mid_text + assistant
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], rendered
+    before_user = "" if system is None else system + layout.between_text
+    rendered = layout.prefix_text + before_user + user + layout.mid_text + assistant
+    return [*chat_messages(system, user), {"role": "assistant", "content": assistant}], rendered
+
+
+def user_message(data: dict) -> str:
+    """A prompt.json's user message (with its {question} placeholder)."""
+    return next(m["content"] for m in data["messages"] if m.get("role") == "user")
 
 
 def build(
@@ -148,10 +159,11 @@ def build(
     tokenizer: object,
     scores: dict,
     method: str = "greater",
+    placement: str = AFTER_QUESTION,
 ) -> dict:
     """The prompt.json of a finished run; `info` is the run's run.json (model, task, config, split)."""
     config = info.get("config", {})
-    messages, rendered = chat(tokenizer, prompt, joiner, task.extractor)  # type: ignore[attr-defined]
+    messages, rendered = chat(tokenizer, prompt, joiner, task.extractor, placement)  # type: ignore[attr-defined]
     options = info.get("task_options") or {}
     choices = options.get("choices") or LABELS.get(task.answer_type)  # type: ignore[attr-defined]
     return {
@@ -159,6 +171,7 @@ def build(
         "prompt": prompt,
         "prompt_ids": list(prompt_ids),
         "joiner": joiner,
+        "placement": placement,
         "extractor": task.extractor,  # type: ignore[attr-defined]
         "answer_type": task.answer_type,  # type: ignore[attr-defined]
         "choices": list(choices) if isinstance(choices, list | tuple) else choices,
@@ -247,6 +260,7 @@ def as_run(data: dict) -> dict:
         "split": task.get("split") or {},
         "config": {
             "joiner": data["joiner"],
+            "placement": data.get("placement", AFTER_QUESTION),
             "max_new_tokens": data["evaluation"].get("max_new_tokens"),
             "batch_size": data["evaluation"].get("batch_size"),
         },
@@ -270,7 +284,7 @@ def export_text(data: dict) -> str:
 
 def export_messages(data: dict) -> str:
     """The chat messages with their placeholders and what a caller needs to read the answer, as JSON."""
-    keys = ("messages", "extractor", "answer_type", "choices", "prompt", "joiner")
+    keys = ("messages", "extractor", "answer_type", "choices", "prompt", "joiner", "placement")
     return json.dumps({key: data.get(key) for key in keys}, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -287,7 +301,8 @@ from greater.artifact import promptfoo_get_assert as get_assert  # noqa: F401
 def export_promptfoo(data: dict, artifact_path: Path, config_path: Path, model: str | None, python: str) -> None:
     """A promptfoo config at `config_path`, with greater_provider.py and greater_assert.py beside it.
 
-    The prompt is the run's user message with the question as the variable {{question}}; the tests are
+    The prompt is the run's chat before the assistant's turn (its system message, where the prompt is
+    there, and its user message) with the question as the variable {{question}}; the tests are
     the run's test examples (vars question, answer); the provider is greater itself (the prompt's model,
     greedy reasoning capped as in the run, then the extractor); the assertion applies greater's answer
     matcher to what follows the extractor. `python` runs both (greater must be importable there).
@@ -295,10 +310,14 @@ def export_promptfoo(data: dict, artifact_path: Path, config_path: Path, model: 
     tests = [{"vars": {"question": ex.question, "answer": ex.answer}} for ex in scored_examples(data)]
     folder = config_path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    user = data["messages"][0]["content"].replace(QUESTION, "{{question}}")
+    sent = [
+        {"role": m["role"], "content": m["content"].replace(QUESTION, "{{question}}")}
+        for m in data["messages"]
+        if m.get("role") != "assistant"
+    ]
     config = {
         "description": f"greater prompt for {data['task']['name']} ({data.get('method', 'greater')})",
-        "prompts": [{"id": "greater", "label": "greater", "raw": json.dumps([{"role": "user", "content": user}])}],
+        "prompts": [{"id": "greater", "label": "greater", "raw": json.dumps(sent)}],
         "providers": [
             {
                 "id": "file://greater_provider.py",
@@ -360,6 +379,7 @@ def _answers(prompt_json: str, model_name: str | None) -> dict[str, dict]:
             joiner=data["joiner"],
             max_new_tokens=ev.get("max_new_tokens") or 1024,
             batch_size=ev.get("batch_size") or 32,
+            placement=data.get("placement", AFTER_QUESTION),
         )
         _LOADED[key] = (data, {p["question"]: p for p in result.predictions}, model, tokenizer, task)
     return _LOADED[key]
@@ -374,7 +394,7 @@ def promptfoo_call_api(prompt: str, options: dict, context: dict) -> dict:
     config = options.get("config") or {}
     question = (context.get("vars") or {}).get("question", "")
     data, predictions, model, tokenizer, task = _answers(config["prompt_json"], config.get("model"))
-    expected = data["messages"][0]["content"].replace(QUESTION, question)
+    expected = user_message(data).replace(QUESTION, question)
     try:
         sent = json.loads(prompt)
         user = next(m["content"] for m in sent if m.get("role") == "user") if isinstance(sent, list) else prompt
@@ -393,6 +413,7 @@ def promptfoo_call_api(prompt: str, options: dict, context: dict) -> dict:
             data["prompt"],
             joiner=data["joiner"],
             max_new_tokens=ev.get("max_new_tokens") or 1024,
+            placement=data.get("placement", AFTER_QUESTION),
         )
         prediction = one.predictions[0]
     return {"output": f"{prediction['reasoning']} {data['extractor']} {prediction['output'].strip()}"}

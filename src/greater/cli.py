@@ -23,7 +23,7 @@ from greater.compare import Scorer, check_rows_fit, compare_tracker, log_compare
 from greater.errors import GreaterError, flag_names
 from greater.evaluate import DEFAULT_JOINER
 from greater.fit import fit_to_model
-from greater.layout import encode_prompt
+from greater.layout import AFTER_QUESTION, ChatLayout, encode_prompt
 from greater.lifecycle import Run, RunOptions, RunSpec, Runtime, load, reasoning_generator
 from greater.methods import (
     MethodConfig,
@@ -191,15 +191,17 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     joiner = args.joiner if args.joiner is not None else DEFAULT_JOINER
-    prompts = [PromptSpec(f"P{i}", text, joiner) for i, text in enumerate(_prompt_texts(args), 1)]
-    prompts += [PromptSpec(name, *cli_flags.BASELINES[name]) for name in dict.fromkeys(args.baseline or [])]
+    placement = args.placement or AFTER_QUESTION
+    prompts = [PromptSpec(f"P{i}", text, joiner, placement) for i, text in enumerate(_prompt_texts(args), 1)]
+    prompts += [PromptSpec(name, *cli_flags.BASELINES[name], placement) for name in dict.fromkeys(args.baseline or [])]
     task_names, data_dir, max_new = list(dict.fromkeys(args.task or [])), args.data_dir, args.max_new_tokens
     run, run_label = artifact.prompt_to_score(args.run, args.prompt_file)
     model_ref, batch_size = args.model, args.batch_size
     if run:  # the run's prompt, scored on the run's own split unless told otherwise
         stored = run.get("config", {})
         run_joiner = args.joiner if args.joiner is not None else stored.get("joiner", DEFAULT_JOINER)
-        prompts.append(PromptSpec(run_label, run["prompt"], run_joiner))
+        run_placement = args.placement or stored.get("placement", AFTER_QUESTION)
+        prompts.append(PromptSpec(run_label, run["prompt"], run_joiner, run_placement))
         max_new = max_new or stored.get("max_new_tokens")
         batch_size = batch_size or stored.get("batch_size")  # the run's batches: the same padding, the same numbers
         task_names = task_names or [run.get("task")]
@@ -218,11 +220,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     runtime = _runtime(args).resolve()
     model, tokenizer = load(model_ref, runtime, args.trust_remote_code)
     generator = reasoning_generator(model_ref, model, tokenizer, runtime, args.trust_remote_code)
-    longest = max(len(encode_prompt(tokenizer, p.text)) for p in prompts)  # a bad prompt fails before any scoring
+    # a bad prompt or placement fails before any scoring
+    longest = max(len(encode_prompt(tokenizer, p.text, _lead(tokenizer, p.placement))) for p in prompts)
     cap, batch_size = max_new or GreaterConfig.max_new_tokens, batch_size or GreaterConfig.batch_size
     joiner = max((p.joiner for p in prompts), key=len)
     for ts in splits:  # every row of every task, before any generation (evaluate never skips rows)
-        fit_to_model(model, tokenizer, ts.task, prompt_tokens=longest, joiner=joiner, max_new_tokens=cap)
+        for where in dict.fromkeys(p.placement for p in prompts):
+            fit_to_model(
+                model, tokenizer, ts.task, prompt_tokens=longest, joiner=joiner, max_new_tokens=cap, placement=where
+            )
     report = _cell_printer(args.split, several=len(prompts) > 1)
     cells = evaluate_table(
         model,
@@ -264,6 +270,11 @@ def _write_evaluation(out: Path | None, cells: list[Cell], meta: dict) -> None:
         write_json(out / "metrics.json", metrics)
     print("\n" + prompts_table_markdown(table), end="")
     print(f"table written to {out / 'table.md'} and {out / 'table.json'}; predictions in {out}")
+
+
+def _lead(tokenizer, placement: str) -> str:
+    """What a prompt's text follows where `placement` puts it (raises for a placement the template lacks)."""
+    return ChatLayout.from_tokenizer(tokenizer, placement).prompt_lead
 
 
 def _prompt_texts(args: argparse.Namespace) -> list[str]:

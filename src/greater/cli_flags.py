@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from greater.device import DTYPES
+from greater.layout import PLACEMENTS
 from greater.lifecycle import GENERATORS
 from greater.methods import METHODS, PAPER_METHODS, ZS_COT_JOINER, ZS_COT_PROMPT
 from greater.optimizer import SELECTION_RULES
@@ -51,6 +52,13 @@ def _add_common(p: argparse.ArgumentParser, many_tasks: bool = False) -> None:
         help="rows per generation batch, or auto (default: from free GPU memory; 32 on a CPU)",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the split and the proposal draws (0)")
+    p.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        default=None,
+        help="where the prompt goes: after-question (default, the paper's), before-question or system (the "
+        "system turn's text)",
+    )
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
     hw = p.add_argument_group("device and precision")
     hw.add_argument("--device", default=None, help="auto (default: CUDA when available), cpu, cuda or cuda:N")

@@ -52,7 +52,8 @@ from greater.compare_table import cell_name, compare_markdown, summarize, write_
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import DEFAULT_JOINER, evaluate
 from greater.fit import fit_to_model
-from greater.methods import MethodConfig, run_method
+from greater.layout import AFTER_QUESTION
+from greater.methods import MethodConfig, greater_fields, run_method
 from greater.runs import FolderLock, make_folder, read_json, slug, write_atomic, write_json, write_predictions
 from greater.tasks import Example, Task
 from greater.tasks.base import fingerprint as split_fingerprint
@@ -116,6 +117,8 @@ def run_compare(
     sizes: Sizes = (split[0], dev or 0, split[1])
     settings = {"model": optimizer.label, "split": {"train": split[0], "test": split[1]}, "config": asdict(config)}
     settings["config"].pop("seed")
+    if config.placement == AFTER_QUESTION:  # folders made before placements existed must still resume
+        settings["config"].pop("placement")
     if dev:
         settings["split"]["dev"] = dev
     else:  # keep_top plays no part without a dev set; folders made before dev sets must still resume
@@ -266,6 +269,8 @@ def compute_cell(
     nothing is written here, so a Ray worker can compute a cell for the driver to write. `note` gets
     a line on the cell's progress (`progress_note`) after every save of it."""
     task, method, seed, config = job.task, job.method, job.seed, job.config
+    # a GReaTer row may place its prompt elsewhere (greater:placement=system); its test scoring does too
+    config = replace(config, placement=(greater_fields(method) or {}).get("placement", config.placement))
     drawn = task.splits(*sizes, seed)
     train, dev, test = drawn.train, drawn.dev, drawn.test
     predictions: dict[str, list[dict]] = {}
@@ -408,6 +413,7 @@ def _score(
         test,
         prompt,
         joiner=joiner,
+        placement=config.placement,
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
         saved_reasoning=saved_reasoning,
@@ -436,6 +442,7 @@ def check_rows_fit(scorer: Scorer, tasks: Sequence[Task], config: MethodConfig) 
             prompt_tokens=longest,
             joiner=DEFAULT_JOINER,
             max_new_tokens=config.max_new_tokens,
+            placement=config.placement,
         )
 
 

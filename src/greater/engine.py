@@ -16,7 +16,7 @@ from greater.decoding import DRAFT_SLOTS, DecodeRequest
 from greater.generation import Generator, SharedPrefixDecoder, TransformersGenerator, as_generator, pad_token_id
 from greater.gradient import FullSequences, GradientPass, KeptPrefix, TeacherForcing, Terms, merge_terms
 from greater.kvcache import Prefilled, extend, prefill
-from greater.layout import ChatLayout, Ids, TokenSequence, build_sequence, encode
+from greater.layout import AFTER_QUESTION, ChatLayout, Framed, Ids, TokenSequence, build_sequence, encode, encode_prompt
 from greater.memory import AUTO, fit_batch_sizes
 from greater.tasks import Example, Task
 from greater.timing import PhaseTimer
@@ -52,6 +52,7 @@ class Engine:
         batched_gradient: bool = True,
         lookup_decoding: bool = True,
         static_cache: bool = False,
+        placement: str = AFTER_QUESTION,
     ) -> None:
         """`max_new_tokens`: the reasoning cap, every call's default; `size_tokens` (default: the cap):
         the longest generation the "auto" batch sizes must leave room for (a baseline's meta-prompt
@@ -63,7 +64,7 @@ class Engine:
         self.max_new_tokens = max_new_tokens
         self.answer_temperature = answer_temperature
         self.cached_decoding, self.batched_gradient = cached_decoding, batched_gradient
-        self.layout = ChatLayout.from_tokenizer(tokenizer)
+        self.layout = ChatLayout.from_tokenizer(tokenizer, placement)
         self.extractor_ids: Ids = tuple(encode(tokenizer, " " + task.extractor))
         self._bind(examples)
         # "auto": from free GPU memory for rows this long (CPU: 32 and 4)
@@ -103,14 +104,12 @@ class Engine:
     def _bind(self, examples: list[Example]) -> None:
         """The examples and what is tokenized from them once."""
         self.examples = examples
-        self.heads = [self.layout.encode_head(self.tokenizer, ex.question + self.joiner) for ex in examples]
+        self.framed: list[Framed] = [self.layout.frame(self.tokenizer, ex.question, self.joiner) for ex in examples]
         self.answer_ids: list[Ids] = [tuple(encode(self.tokenizer, self.task.target_text(ex))) for ex in examples]
 
     def _bind_passes(self) -> None:
         """The passes that keep state about the examples: the shared prefix, the gradient pass, selection."""
-        self.prefix = SharedPrefix(
-            self.model, [h[0] + h[1] for h in self.heads], self.pad_id, self.counts, self.batch_size
-        )
+        self.prefix = SharedPrefix(self.model, [f.head for f in self.framed], self.pad_id, self.counts, self.batch_size)
         self.gradient_pass: GradientPass = (
             KeptPrefix(self.forcing, self.prefix, self.grad_batch_size)
             if self.batched_gradient
@@ -121,19 +120,23 @@ class Engine:
 
     def row_tokens(self, max_new_tokens: int, prompt_tokens: int = PROMPT_TOKENS) -> int:
         """Tokens of the longest row with a prompt of `prompt_tokens` and a reasoning of `max_new_tokens`."""
-        head = max(self.heads, key=lambda h: len(h[0]) + len(h[1]), default=((), ()))
+        longest = max(self.framed, key=lambda f: len(f.head) + len(f.tail), default=Framed((), (), 0))
         follow = len(self.extractor_ids) + max(map(len, self.answer_ids), default=0)
-        return self.layout.row_tokens(head, prompt_tokens, max_new_tokens, follow)
+        return self.layout.row_tokens(longest, prompt_tokens, max_new_tokens, follow)
+
+    def encode_prompt(self, prompt: str) -> Ids:
+        """A prompt's token ids as they stand where this engine places prompts."""
+        return tuple(encode_prompt(self.tokenizer, prompt, self.layout.prompt_lead))
 
     # -- sequences and generation ---------------------------------------------------------
 
     def sequences(self, prompt: Ids, reasonings: list[list[int]] | None = None) -> list[TokenSequence]:
         """Full teacher-forcing sequences (or bare generation contexts when `reasonings` is None)."""
         if reasonings is None:
-            return [build_sequence(self.layout, h, prompt) for h in self.heads]
+            return [build_sequence(self.layout, f, prompt) for f in self.framed]
         return [
-            build_sequence(self.layout, h, prompt, r, self.extractor_ids, a)
-            for h, r, a in zip(self.heads, reasonings, self.answer_ids, strict=True)
+            build_sequence(self.layout, f, prompt, r, self.extractor_ids, a)
+            for f, r, a in zip(self.framed, reasonings, self.answer_ids, strict=True)
         ]
 
     def reason(self, prompts: list[Ids], max_new_tokens: int | None = None) -> list[list[list[int]]]:
@@ -147,8 +150,8 @@ class Engine:
     def answer(self, prompt: Ids, reasonings: list[list[int]], max_new_tokens: int) -> list[str]:
         """What the model writes after reasoning + extractor, as text."""
         contexts = [
-            build_sequence(self.layout, h, prompt, r, self.extractor_ids).ids
-            for h, r in zip(self.heads, reasonings, strict=True)
+            build_sequence(self.layout, f, prompt, r, self.extractor_ids).ids
+            for f, r in zip(self.framed, reasonings, strict=True)
         ]
         outs = self.generator.generate(contexts, max_new_tokens)
         return [self.tokenizer.decode(o, skip_special_tokens=True) for o in outs]
@@ -269,7 +272,10 @@ class SharedPrefixDecode:
         def run(chunk: list[int]) -> list[tuple[int, int, object]]:
             rows = [
                 DecodeRequest(
-                    b, p[common:] + engine.layout.mid_ids, engine.extractor_ids + engine.answer_ids[b], n_answer[b]
+                    b,
+                    p[common:] + engine.framed[b].tail + engine.layout.mid_ids,
+                    engine.extractor_ids + engine.answer_ids[b],
+                    n_answer[b],
                 )
                 for p in prompts
                 for b in chunk

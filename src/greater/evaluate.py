@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.engine import Engine
 from greater.generation import Generator, longest_first
-from greater.layout import decode, encode_prompt
+from greater.layout import AFTER_QUESTION, decode
 from greater.tasks import Example, Task
 
 ANSWER_SLACK = 8  # tokens allowed after the extractor beyond the longest gold answer
@@ -57,9 +57,10 @@ def evaluate(
     desc: str = "evaluating",
     saved_reasoning: dict[int, list[int]] | None = None,
     on_reasoning: Callable[[dict[int, list[int]], int], None] | None = None,
+    placement: str = AFTER_QUESTION,
 ) -> Evaluation:
-    """Score `prompt` on `examples` with greedy reasoning capped at `max_new_tokens`: `evaluate_with` on
-    an engine made for them."""
+    """Score `prompt`, placed in the chat as `placement` says, on `examples` with greedy reasoning capped
+    at `max_new_tokens`: `evaluate_with` on an engine made for them."""
     engine = Engine(
         model,
         tokenizer,
@@ -69,6 +70,7 @@ def evaluate(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         generator=generator,
+        placement=placement,
     )
     return evaluate_with(
         engine, prompt, progress=progress, desc=desc, saved_reasoning=saved_reasoning, on_reasoning=on_reasoning
@@ -93,7 +95,7 @@ def evaluate_with(
     `batch_size`, skips the batches it holds. The predictions are those of one uninterrupted call
     either way (`reason_in_batches`)."""
     task, tokenizer, examples = engine.task, engine.tokenizer, engine.examples
-    prompt_ids = tuple(encode_prompt(tokenizer, prompt))
+    prompt_ids = engine.encode_prompt(prompt)
     shown = engine.generator.progress
     with tqdm(total=2 * len(examples), desc=desc, unit="gen", disable=not progress, file=sys.stderr) as bar:
         engine.generator.progress = bar

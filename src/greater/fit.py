@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import ANSWER_SLACK
-from greater.layout import ChatLayout, encode
+from greater.layout import AFTER_QUESTION, ChatLayout, encode
 from greater.tasks import Example, Task
 
 SHOWN = 3  # rows named in the message
@@ -48,6 +48,7 @@ def fitting_rows(
     joiner: str,
     max_new_tokens: int,
     skip: bool = False,
+    placement: str = AFTER_QUESTION,
 ) -> tuple[dict[str, list[Example]], int]:
     """The examples of each split that fit `context`, and how many were left out.
 
@@ -57,7 +58,7 @@ def fitting_rows(
     """
     if context is None:
         return dict(splits), 0
-    layout = ChatLayout.from_tokenizer(tokenizer)
+    layout = ChatLayout.from_tokenizer(tokenizer, placement)
     extractor = len(encode(tokenizer, " " + task.extractor))
     kept: dict[str, list[Example]] = {}
     bad: list[str] = []
@@ -65,13 +66,14 @@ def fitting_rows(
         kept[name] = []
         for index, ex in enumerate(examples):
             # a fast tokenizer takes a 50,000-word question in well under a second
-            head = layout.encode_head(tokenizer, ex.question + joiner)
+            framed = layout.frame(tokenizer, ex.question, joiner)
             follow = extractor + len(encode(tokenizer, task.target_text(ex))) + ANSWER_SLACK
-            tokens = layout.row_tokens(head, prompt_tokens, max_new_tokens, follow)
+            tokens = layout.row_tokens(framed, prompt_tokens, max_new_tokens, follow)
             if tokens <= context:
                 kept[name].append(ex)
                 continue
-            used = len(head[1])  # the question's tokens, and the room the rest of the row leaves them
+            # the question's tokens, and the room the rest of the row leaves them
+            used = len(framed.head if placement == AFTER_QUESTION else framed.tail) - framed.question_at
             where = ex.where or f"task {task.name}, {name} {index}"
             bad.append(f"{where} ({used} tokens; room for {max(context - tokens + used, 0)})")
     if not bad:
@@ -100,6 +102,7 @@ def fitting_task(
     joiner: str,
     max_new_tokens: int,
     skip: bool = False,
+    placement: str = AFTER_QUESTION,
 ) -> Task:
     """`task` checked row by row (every example, and its test file's) before any split is drawn; with
     `skip`, the task without the rows that do not fit (so splits are drawn from the rows that do)."""
@@ -113,6 +116,7 @@ def fitting_task(
         joiner=joiner,
         max_new_tokens=max_new_tokens,
         skip=skip,
+        placement=placement,
     )
     if not left_out:
         return task
@@ -133,6 +137,7 @@ def fit_to_model(
     joiner: str,
     max_new_tokens: int,
     skip: bool = False,
+    placement: str = AFTER_QUESTION,
 ) -> Task:
     """`fitting_task` against `model`'s context length (`context_length`)."""
     context = context_length(model, tokenizer)
@@ -144,4 +149,5 @@ def fit_to_model(
         joiner=joiner,
         max_new_tokens=max_new_tokens,
         skip=skip,
+        placement=placement,
     )

@@ -1,7 +1,14 @@
 """Token layout of one example under the model's own chat template, with exact slices.
 
-    [chat prefix] [question + joiner] [prompt] [chat: end user turn, start assistant]
-    [reasoning] [extractor] [answer]
+Where the prompt goes (`placement`):
+
+    after-question   [chat prefix] [question + joiner] [prompt] [mid] [reasoning] [extractor] [answer]
+    before-question  [chat prefix] [prompt] ["\n\n" + question] [mid] ...
+    system           [chat prefix, system turn] [prompt] [end system turn, start user turn + question] [mid] ...
+
+(mid: the end of the user turn and the assistant header). The paper's is after-question. Every row is
+[head] [prompt] [tail] [mid] [reasoning] [extractor] [answer]: with after-question the tail is empty and
+the head holds the question; otherwise every row's head is the same and the question is in the tail.
 
 Each segment is tokenized on its own and the ids are concatenated, so every slice is exact by
 construction for any template; `check_layout` verifies that this equals tokenizing the whole
@@ -11,6 +18,7 @@ rendered text, which holds whenever segment boundaries fall on token boundaries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from transformers import PreTrainedTokenizerBase
 
@@ -19,21 +27,50 @@ from greater.errors import GreaterError
 Ids = tuple[int, ...]  # the token ids of one row or one prompt
 
 _SENTINEL = "\x00GREATER-USER-TEXT\x00"
+_SYSTEM_SENTINEL = "\x00GREATER-SYSTEM-TEXT\x00"
+PLACEMENTS = ("after-question", "before-question", "system")
+AFTER_QUESTION = PLACEMENTS[0]
+QUESTION_SEPARATOR = "\n\n"  # between the prompt and the question, placement before-question
+
+
+def prompt_lead(placement: str) -> str:
+    """What a prompt's text starts with in the chat: a space after the question and its joiner; nothing at
+    the start of a turn's text (before-question, system)."""
+    return " " if placement == AFTER_QUESTION else ""
+
+
+class Framed(NamedTuple):
+    """An example's ids around the prompt: `head` before it, `tail` after it up to the end of the user
+    turn; the question (with the joiner after-question) is `head[question_at:]` after-question, else
+    `tail[question_at:]`."""
+
+    head: Ids
+    tail: Ids
+    question_at: int
 
 
 @dataclass(frozen=True)
 class ChatLayout:
-    """The chat template cut around the user's text: `prefix_ids` before it, `mid_ids` after it
-    (end of the user turn and the assistant header)."""
+    """The chat template cut around the prompt and the question, for one `placement`: `prefix_ids`
+    before the user's text (system: before the system turn's text), `between_text` from the end of the
+    system text to the user's text (system only), `mid_ids` after the user's text (end of the user turn
+    and the assistant header)."""
 
     prefix_ids: tuple[int, ...]
     mid_ids: tuple[int, ...]
     prefix_text: str
     mid_text: str
+    placement: str = AFTER_QUESTION
+    between_text: str = ""
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase) -> ChatLayout:
-        if getattr(tokenizer, "chat_template", None):
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, placement: str = AFTER_QUESTION) -> ChatLayout:
+        if placement not in PLACEMENTS:
+            raise GreaterError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
+        between = ""
+        if placement == "system":
+            prefix_text, between, mid_text = _system_pieces(tokenizer)
+        elif getattr(tokenizer, "chat_template", None):
             rendered = tokenizer.apply_chat_template(
                 [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
             )
@@ -42,31 +79,45 @@ class ChatLayout:
             prefix_text, mid_text = rendered.split(_SENTINEL)
         else:  # a base model without a chat template
             prefix_text, mid_text = (tokenizer.bos_token or ""), "\nAnswer:"
-        return cls(tuple(encode(tokenizer, prefix_text)), tuple(encode(tokenizer, mid_text)), prefix_text, mid_text)
+        prefix_ids, mid_ids = tuple(encode(tokenizer, prefix_text)), tuple(encode(tokenizer, mid_text))
+        return cls(prefix_ids, mid_ids, prefix_text, mid_text, placement, between)
+
+    @property
+    def prompt_lead(self) -> str:
+        return prompt_lead(self.placement)
+
+    def frame(self, tokenizer: PreTrainedTokenizerBase, question: str, joiner: str) -> Framed:
+        """`question`'s ids before and after the prompt (`Framed`); the joiner follows the question only
+        after-question, where the prompt follows it."""
+        if self.placement == AFTER_QUESTION:
+            prefix, user = self.encode_head(tokenizer, question + joiner)
+            return Framed(prefix + user, (), len(prefix))
+        # the prefix as the template tokenizes it before text (a prompt starts with a word): its trailing
+        # whitespace can merge otherwise
+        head = encode_pair(tokenizer, self.prefix_text, "x", self.prefix_ids)[0]
+        before = QUESTION_SEPARATOR if self.placement == "before-question" else self.between_text
+        lead, asked = encode_pair(tokenizer, before, question)
+        return Framed(head, lead + asked, len(lead))
+
+    def user_texts(self, question: str, joiner: str, prompt: str) -> tuple[str | None, str]:
+        """(system text or None, user text) of the chat with `prompt` placed as this layout places it."""
+        if self.placement == AFTER_QUESTION:
+            return None, f"{question}{joiner}{self.prompt_lead}{prompt}"
+        if self.placement == "before-question":
+            return None, f"{prompt}{QUESTION_SEPARATOR}{question}"
+        return prompt, question
 
     def encode_head(
         self, tokenizer: PreTrainedTokenizerBase, user_text: str
     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(prefix ids, user-text ids), tokenized together as the template would.
+        """(prefix ids, user-text ids), tokenized together as the template would (`encode_pair`)."""
+        return encode_pair(tokenizer, self.prefix_text, user_text, self.prefix_ids)
 
-        Alone, a prefix ending in whitespace tokenizes differently than when text follows it
-        (Llama-3's "<|end_header_id|>\n\n" + "not" is [\n, \n, not], not [\n\n, not]); the joint
-        tokenization is cut where the decoded prefix ends, falling back to separate pieces when a
-        token straddles the boundary.
-        """
-        joint = encode(tokenizer, self.prefix_text + user_text)
-        for cut in range(len(joint) + 1):
-            decoded = decode(tokenizer, joint[:cut])
-            if len(decoded) >= len(self.prefix_text):
-                if decoded == self.prefix_text:
-                    return tuple(joint[:cut]), tuple(joint[cut:])
-                break
-        return self.prefix_ids, tuple(encode(tokenizer, user_text))
-
-    def row_tokens(self, head: tuple[Ids, Ids], prompt_tokens: int, reasoning_tokens: int, follow_tokens: int) -> int:
-        """Tokens of a row (see the module's picture): `head` from `encode_head`, a prompt and a reasoning of
+    def row_tokens(self, framed: Framed, prompt_tokens: int, reasoning_tokens: int, follow_tokens: int) -> int:
+        """Tokens of a row (see the module's picture): an example `framed`, a prompt and a reasoning of
         these lengths, and `follow_tokens` after the reasoning (extractor and answer)."""
-        return len(head[0]) + len(head[1]) + prompt_tokens + len(self.mid_ids) + reasoning_tokens + follow_tokens
+        fixed = len(framed.head) + len(framed.tail) + len(self.mid_ids)
+        return fixed + prompt_tokens + reasoning_tokens + follow_tokens
 
 
 @dataclass(frozen=True)
@@ -86,6 +137,26 @@ class TokenSequence:
         return self.reasoning.start
 
 
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, left: str, right: str, left_ids: Ids | None = None
+) -> tuple[Ids, Ids]:
+    """(left ids, right ids) of `left + right` tokenized together, as a template's text would be.
+
+    Alone, text ending in whitespace tokenizes differently than when text follows it (Llama-3's
+    "<|end_header_id|>\n\n" + "not" is [\n, \n, not], not [\n\n, not]); the joint tokenization is cut
+    where the decoded `left` ends, falling back to separate pieces (`left_ids` when given) when a token
+    straddles the boundary.
+    """
+    joint = encode(tokenizer, left + right)
+    for cut in range(len(joint) + 1):
+        decoded = decode(tokenizer, joint[:cut])
+        if len(decoded) >= len(left):
+            if decoded == left:
+                return tuple(joint[:cut]), tuple(joint[cut:])
+            break
+    return (left_ids if left_ids is not None else tuple(encode(tokenizer, left))), tuple(encode(tokenizer, right))
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of `text` alone, without special tokens added by the tokenizer."""
     if not text:
@@ -98,34 +169,58 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 def build_sequence(
     layout: ChatLayout,
-    head: tuple[tuple[int, ...], tuple[int, ...]],
+    framed: Framed,
     prompt_ids: list[int] | tuple[int, ...],
     reasoning_ids: list[int] | tuple[int, ...] = (),
     extractor_ids: list[int] | tuple[int, ...] = (),
     answer_ids: list[int] | tuple[int, ...] = (),
 ) -> TokenSequence:
-    """Concatenate the segments; `head` is (prefix ids, question ids) from `ChatLayout.encode_head`.
-    Slices index into the returned ids."""
-    parts = [head[0], head[1], prompt_ids, layout.mid_ids, reasoning_ids, extractor_ids, answer_ids]
+    """Concatenate the segments around an example `framed` by `layout.frame`. Slices index into the
+    returned ids."""
+    parts = [framed.head, prompt_ids, framed.tail, layout.mid_ids, reasoning_ids, extractor_ids, answer_ids]
     bounds = [0]
     for part in parts:
         bounds.append(bounds[-1] + len(part))
     ids = tuple(t for part in parts for t in part)
+    if layout.placement == AFTER_QUESTION:
+        question = slice(framed.question_at, bounds[1])
+    else:
+        question = slice(bounds[2] + framed.question_at, bounds[3])
     return TokenSequence(
         ids=ids,
-        question=slice(bounds[1], bounds[2]),
-        prompt=slice(bounds[2], bounds[3]),
+        question=question,
+        prompt=slice(bounds[1], bounds[2]),
         reasoning=slice(bounds[4], bounds[5]),
         extractor=slice(bounds[5], bounds[6]),
         answer=slice(bounds[6], bounds[7]),
     )
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Token ids of a prompt (it follows the joiner after one space) that survive decode→encode."""
+def _system_pieces(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str, str]:
+    """The chat template cut around a system turn's text and the user's: (before the system text, between
+    them, after the user's text)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise GreaterError("placement system needs a chat template, and this tokenizer has none")
+    messages = [{"role": "system", "content": _SYSTEM_SENTINEL}, {"role": "user", "content": _SENTINEL}]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # a template that refuses system messages raises its own error (Gemma-2's)
+        raise GreaterError(f"placement system: this model's chat template has no system turn ({exc})") from exc
+    if rendered.count(_SYSTEM_SENTINEL) != 1 or rendered.count(_SENTINEL) != 1:
+        raise GreaterError("placement system: this model's chat template has no system turn of its own")
+    before, rest = rendered.split(_SYSTEM_SENTINEL)
+    if _SENTINEL not in rest:  # the template moved the system text after the user's
+        raise GreaterError("placement system: this model's chat template puts the system text after the question")
+    between, after = rest.split(_SENTINEL)
+    return before, between, after
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, lead: str = " ") -> list[int]:
+    """Token ids of a prompt, after `lead` (`ChatLayout.prompt_lead`: one space where it follows the joiner),
+    that survive decode→encode."""
     if not prompt.strip():
         raise GreaterError("the prompt is empty")
-    ids = encode(tokenizer, " " + prompt.strip())
+    ids = encode(tokenizer, lead + prompt.strip())
     check_roundtrip(tokenizer, ids)
     return ids
 
@@ -145,12 +240,21 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int] | tuple[int, ...])
     return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def check_layout(tokenizer: PreTrainedTokenizerBase, seq: TokenSequence, user_text: str) -> bool:
-    """True when the context equals the chat template's own tokenization of `user_text` and the
-    assistant part (reasoning, extractor, answer) equals tokenizing its text on its own."""
+def chat_messages(system_text: str | None, user_text: str) -> list[dict]:
+    """The chat's messages before the assistant's turn: a system message when there is system text."""
+    system = [{"role": "system", "content": system_text}] if system_text is not None else []
+    return [*system, {"role": "user", "content": user_text}]
+
+
+def check_layout(
+    tokenizer: PreTrainedTokenizerBase, seq: TokenSequence, user_text: str, system_text: str | None = None
+) -> bool:
+    """True when the context equals the chat template's own tokenization of the chat (`system_text`, if
+    any, and `user_text`) and the assistant part (reasoning, extractor, answer) equals tokenizing its text
+    on its own."""
     if getattr(tokenizer, "chat_template", None):
         out = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=True
+            chat_messages(system_text, user_text), add_generation_prompt=True, tokenize=True
         )
         context = list(out["input_ids"] if hasattr(out, "keys") else out)
         if list(seq.ids[: seq.context_len]) != context:

@@ -23,7 +23,7 @@ from greater.errors import GreaterError, ResumeConflict, setting_name
 from greater.evaluate import DEFAULT_JOINER, accuracy_on, best_on_dev
 from greater.generation import Generator
 from greater.gradient import Terms
-from greater.layout import Ids, decode, encode, encode_prompt
+from greater.layout import AFTER_QUESTION, PLACEMENTS, Ids, decode, encode, encode_prompt
 from greater.memory import is_size
 from greater.settings import CONFIG_FLAGS
 from greater.tasks import Example, Task
@@ -84,6 +84,9 @@ class GreaterConfig:
     # the default loop's per-token cache copies dominate; off until measured there (bench/gpu.sh)
     static_cache: bool = False
     seed: int = 0
+    # where the prompt goes in the chat (greater.layout): after the question in the user turn (the paper's),
+    # before it, or as the system turn's text
+    placement: str = AFTER_QUESTION
 
     def __post_init__(self) -> None:
         if self.selection == "accuracy":  # the earlier name of the reference's rule
@@ -100,8 +103,9 @@ class GreaterConfig:
             config.validate()
             return config
         for flag, value in given.items():
-            if value != stored.get(flag):
-                raise ResumeConflict(flag, value, stored.get(flag))
+            kept = stored.get(flag, getattr(cls(), flag))  # a field newer than the run: its default
+            if value != kept:
+                raise ResumeConflict(flag, value, kept)
         return cls(**stored)
 
     def validate(self) -> None:
@@ -120,6 +124,7 @@ class GreaterConfig:
             "selection": self.selection in SELECTION_RULES,
             "patience": self.patience is None or self.patience >= 1,
             "filler": bool(self.filler.strip()),
+            "placement": self.placement in PLACEMENTS,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -278,9 +283,9 @@ def optimize(
     counted = replace(engine.counts)  # a run's engine may have scored test examples before
     filler = filler_token(tokenizer, config.filler)
     if state is None:
-        init = encode_prompt(tokenizer, config.init_prompt)
+        init = list(engine.encode_prompt(config.init_prompt))
         state = RunState(prompt=init, init_len=len(init), best_prompt=list(init))
-    returnable = Returnable(tokenizer)
+    returnable = Returnable(tokenizer, engine.layout.prompt_lead)
     allowed = allowed_token_mask(tokenizer, model.get_input_embeddings().weight.shape[0])
     step = _Step(engine, config, allowed, returnable)
     records: list[StepRecord] = []
@@ -331,7 +336,7 @@ def _dev_choice(
     tokenizer = engine.tokenizer
     finalists = state.finalists(config.keep_top, returnable) or [tuple(state.best_prompt)]
     if config.dev_keeps_initial:
-        initial = tuple(encode_prompt(tokenizer, config.init_prompt))
+        initial = engine.encode_prompt(config.init_prompt)
         if initial not in finalists:
             finalists.append(initial)  # last: on a dev tie the searched prompt stays the choice
     for ids in finalists:
@@ -358,14 +363,15 @@ class Returnable:
     """Whether a prompt's ids are exactly what its text encodes to (`encode_prompt(prompt_text(ids))`):
     only such a prompt can be returned, since what is returned is text. Memoised."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, lead: str = " ") -> None:
+        self.tokenizer, self.lead = tokenizer, lead  # lead: `ChatLayout.prompt_lead`
         self._known: dict[Ids, bool] = {}
 
     def __call__(self, ids: Ids) -> bool:
         if ids not in self._known:
             try:
-                self._known[ids] = encode_prompt(self.tokenizer, prompt_text(self.tokenizer, ids)) == list(ids)
+                again = encode_prompt(self.tokenizer, prompt_text(self.tokenizer, ids), self.lead)
+                self._known[ids] = again == list(ids)
             except GreaterError:
                 self._known[ids] = False
         return self._known[ids]
@@ -398,6 +404,7 @@ def build_engine(
         batched_gradient=config.batched_gradient,
         lookup_decoding=config.lookup_decoding,
         static_cache=config.static_cache,
+        placement=config.placement,
     )
 
 
@@ -440,7 +447,8 @@ class _Step:
             # 4. selection: re-score the most promising candidates with their own reasoning
             with timer("selection"):
                 tokens = [c for c, _ in ranked]
-                shortlist = shortlist_candidates(self.tokenizer, prompt, position, tokens, config.num_select)
+                lead = self.engine.layout.prompt_lead
+                shortlist = shortlist_candidates(self.tokenizer, prompt, position, tokens, config.num_select, lead)
                 chosen, evaluated = self._select(state, prompt, position, shortlist, warnings, timer)
             # 5. the chosen prompt goes on (the caller advances the position)
             state.prompt = list(chosen)
@@ -622,11 +630,11 @@ def candidate_gradient(
 
 
 def shortlist_candidates(
-    tokenizer: PreTrainedTokenizerBase, prompt: Ids, position: int, ranked: list[int], limit: int
+    tokenizer: PreTrainedTokenizerBase, prompt: Ids, position: int, ranked: list[int], limit: int, lead: str = " "
 ) -> list[Ids]:
-    """The first `limit` prompts, in gradient order, whose ids are what their text encodes to
-    (`encode_prompt(prompt_text(ids)) == ids`), so the prompt scored is the prompt returned."""
-    returnable = Returnable(tokenizer)
+    """The first `limit` prompts, in gradient order, whose ids are what their text encodes to after `lead`
+    (`encode_prompt(prompt_text(ids), lead) == ids`), so the prompt scored is the prompt returned."""
+    returnable = Returnable(tokenizer, lead)
     out: list[Ids] = []
     for token in ranked:
         candidate = prompt[:position] + (token,) + prompt[position + 1 :]

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import DEFAULT_JOINER, Evaluation, evaluate
 from greater.generation import Generator
+from greater.layout import AFTER_QUESTION
 from greater.runs import slug, split_sizes, write_atomic, write_json, write_predictions
 from greater.tasks import Example, Task, resolve_task
 from greater.tasks.base import fingerprint
@@ -21,11 +22,13 @@ from greater.tasks.custom import is_custom_task
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """A prompt to score: its label in the table, its text, and the joiner between question and prompt."""
+    """A prompt to score: its label in the table, its text, the joiner between question and prompt, and
+    where it goes in the chat (`greater.layout.PLACEMENTS`)."""
 
     label: str
     text: str
     joiner: str = DEFAULT_JOINER
+    placement: str = AFTER_QUESTION
 
 
 @dataclass
@@ -107,6 +110,7 @@ def evaluate_table(
                 split.examples,
                 prompt.text,
                 joiner=prompt.joiner,
+                placement=prompt.placement,
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
                 generator=generator,
@@ -119,12 +123,19 @@ def evaluate_table(
     return cells
 
 
+def _prompt_row(prompt: PromptSpec) -> dict:
+    """A prompt in table.json; its placement only where it is not the paper's (tables before placements
+    existed read the same)."""
+    row = {"label": prompt.label, "prompt": prompt.text, "joiner": prompt.joiner}
+    return row | ({"placement": prompt.placement} if prompt.placement != AFTER_QUESTION else {})
+
+
 def table_data(cells: Sequence[Cell], **meta: object) -> dict:
     """The comparison table as plain JSON data: `meta`, the prompts, the tasks with their splits, the results."""
     prompts = list(dict.fromkeys(cell.prompt for cell in cells))
     tasks = list({id(cell.task): cell.task for cell in cells}.values())
     return meta | {
-        "prompts": [{"label": p.label, "prompt": p.text, "joiner": p.joiner} for p in prompts],
+        "prompts": [_prompt_row(p) for p in prompts],
         "tasks": [{"task": t.task.name, **t.split, "n": len(t.examples)} for t in tasks],
         "results": [
             {
@@ -156,7 +167,11 @@ def prompts_table_markdown(table: dict) -> str:
         lines.append("| mean | | " + " | ".join(f"{100 * m:.1f}" for m in means) + " |")
     lines.append("")
     lines.append("Accuracy in %. Prompts (the prompt follows the question after the joiner and a space):")
-    lines += [f"- {p['label']}: {p['prompt']!r} (joiner {p['joiner']!r})" for p in table["prompts"]]
+    lines += [
+        f"- {p['label']}: {p['prompt']!r} (joiner {p['joiner']!r})"
+        + (f", placed {p['placement']}" if "placement" in p else "")
+        for p in table["prompts"]
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -66,6 +66,7 @@ SETTINGS: tuple[Setting, ...] = (
     _row("selection_nll_weight", parse=float),  # no flag: compare's option only
     _row("candidate_nll", "greater", parse=_boolean),
     _row("patience", "greater", parse=int),
+    _row("placement", "greater", "baseline", "compare", "shared", parse=str),
     # the budget and what every method shares
     _row("steps", "greater", "baseline", "compare", "shared"),
     _row("max_new_tokens", "greater", "baseline", "compare", "shared"),

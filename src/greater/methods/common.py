@@ -19,7 +19,7 @@ from greater.engine import Engine
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import accuracy_on, best_on_dev
 from greater.generation import TransformersGenerator
-from greater.layout import ChatLayout, decode, encode, encode_prompt
+from greater.layout import PLACEMENTS, ChatLayout, decode, encode, encode_prompt, prompt_lead
 from greater.memory import is_size
 from greater.optimizer import GreaterConfig
 from greater.tasks import Example, Task
@@ -54,6 +54,7 @@ class MethodConfig:
     batch_size: int | str = GreaterConfig.batch_size  # rows per generation batch; "auto": from free GPU memory
     keep_top: int = GreaterConfig.keep_top  # with a dev set: the best prompts by training score scored on it
     seed: int = GreaterConfig.seed
+    placement: str = GreaterConfig.placement  # where prompts go in the chat (greater.layout.PLACEMENTS)
 
     @property
     def budget(self) -> int:
@@ -83,6 +84,8 @@ class MethodConfig:
             bad.append("evaluations")
         if not self.temperature > 0:
             bad.append("temperature")
+        if self.placement not in PLACEMENTS:
+            bad.append("placement")
         if bad:
             raise GreaterError(f"invalid setting {bad[0]}={getattr(self, bad[0])!r}")
 
@@ -220,6 +223,7 @@ def baseline_engine(
         batch_size=config.batch_size,
         max_new_tokens=config.max_new_tokens,
         size_tokens=max(config.max_new_tokens, config.meta_max_new_tokens),
+        placement=config.placement,
     )
 
 
@@ -281,7 +285,7 @@ class Workbench:
 
     def _measure(self, prompts: list[str]) -> list[Scored]:
         """Reasoning and answer terms of each prompt on the training examples, in one engine call."""
-        ids = [tuple(encode_prompt(self.tokenizer, p)) for p in prompts]
+        ids = [self.engine.encode_prompt(p) for p in prompts]
         out = []
         for prompt, (reasoning, terms) in zip(
             prompts, self.engine.reason_and_score(ids, self.config.max_new_tokens), strict=True
@@ -332,7 +336,8 @@ class Workbench:
     def proposals_from(self, meta_prompts: list[str]) -> list[str]:
         """The distinct usable prompts parsed from one sampled reply to each meta-prompt, in order."""
         limit = self.config.max_prompt_tokens
-        found = [extract_prompt(text, self.tokenizer, limit) for text in self.complete(meta_prompts)]
+        lead = prompt_lead(self.config.placement)
+        found = [extract_prompt(text, self.tokenizer, limit, lead) for text in self.complete(meta_prompts)]
         return list(dict.fromkeys(p for p in found if p))
 
     def example_text(self, index: int, scored: Scored | None = None) -> str:
@@ -367,7 +372,7 @@ _TAG = re.compile(r"</?[A-Z_]+>")  # leftover markup such as an empty <START> <E
 _LEADING = re.compile(r"^\s*(?:[-*#>]+|\d+[.)]|step \d+[:.]?)\s*", re.I)
 
 
-def extract_prompt(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> str | None:
+def extract_prompt(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int, lead: str = " ") -> str | None:
     """The prompt in a meta-prompt reply, or None when there is none usable.
 
     Taken from, in order: a tagged span (<START>…<END>, <IMPROVED_VARIABLE>…, the last
@@ -396,13 +401,13 @@ def extract_prompt(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: in
     prompt = " ".join(_TAG.sub(" ", candidate).split()).strip(" \"'`*")
     if len(prompt) < 3 or not any(ch.isalpha() for ch in prompt):
         return None
-    ids = encode(tokenizer, " " + prompt)
+    ids = encode(tokenizer, lead + prompt)
     if len(ids) > max_tokens:
         cut = decode(tokenizer, ids[:max_tokens]).strip()
         ends = [cut.rfind(c) for c in ".!?"]
         prompt = cut[: max(ends) + 1] if max(ends) > len(cut) // 2 else cut.rsplit(" ", 1)[0]
     try:
-        encode_prompt(tokenizer, prompt)
+        encode_prompt(tokenizer, prompt, lead)
     except GreaterError:
         return None
     return prompt
