@@ -23,7 +23,16 @@ def test_gpu_check_tiny_runs_on_cpu_and_writes_its_figures(tmp_path: Path) -> No
     assert report["model"]["dtype"] == "bfloat16"
     assert report["model"]["device"] == "cpu"
     assert report["task"] == "gen/boolean_expressions"
-    assert list(report["parts"]) == ["paper", "reference"]
+    assert list(report["parts"]) == ["decode", "paper", "reference"]
+    decode = report["parts"].pop("decode")
+    assert decode["settings"] == {"rows": 12, "max_new_tokens": 12, "nines": 1}
+    assert decode["bound_tokens_per_s"] > 0 and decode["read_bandwidth_gbs"] > 0
+    assert (decode["loop"]["rows"], decode["static"]["rows"], decode["generate_in_nines"]["rows"]) == (12, 12, 9)
+    for name in ("loop", "static", "generate_in_nines"):
+        assert 0 < decode[name]["generated_tokens"] <= decode[name]["rows"] * 12
+        assert decode[name]["tokens_per_s"] > 0
+    assert decode["static_vs_generate_in_nines"] > 0 and decode["agreement"]["rows"] == 12
+    assert 0 <= decode["agreement"]["shared_token_share"] <= 1
     for name, part in report["parts"].items():
         settings = part["settings"]
         assert (settings["train"], settings["max_new_tokens"], settings["steps"]) == (6, 12, 2)
