@@ -213,7 +213,7 @@ def test_the_next_step_extends_the_kept_prefix(tiny_model, smol_tokenizer, tiny_
     shared_cost = kept.counts.forward_tokens - before
     alone = _arithmetic_engine(tiny_engine, True)
     own = alone.reason_and_score(candidates, 4)
-    heads = sum(len(h[0] + h[1]) + 3 for h in alone.heads)
+    heads = sum(len(f.head) + 3 for f in alone.framed)
     assert shared_cost == alone.counts.forward_tokens - heads
     for (r_a, t_a), (r_b, t_b) in zip(shared, own, strict=True):
         assert r_a == r_b
