@@ -23,7 +23,7 @@ from greater.compare import Scorer, check_rows_fit, compare_tracker, log_compare
 from greater.errors import GreaterError, flag_names
 from greater.evaluate import DEFAULT_JOINER
 from greater.fit import fit_to_model
-from greater.layout import AFTER_QUESTION, ChatLayout, encode_prompt
+from greater.layout import AFTER_QUESTION, encode_placed_prompt
 from greater.lifecycle import Run, RunOptions, RunSpec, Runtime, load, reasoning_generator
 from greater.methods import (
     MethodConfig,
@@ -221,7 +221,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model, tokenizer = load(model_ref, runtime, args.trust_remote_code)
     generator = reasoning_generator(model_ref, model, tokenizer, runtime, args.trust_remote_code)
     # a bad prompt or placement fails before any scoring
-    longest = max(len(encode_prompt(tokenizer, p.text, _lead(tokenizer, p.placement))) for p in prompts)
+    longest = max(len(encode_placed_prompt(tokenizer, p.text, p.placement)) for p in prompts)
     cap, batch_size = max_new or GreaterConfig.max_new_tokens, batch_size or GreaterConfig.batch_size
     joiner = max((p.joiner for p in prompts), key=len)
     for ts in splits:  # every row of every task, before any generation (evaluate never skips rows)
@@ -270,11 +270,6 @@ def _write_evaluation(out: Path | None, cells: list[Cell], meta: dict) -> None:
         write_json(out / "metrics.json", metrics)
     print("\n" + prompts_table_markdown(table), end="")
     print(f"table written to {out / 'table.md'} and {out / 'table.json'}; predictions in {out}")
-
-
-def _lead(tokenizer, placement: str) -> str:
-    """What a prompt's text follows where `placement` puts it (raises for a placement the template lacks)."""
-    return ChatLayout.from_tokenizer(tokenizer, placement).prompt_lead
 
 
 def _prompt_texts(args: argparse.Namespace) -> list[str]:

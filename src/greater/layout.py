@@ -80,6 +80,10 @@ class ChatLayout:
         else:  # a base model without a chat template
             prefix_text, mid_text = (tokenizer.bos_token or ""), "\nAnswer:"
         prefix_ids, mid_ids = tuple(encode(tokenizer, prefix_text)), tuple(encode(tokenizer, mid_text))
+        if placement != AFTER_QUESTION:
+            # the prompt follows the prefix: the prefix as the template tokenizes it before text (a prompt
+            # starts with a word), whose trailing whitespace can merge otherwise
+            prefix_ids = encode_pair(tokenizer, prefix_text, "x", prefix_ids)[0]
         return cls(prefix_ids, mid_ids, prefix_text, mid_text, placement, between)
 
     @property
@@ -92,12 +96,9 @@ class ChatLayout:
         if self.placement == AFTER_QUESTION:
             prefix, user = self.encode_head(tokenizer, question + joiner)
             return Framed(prefix + user, (), len(prefix))
-        # the prefix as the template tokenizes it before text (a prompt starts with a word): its trailing
-        # whitespace can merge otherwise
-        head = encode_pair(tokenizer, self.prefix_text, "x", self.prefix_ids)[0]
         before = QUESTION_SEPARATOR if self.placement == "before-question" else self.between_text
         lead, asked = encode_pair(tokenizer, before, question)
-        return Framed(head, lead + asked, len(lead))
+        return Framed(self.prefix_ids, lead + asked, len(lead))
 
     def user_texts(self, question: str, joiner: str, prompt: str) -> tuple[str | None, str]:
         """(system text or None, user text) of the chat with `prompt` placed as this layout places it."""
@@ -223,6 +224,12 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, lead: str = "
     ids = encode(tokenizer, lead + prompt.strip())
     check_roundtrip(tokenizer, ids)
     return ids
+
+
+def encode_placed_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, placement: str) -> list[int]:
+    """`encode_prompt` where `placement` puts the prompt, the placement checked against the tokenizer's
+    chat template first (GreaterError where it has no place for it, e.g. no system turn)."""
+    return encode_prompt(tokenizer, prompt, ChatLayout.from_tokenizer(tokenizer, placement).prompt_lead)
 
 
 def check_roundtrip(tokenizer: PreTrainedTokenizerBase, prompt_ids: list[int] | tuple[int, ...]) -> None:

@@ -42,7 +42,7 @@ from greater.errors import GreaterError, ResumeConflict, setting_name
 from greater.evaluate import evaluate_with
 from greater.fit import fit_to_model
 from greater.generation import stop_token_ids
-from greater.layout import ChatLayout, encode_prompt
+from greater.layout import encode_placed_prompt
 from greater.methods import MethodConfig, run_method
 from greater.methods.common import baseline_engine
 from greater.model import load_model, model_label, model_name, model_source
@@ -448,7 +448,7 @@ def _prepare_greater(info: dict, config: GreaterConfig, trust_remote_code: bool,
     name = model_name(info["model"])
     model, tokenizer = load(name, info["runtime"], trust_remote_code)
     generator = reasoning_generator(name, model, tokenizer, info["runtime"], trust_remote_code)
-    prompt_ids = _starting_prompt(tokenizer, config)
+    prompt_ids = encode_placed_prompt(tokenizer, config.init_prompt, config.placement)  # checked before writing
     filler_token(tokenizer, config.filler)
     # the prompt grows by at most one token a step (the filler), so that is the longest it can get
     task = _fitted(model, tokenizer, task, info, len(prompt_ids) + config.steps, config)
@@ -460,14 +460,6 @@ def _prepare_greater(info: dict, config: GreaterConfig, trust_remote_code: bool,
         )
     engine = build_engine(model, tokenizer, task, drawn.train, config, generator)
     return Inputs(task, model, tokenizer, engine, drawn.train, drawn.dev, drawn.test)
-
-
-def _starting_prompt(tokenizer, config) -> list[int]:
-    """The starting prompt's ids where the config places prompts: the prompt and the placement checked
-    against the tokenizer and its chat template before anything is written."""
-    return encode_prompt(
-        tokenizer, config.init_prompt, ChatLayout.from_tokenizer(tokenizer, config.placement).prompt_lead
-    )
 
 
 def _fitted(model, tokenizer, task: Task, info: dict, prompt_tokens: int, config) -> Task:
@@ -524,7 +516,7 @@ def _prepare_baseline(info: dict, config: MethodConfig, trust_remote_code: bool)
     sizes = (info["split"]["train"], info["split"]["test"])
     task.split(*sizes, config.seed)  # a split that cannot be drawn fails before loading
     model, tokenizer = load(model_name(info["model"]), info["runtime"], trust_remote_code)
-    prompt_ids = _starting_prompt(tokenizer, config)
+    prompt_ids = encode_placed_prompt(tokenizer, config.init_prompt, config.placement)  # checked before writing
     longest = max(len(prompt_ids), config.max_prompt_tokens)  # proposals are cut at max_prompt_tokens
     task = _fitted(model, tokenizer, task, info, longest, config)
     train, test = task.split(*sizes, config.seed)
