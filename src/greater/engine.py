@@ -16,7 +16,18 @@ from greater.decoding import DRAFT_SLOTS, DecodeRequest
 from greater.generation import Generator, SharedPrefixDecoder, TransformersGenerator, as_generator, pad_token_id
 from greater.gradient import FullSequences, GradientPass, KeptPrefix, TeacherForcing, Terms, merge_terms
 from greater.kvcache import Prefilled, extend, prefill
-from greater.layout import AFTER_QUESTION, ChatLayout, Framed, Ids, TokenSequence, build_sequence, encode, encode_prompt
+from greater.layout import (
+    AFTER_QUESTION,
+    ChatFormat,
+    ChatLayout,
+    Framed,
+    Ids,
+    TokenSequence,
+    build_sequence,
+    cut_at_stop,
+    encode,
+    encode_prompt,
+)
 from greater.memory import AUTO, fit_batch_sizes
 from greater.tasks import Example, Task
 from greater.timing import PhaseTimer
@@ -53,19 +64,23 @@ class Engine:
         lookup_decoding: bool = True,
         static_cache: bool = False,
         placement: str = AFTER_QUESTION,
+        chat_format: ChatFormat | None = None,
     ) -> None:
         """`max_new_tokens`: the reasoning cap, every call's default; `size_tokens` (default: the cap):
         the longest generation the "auto" batch sizes must leave room for (a baseline's meta-prompt
-        replies can be longer than its reasonings)."""
+        replies can be longer than its reasonings). `chat_format`: a program's text around the prompt
+        and the reply (`greater.dspy`); its reasoning is cut at the format's stop after generation,
+        so selection regenerates (the shared-prefix decoder scores the answer where generation ends)."""
         self.model = model
         self.tokenizer = tokenizer
         self.task = task
         self.joiner = joiner
         self.max_new_tokens = max_new_tokens
         self.answer_temperature = answer_temperature
-        self.cached_decoding, self.batched_gradient = cached_decoding, batched_gradient
-        self.layout = ChatLayout.from_tokenizer(tokenizer, placement)
-        self.extractor_ids: Ids = tuple(encode(tokenizer, " " + task.extractor))
+        self.cached_decoding = cached_decoding and chat_format is None
+        self.batched_gradient = batched_gradient
+        self.layout = ChatLayout.from_tokenizer(tokenizer, placement, chat_format)
+        self.extractor_ids: Ids = tuple(encode(tokenizer, self.layout.extractor_text(task.extractor)))
         self._bind(examples)
         # "auto": from free GPU memory for rows this long (CPU: 32 and 4)
         self.batch_size, self.grad_batch_size = fit_batch_sizes(
@@ -143,9 +158,15 @@ class Engine:
         """Greedy reasoning (capped at `max_new_tokens`, default the engine's cap) for every
         (prompt, example), all prompts in one generation call."""
         contexts = [seq.ids for prompt in prompts for seq in self.sequences(prompt)]
-        flat = self.generator.generate(contexts, max_new_tokens or self.max_new_tokens)
+        flat = self.generate_reasoning(contexts, max_new_tokens or self.max_new_tokens)
         n = len(self.examples)
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def generate_reasoning(self, contexts: list[Ids], max_new_tokens: int) -> list[list[int]]:
+        """Greedy reasoning after each context, cut where the chat format's stop appears."""
+        flat = self.generator.generate(contexts, max_new_tokens)
+        stop = self.layout.chat_format.stop if self.layout.chat_format is not None else None
+        return flat if stop is None else [cut_at_stop(self.tokenizer, r, stop) for r in flat]
 
     def answer(self, prompt: Ids, reasonings: list[list[int]], max_new_tokens: int) -> list[str]:
         """What the model writes after reasoning + extractor, as text."""

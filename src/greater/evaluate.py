@@ -147,7 +147,7 @@ def reason_in_batches(
         rows = [i for i in order[start : start + size] if i not in done]
         if not rows:
             continue
-        done.update(zip(rows, engine.generator.generate([contexts[i] for i in rows], max_new_tokens), strict=True))
+        done.update(zip(rows, engine.generate_reasoning([contexts[i] for i in rows], max_new_tokens), strict=True))
         if on_batch is not None:
             on_batch(done)
     return [done[i] for i in range(len(contexts))]

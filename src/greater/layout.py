@@ -39,6 +39,51 @@ def prompt_lead(placement: str) -> str:
     return " " if placement == AFTER_QUESTION else ""
 
 
+@dataclass(frozen=True)
+class ChatFormat:
+    """A program's own text around the prompt and the reply (DSPy's ChatAdapter, `greater.dspy`), placement
+    system only: the system turn's text is `before + lead + prompt + after`, the reply starts with
+    `reply_start`, the reasoning ends where the model first writes `stop` (cut there), and `extractor`
+    follows it, right before the answer (it replaces the task's " " + extractor)."""
+
+    before: str
+    after: str
+    reply_start: str
+    extractor: str
+    stop: str
+    lead: str = ""
+
+    @classmethod
+    def around(cls, system_text: str, marker: str, reply_start: str, extractor: str, stop: str) -> ChatFormat:
+        """The format of a system text with `marker` where the prompt goes. One space before the marker
+        becomes the prompt's lead: byte-level BPE joins a space to the word after it, so the prompt's first
+        token then starts where the prompt does, as when the whole text is tokenized."""
+        if system_text.count(marker) != 1:
+            raise GreaterError("the system text must hold the prompt's place exactly once")
+        before, after = system_text.split(marker)
+        lead = " " if before.endswith(" ") else ""
+        return cls(before[: len(before) - len(lead)], after, reply_start, extractor, stop, lead)
+
+    def system_text(self, prompt: str) -> str:
+        return f"{self.before}{self.lead}{prompt}{self.after}"
+
+
+def cut_at_stop(tokenizer: PreTrainedTokenizerBase, ids: list[int], stop: str) -> list[int]:
+    """`ids` (a reasoning) up to where their text first has `stop`, whitespace before it dropped: the
+    longest prefix whose text ends there; all of `ids` when `stop` is not in their text."""
+    text = decode(tokenizer, ids)
+    at = text.find(stop)
+    if at < 0:
+        return ids
+    end = len(text[:at].rstrip())
+    keep = 0
+    for k in range(1, len(ids) + 1):
+        if len(decode(tokenizer, ids[:k])) > end:
+            break
+        keep = k
+    return ids[:keep]
+
+
 class Framed(NamedTuple):
     """An example's ids around the prompt: `head` before it, `tail` after it up to the end of the user
     turn; the question (with the joiner after-question) is `head[question_at:]` after-question, else
@@ -62,14 +107,23 @@ class ChatLayout:
     mid_text: str
     placement: str = AFTER_QUESTION
     between_text: str = ""
+    chat_format: ChatFormat | None = None
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, placement: str = AFTER_QUESTION) -> ChatLayout:
+    def from_tokenizer(
+        cls, tokenizer: PreTrainedTokenizerBase, placement: str = AFTER_QUESTION, chat_format: ChatFormat | None = None
+    ) -> ChatLayout:
         if placement not in PLACEMENTS:
             raise GreaterError(f"placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}")
+        if chat_format is not None and placement != "system":
+            raise GreaterError("a program's chat format places the prompt in the system turn (placement system)")
         between = ""
         if placement == "system":
             prefix_text, between, mid_text = _system_pieces(tokenizer)
+            if chat_format is not None:
+                prefix_text += chat_format.before
+                between = chat_format.after + between
+                mid_text += chat_format.reply_start
         elif getattr(tokenizer, "chat_template", None):
             rendered = tokenizer.apply_chat_template(
                 [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
@@ -83,12 +137,17 @@ class ChatLayout:
         if placement != AFTER_QUESTION:
             # the prompt follows the prefix: the prefix as the template tokenizes it before text (a prompt
             # starts with a word), whose trailing whitespace can merge otherwise
-            prefix_ids = encode_pair(tokenizer, prefix_text, "x", prefix_ids)[0]
-        return cls(prefix_ids, mid_ids, prefix_text, mid_text, placement, between)
+            lead = chat_format.lead if chat_format is not None else ""
+            prefix_ids = encode_pair(tokenizer, prefix_text, lead + "x", prefix_ids)[0]
+        return cls(prefix_ids, mid_ids, prefix_text, mid_text, placement, between, chat_format)
 
     @property
     def prompt_lead(self) -> str:
-        return prompt_lead(self.placement)
+        return self.chat_format.lead if self.chat_format is not None else prompt_lead(self.placement)
+
+    def extractor_text(self, task_extractor: str) -> str:
+        """What follows the reasoning, before the answer."""
+        return self.chat_format.extractor if self.chat_format is not None else " " + task_extractor
 
     def frame(self, tokenizer: PreTrainedTokenizerBase, question: str, joiner: str) -> Framed:
         """`question`'s ids before and after the prompt (`Framed`); the joiner follows the question only
@@ -106,7 +165,7 @@ class ChatLayout:
             return None, f"{question}{joiner}{self.prompt_lead}{prompt}"
         if self.placement == "before-question":
             return None, f"{prompt}{QUESTION_SEPARATOR}{question}"
-        return prompt, question
+        return (self.chat_format.system_text(prompt) if self.chat_format else prompt), question
 
     def encode_head(
         self, tokenizer: PreTrainedTokenizerBase, user_text: str

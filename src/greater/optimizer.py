@@ -23,7 +23,7 @@ from greater.errors import GreaterError, ResumeConflict, setting_name
 from greater.evaluate import DEFAULT_JOINER, accuracy_on, best_on_dev
 from greater.generation import Generator
 from greater.gradient import Terms
-from greater.layout import AFTER_QUESTION, PLACEMENTS, Ids, decode, encode, encode_prompt
+from greater.layout import AFTER_QUESTION, PLACEMENTS, ChatFormat, Ids, decode, encode, encode_prompt
 from greater.memory import is_size
 from greater.settings import CONFIG_FLAGS
 from greater.tasks import Example, Task
@@ -384,11 +384,12 @@ def build_engine(
     train: list[Example],
     config: GreaterConfig,
     generator: Generator | None = None,
+    chat_format: ChatFormat | None = None,
 ) -> Engine:
     """The engine of a GReaTer run on `train` with `config`, its "auto" batch sizes fitted to the free
     device memory (see greater.memory; `fitted_config` puts the numbers in the config a run stores, so
     a resumed run uses them). `optimize(engine=...)` searches with it and `Engine.on` scores other
-    examples with the same model calls and counters."""
+    examples with the same model calls and counters. `chat_format`: a program's chat (`greater.dspy`)."""
     return Engine(
         model,
         tokenizer,
@@ -405,6 +406,7 @@ def build_engine(
         lookup_decoding=config.lookup_decoding,
         static_cache=config.static_cache,
         placement=config.placement,
+        chat_format=chat_format,
     )
 
 
