@@ -115,6 +115,12 @@ def test_a_trainset_without_the_predictors_fields_is_one_error(tiny_lm):
         GReaTer(tiny_lm, steps=1).compile(dspy.ChainOfThought("review -> sentiment"), trainset=trainset)
 
 
+def test_another_adapter_is_one_error(tiny_lm):
+    trainset = [dspy.Example(review="Nice.", sentiment="positive").with_inputs("review")]
+    with dspy.context(adapter=dspy.JSONAdapter()), pytest.raises(GreaterError, match="adapter is JSONAdapter$"):
+        GReaTer(tiny_lm, steps=1).compile(dspy.ChainOfThought("review -> sentiment"), trainset=trainset)
+
+
 LOAD_AND_RUN = """
 import json, sys
 import dspy

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -116,8 +117,13 @@ class LocalEngine:
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.answer_tokens = max_new_tokens, answer_tokens
         self.generator = TransformersGenerator(model, tokenizer, batch_size=1)
+        self._lock = threading.Lock()  # dspy.Evaluate and dspy.Parallel call from threads: one at a time
 
     def complete(self, request: Request) -> Response:
+        with self._lock:
+            return self._complete(request)
+
+    def _complete(self, request: Request) -> Response:
         messages = chat_messages(request)
         fields = _requested_fields(messages[-1]["content"])
         if fields is not None:
@@ -266,6 +272,12 @@ class GReaTer(Teleprompter):
     ) -> dspy.Module:
         if not trainset:
             raise GreaterError("GReaTer.compile needs a trainset")
+        adapter = dspy.settings.adapter
+        if adapter is not None and type(adapter) is not dspy.ChatAdapter:
+            raise GreaterError(
+                "GReaTer optimizes the chat dspy.ChatAdapter renders; "
+                f"the configured adapter is {type(adapter).__name__}"
+            )
         program = student.deepcopy()
         named = program.named_predictors()
         plans = [(name, predictor, self._answer_field(name, predictor, trainset)) for name, predictor in named]
