@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -81,6 +83,32 @@ def test_the_tokens_greater_optimizes_are_the_tokens_a_dspy_call_sends(tiny_lm, 
         # the reply the LM returned parses into the fields: the reasoning the model wrote, cut at a marker
         reasoning = engine.generate_reasoning([seq.ids], 12)[0]
         assert prediction.reasoning == smol_tokenizer.decode(reasoning).strip()
+
+
+def test_requests_from_threads_are_decoded_in_one_batch_with_the_answers_of_one_at_a_time(tiny_lm):
+    program = dspy.ChainOfThought("review -> sentiment")
+    examples = reviews(4)
+    with dspy.context(lm=tiny_lm):
+        alone = [program(**ex.inputs()) for ex in examples]
+    engine = tiny_lm.local
+    padded = engine.generator.stats.padded_slots
+    results: dict[int, object] = {}
+
+    def ask(i: int) -> None:
+        with dspy.context(lm=tiny_lm):
+            results[i] = program(**examples[i].inputs())
+
+    with engine._model_lock:  # hold the model until all four wait, so that one thread takes them all
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        while len(engine._waiting) < 4:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join()
+    assert engine.generator.stats.padded_slots > padded  # rows of different lengths, padded: one batch
+    for i, prediction in enumerate(alone):
+        assert (results[i].reasoning, results[i].sentiment) == (prediction.reasoning, prediction.sentiment)
 
 
 def test_compile_writes_the_instructions_into_the_predictor(tiny_lm):

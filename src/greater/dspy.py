@@ -100,12 +100,26 @@ def _common_start(a: str, b: str) -> str:
 # -- the LM ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Call:
+    """One request waiting for its response (or error) in `LocalEngine`."""
+
+    request: Request
+    response: Response | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
 class LocalEngine:
     """A DSPy engine (`complete(Request) -> Response`) on a local model through greater's generator, greedy.
 
     A ChatAdapter request for (reasoning, answer) is decoded as GReaTer scores it: the reply starts with the
     reasoning field's marker, the reasoning is cut where the model writes a field marker, the answer field's
-    marker follows and the answer is generated after it. Any other request is a plain greedy completion."""
+    marker follows and the answer is generated after it. Any other request is a plain greedy completion.
+
+    Requests from several threads (`dspy.Evaluate(num_threads=...)`, `program.batch`) are decoded together:
+    the thread that gets the model takes every request waiting and runs them as one batch (up to
+    `batch_size` rows); one caller at a time gets a batch of one, so sequential calls are deterministic."""
 
     def __init__(
         self,
@@ -113,37 +127,54 @@ class LocalEngine:
         tokenizer: PreTrainedTokenizerBase,
         max_new_tokens: int = 256,
         answer_tokens: int = 32,
+        batch_size: int = 16,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.answer_tokens = max_new_tokens, answer_tokens
-        self.generator = TransformersGenerator(model, tokenizer, batch_size=1)
-        self._lock = threading.Lock()  # dspy.Evaluate and dspy.Parallel call from threads: one at a time
+        self.generator = TransformersGenerator(model, tokenizer, batch_size=batch_size)
+        self._model_lock = threading.Lock()
+        self._waiting_lock = threading.Lock()
+        self._waiting: list[_Call] = []
 
     def complete(self, request: Request) -> Response:
-        with self._lock:
-            return self._complete(request)
+        call = _Call(request)
+        with self._waiting_lock:
+            self._waiting.append(call)
+        with self._model_lock:
+            if not call.done:
+                with self._waiting_lock:
+                    calls, self._waiting = self._waiting, []
+                self._decode(calls)
+        if call.error is not None:
+            raise call.error
+        assert call.response is not None
+        return call.response
 
-    def _complete(self, request: Request) -> Response:
-        messages = chat_messages(request)
-        fields = _requested_fields(messages[-1]["content"])
-        if fields is not None:
-            reply = reply_format(dspy.Signature(f"question -> {REASONING}, {fields[1]}"))
-            text, n_in, n_out = self._reason_and_answer(messages, reply)
-            finish = "stop"
-        else:
-            ids = self.context_ids(messages)
-            cap = request.config.max_tokens or self.max_new_tokens
-            out = self.generator.generate([tuple(ids)], cap)[0]
-            text, n_in, n_out = decode(self.tokenizer, out), len(ids), len(out)
-            text = _cut_text(text, request.config.stop)
-            finish = "length" if n_out >= cap else "stop"
-        return Response(
-            id=None,
-            model=request.model,
-            message=Message.assistant(text),
-            finish_reason=finish,
-            usage=Usage(input_tokens=n_in, output_tokens=n_out),
-        )
+    def _decode(self, calls: list[_Call]) -> None:
+        """Every call's response: the ChatAdapter replies in one batch, other requests one by one."""
+        replies: list[tuple[_Call, list[dict], ReplyFormat]] = []
+        for call in calls:
+            try:
+                messages = chat_messages(call.request)
+                fields = _requested_fields(messages[-1]["content"])
+                if fields is None:
+                    call.response = self._complete_plainly(call.request, messages)
+                else:
+                    replies.append(
+                        (call, messages, reply_format(dspy.Signature(f"question -> {REASONING}, {fields[1]}")))
+                    )
+            except Exception as exc:  # the caller's error, raised in its own thread
+                call.error = exc
+        if replies:
+            try:
+                texts = self.reason_and_answer([(messages, fmt) for _, messages, fmt in replies])
+                for (call, _, _), (text, n_in, n_out) in zip(replies, texts, strict=True):
+                    call.response = _response(call.request, text, "stop", n_in, n_out)
+            except Exception as exc:
+                for call, _, _ in replies:
+                    call.error = exc
+        for call in calls:
+            call.done = True
 
     def context_ids(self, messages: list[dict], reply_start: str = "") -> list[int]:
         """The token ids the model reads before it writes: the chat template's text of `messages` and the
@@ -151,22 +182,45 @@ class LocalEngine:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return encode(self.tokenizer, text + reply_start)
 
-    def _reason_and_answer(self, messages: list[dict], fmt: ReplyFormat) -> tuple[str, int, int]:
-        context = self.context_ids(messages, fmt.start)
-        reasoning = cut_at_stop(
-            self.tokenizer, self.generator.generate([tuple(context)], self.max_new_tokens)[0], fmt.stop
-        )
-        asked = tuple(context + reasoning + encode(self.tokenizer, fmt.extractor))
-        answer = self.generator.generate([asked], self.answer_tokens)[0]
-        answer_text = _cut_text(decode(self.tokenizer, answer), (fmt.stop, "\n")).strip()
-        reply = f"{fmt.start}{decode(self.tokenizer, reasoning)}{fmt.extractor}{answer_text}{fmt.end}"
-        return reply, len(context), len(reasoning) + len(answer)
+    def reason_and_answer(self, chats: list[tuple[list[dict], ReplyFormat]]) -> list[tuple[str, int, int]]:
+        """(reply text, context tokens, generated tokens) of each (messages, reply format), in one batch."""
+        contexts = [self.context_ids(messages, fmt.start) for messages, fmt in chats]
+        generated = self.generator.generate([tuple(c) for c in contexts], self.max_new_tokens)
+        reasonings = [cut_at_stop(self.tokenizer, r, fmt.stop) for r, (_, fmt) in zip(generated, chats, strict=True)]
+        asked = [
+            tuple(c + r + encode(self.tokenizer, fmt.extractor))
+            for c, r, (_, fmt) in zip(contexts, reasonings, chats, strict=True)
+        ]
+        answers = self.generator.generate(asked, self.answer_tokens)
+        out = []
+        for context, reasoning, answer, (_, fmt) in zip(contexts, reasonings, answers, chats, strict=True):
+            answer_text = _cut_text(decode(self.tokenizer, answer), (fmt.stop, "\n")).strip()
+            reply = f"{fmt.start}{decode(self.tokenizer, reasoning)}{fmt.extractor}{answer_text}{fmt.end}"
+            out.append((reply, len(context), len(reasoning) + len(answer)))
+        return out
+
+    def _complete_plainly(self, request: Request, messages: list[dict]) -> Response:
+        ids = self.context_ids(messages)
+        cap = request.config.max_tokens or self.max_new_tokens
+        out = self.generator.generate([tuple(ids)], cap)[0]
+        text = _cut_text(decode(self.tokenizer, out), request.config.stop)
+        return _response(request, text, "length" if len(out) >= cap else "stop", len(ids), len(out))
 
     def stream(self, request: Request):
         raise NotImplementedError("greater's LocalLM does not stream")
 
     def close(self) -> None:
         pass
+
+
+def _response(request: Request, text: str, finish: str, n_in: int, n_out: int) -> Response:
+    return Response(
+        id=None,
+        model=request.model,
+        message=Message.assistant(text),
+        finish_reason=finish,
+        usage=Usage(input_tokens=n_in, output_tokens=n_out),
+    )
 
 
 class LocalLM(dspy.LM):
@@ -180,13 +234,14 @@ class LocalLM(dspy.LM):
         *,
         max_new_tokens: int = 256,
         answer_tokens: int = 32,
+        batch_size: int = 16,
         device: str = "auto",
         dtype: str = "auto",
         loaded: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
     ) -> None:
         """`loaded`: a (model, tokenizer) already in memory, used instead of loading `model`."""
         hf_model, tokenizer = loaded or load_model(model, device=device, dtype=dtype)
-        self.local = LocalEngine(hf_model, tokenizer, max_new_tokens, answer_tokens)
+        self.local = LocalEngine(hf_model, tokenizer, max_new_tokens, answer_tokens, batch_size)
         super().__init__(f"greater/{model_label(model)}", engine=self.local, cache=False)
 
 
