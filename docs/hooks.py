@@ -66,10 +66,15 @@ def cli_reference() -> str:
 
 
 def api_reference() -> str:
-    """One mkdocstrings block per name of `greater.__all__`, in that order."""
+    """One mkdocstrings block per name of `greater.__all__`, in that order, then of `greater.dspy.__all__`
+    (the optional DSPy front end) under its own heading."""
     import greater
+    import greater.dspy
 
-    return "\n\n".join(f"::: greater.{name}" for name in greater.__all__) + "\n"
+    blocks = [f"::: greater.{name}" for name in greater.__all__]
+    blocks += ['## greater.dspy (`pip install "greater[dspy]"`)']
+    blocks += [f"::: greater.dspy.{name}" for name in greater.dspy.__all__]
+    return "\n\n".join(blocks) + "\n"
 
 
 def on_page_markdown(markdown: str, **kwargs: object) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import greater
+import greater.dspy  # the optional DSPy front end: its names have their own heading
 from helpers import REPO
 
 RUNNABLE = re.compile(r"<!-- runnable -->\n```(bash|python)\n(.*?)```", re.DOTALL)
@@ -56,6 +57,7 @@ def test_the_api_reference_documents_every_public_name(site):
     page = (site / "reference" / "api" / "index.html").read_text(encoding="utf-8")
     documented = set(re.findall(r'<h3 id="greater\.([A-Za-z_]+)"', page))
     assert documented == set(greater.__all__)
+    assert set(re.findall(r'<h3 id="greater\.dspy\.([A-Za-z_]+)"', page)) == set(greater.dspy.__all__)
 
 
 def test_getting_started_blocks_marked_runnable_run(tmp_path):
