@@ -19,7 +19,10 @@ still running at the limit; `--max-seconds PART=S`):
   top-q 6 (the reference's launch scripts), 3 selection candidates, 3 steps;
 - paper-1024: the same with reasoning capped at 1024 tokens, the paper's setting; with
   `--memory-gib 80` on a larger card, as on an 80 GB one (batch sizes fitted to 80 GiB);
-- reference: the settings bench/README.md times on a CPU (8 examples, 96 tokens, top-k 11, top-q 6).
+- reference: the settings bench/README.md times on a CPU (8 examples, 96 tokens, top-k 11, top-q 6);
+- early: the paper part with early stopping emulated, as real reasonings end before the cap: after each
+  token, a row ends (the end-of-turn token is forced) with probability 1/96, drawn from the token itself
+  (`EndingRows`), so rows end at different steps (mean about 96 tokens) the same way in every loop.
 
 `--static-cache` runs the GReaTer parts with the static-cache loop.
 
@@ -45,7 +48,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from greater.generation import TransformersGenerator
+from greater.generation import TransformersGenerator, stop_token_ids
 from greater.layout import encode_prompt
 from greater.memory import fit_batch_sizes, kv_bytes_per_token, shape
 from greater.optimizer import GreaterConfig, build_engine, fitted_config, optimize
@@ -59,9 +62,10 @@ PARTS = {  # name -> settings; --tiny shrinks them (see TINY)
     "paper": {"train": 50, "max_new_tokens": 256, "top_k": 40, "top_q": 6, "num_select": 3, "steps": 3},
     "paper-1024": {"train": 50, "max_new_tokens": 1024, "top_k": 40, "top_q": 6, "num_select": 3, "steps": 3},
     "reference": {"train": 8, "max_new_tokens": 96, "top_k": 11, "top_q": 6, "num_select": 3, "steps": 3},
+    "early": {"train": 50, "max_new_tokens": 256, "top_k": 40, "top_q": 6, "num_select": 3, "steps": 3, "ends": 96},
 }
-LIMITS = {"decode": 150.0, "paper": 240.0, "paper-1024": 300.0, "reference": 120.0}  # seconds, by default
-TINY = {"train": 6, "rows": 12, "max_new_tokens": 12, "steps": 2, "nines": 1}
+LIMITS = {"decode": 150.0, "paper": 240.0, "paper-1024": 300.0, "reference": 120.0, "early": 240.0}  # seconds
+TINY = {"train": 6, "rows": 12, "max_new_tokens": 12, "steps": 2, "nines": 1, "ends": 4}
 TINY_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 TINY_CONFIG |= {"num_key_value_heads": 2, "head_dim": 16}
 
@@ -218,6 +222,7 @@ def run_part(name: str, settings: dict, model, tokenizer, max_seconds: float, fr
     stopped = "done"
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, max_seconds)
+    ending = EndingRows(model, min(stop_token_ids(model, tokenizer)), settings.get("ends"))
     try:
         optimize(model, tokenizer, task, config, on_step=on_step, engine=engine)
     except OutOfTime as exc:
@@ -225,8 +230,38 @@ def run_part(name: str, settings: dict, model, tokenizer, max_seconds: float, fr
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        ending.remove()
     sizes = {"batch_size": config.batch_size, "grad_batch_size": config.grad_batch_size}
     return {"settings": settings | sizes} | summarize(name, steps, stopped)
+
+
+class EndingRows:
+    """Random weights never end a reasoning; this makes each generated token end its row with probability
+    1/`every`: after every token id divisible by `every` (a random-weight model's greedy tokens are spread
+    over the vocabulary), a forward hook on the base model replaces that position's hidden state by the
+    end-of-turn token's output-embedding row, scaled up, so the end-of-turn token has the largest logit.
+    It reads only the tokens, so every decoding loop ends the same rows at the same steps; the gradient
+    pass (run on embeddings) is left as it is. `remove()` takes it off."""
+
+    def __init__(self, model, end_id: int, every: int | None) -> None:
+        self.every = every
+        self.end_row = model.get_output_embeddings().weight[end_id].detach()
+        self.handle = model.base_model.register_forward_hook(self._hook, with_kwargs=True) if every else None
+
+    def _hook(self, module, args, kwargs, output):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            return output
+        hidden = output[0]
+        ending = ids[:, -hidden.shape[1] :] % self.every == 0
+        if ending.any():
+            row = self.end_row.to(hidden.dtype) * (64.0 / self.end_row.float().norm().clamp(min=1e-6))
+            hidden[ending] = row
+        return output
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
 
 
 def run_decode(settings: dict, model, tokenizer, device: torch.device, max_seconds: float) -> dict:

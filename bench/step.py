@@ -1,6 +1,6 @@
 """Time GReaTer steps on the embedded model, phase by phase; `--compare` runs every speed-up off, then on.
 
-    .venv/bin/python bench/step.py [--compare] [--steps N] [--device cuda]
+    .venv/bin/python bench/step.py [--compare] [--steps N] [--device cuda] [--placement system]
 
 Defaults are the settings the reference code was timed at: bbh/boolean_expressions (from
 ../shared/data/bbh when present, else gen/boolean_expressions), 8 training examples, reasoning capped
@@ -24,6 +24,7 @@ from greater.decoding import DRAFT_SLOTS
 from greater.device import DTYPES, resolve_placement
 from greater.errors import GreaterError
 from greater.generation import TransformersGenerator
+from greater.layout import AFTER_QUESTION, PLACEMENTS
 from greater.model import load_model
 from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import get_task
@@ -47,6 +48,7 @@ def main() -> int:
     parser.add_argument("--top-q", type=int, default=6)
     parser.add_argument("--num-select", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--placement", default=AFTER_QUESTION, choices=PLACEMENTS, help="where the prompt goes")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--dtype", default="float32", choices=["auto", *DTYPES], help="float32 (default), or auto")
     parser.add_argument("--compare", action="store_true", help="run with every speed-up off, then on")
@@ -88,6 +90,7 @@ def main() -> int:
             top_q=args.top_q,
             num_select=args.num_select,
             batch_size=args.batch_size,
+            placement=args.placement,
             **{switch: on for switch in SWITCHES},
         )
         generator = TransformersGenerator(

@@ -15,7 +15,11 @@ def test_gpu_check_tiny_runs_on_cpu_and_writes_its_figures(tmp_path: Path) -> No
     out = tmp_path / "out"
     env = os.environ | {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        ["bash", str(BENCH / "gpu.sh"), str(out), "--tiny"], env=env, capture_output=True, text=True, timeout=120
+        ["bash", str(BENCH / "gpu.sh"), str(out), "--tiny", "--parts", "decode,paper,reference,early"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((out / "gpu.json").read_text())
@@ -23,7 +27,13 @@ def test_gpu_check_tiny_runs_on_cpu_and_writes_its_figures(tmp_path: Path) -> No
     assert report["model"]["dtype"] == "bfloat16"
     assert report["model"]["device"] == "cpu"
     assert report["task"] == "gen/boolean_expressions"
-    assert list(report["parts"]) == ["decode", "paper", "reference"]
+    assert list(report["parts"]) == ["decode", "paper", "reference", "early"]
+    # early stopping emulated: the same steps as paper, but rows end before the cap
+    early, paper = report["parts"]["early"], report["parts"]["paper"]
+    assert early["settings"]["ends"] == 4
+    for cut, full in zip(early["steps"], paper["steps"], strict=True):
+        assert 0 < cut["generated_tokens"] < full["generated_tokens"]
+    assert paper["steps"][0]["generated_tokens"] == 6 * 4 * 12  # random weights: every row to the cap
     decode = report["parts"].pop("decode")
     assert decode["settings"] == {"rows": 12, "max_new_tokens": 12, "nines": 1}
     assert decode["bound_tokens_per_s"] > 0 and decode["read_bandwidth_gbs"] > 0
