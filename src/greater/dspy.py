@@ -372,14 +372,20 @@ class GReaTer(Teleprompter):
         task = engine.task
         init = list(engine.encode_prompt(config.init_prompt))
         state = RunState(prompt=init, init_len=len(init), best_prompt=list(init))
-        on_step = self._show if self.progress else None
+
+        def show(record: Any, state: RunState) -> None:
+            print(
+                f"greater.dspy: {name} step {state.step}/{config.steps}, best loss {state.best_score:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        on_step = show if self.progress else None
         optimize(local.model, local.tokenizer, task, config, engine=engine, state=state, on_step=on_step)
-        finalists = [
-            prompt_text(local.tokenizer, ids)
-            for ids in state.finalists(config.keep_top, Returnable(local.tokenizer, engine.layout.prompt_lead))
-            or [tuple(state.best_prompt)]
-        ]
-        scores = [state.scores.get(tuple(engine.encode_prompt(text))) for text in finalists]
+        returnable = Returnable(local.tokenizer, engine.layout.prompt_lead)
+        finalist_ids = state.finalists(config.keep_top, returnable) or [tuple(state.best_prompt)]
+        finalists = [prompt_text(local.tokenizer, ids) for ids in finalist_ids]
+        scores = [state.scores.get(ids) for ids in finalist_ids]
         valset_scores: list[float | None] = [None] * len(finalists)
         if valset:
             valset_scores = [self._score(program, predictor, text, valset, answer) for text in finalists]
@@ -408,9 +414,6 @@ class GReaTer(Teleprompter):
             return program_score(program, valset, self.metric or exact_match(answer), self.lm)
         finally:
             predictor.signature = kept
-
-    def _show(self, record: Any, state: RunState) -> None:
-        print(f"greater.dspy: step {state.step}/{self.config.steps}", file=sys.stderr, flush=True)
 
 
 def predictor_engine(
