@@ -78,7 +78,9 @@ def main() -> int:
     print(
         f"task {args.task}, {len(train)} train examples, device {args.device}, torch threads {torch.get_num_threads()}"
     )
-    report: dict = {"settings": vars(args) | {"json": None}}
+    report: dict = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"json": None}
+    }
     arithmetic = Arithmetic(linear_parameters(model), matmul_rate(model, args.device))
     modes = [("off", False), ("on", True)] if args.compare else [("on", True)]
     runs = {}
