@@ -9,13 +9,14 @@
 GReaTer optimizes a predictor's instructions as its system-turn prompt, on the chat exactly as DSPy's
 `ChatAdapter` renders it: the system message with the instructions at its end, the user message of the
 input fields, and a reply `[[ ## reasoning ## ]]` ... `[[ ## answer ## ]]` answer. The loss is the gold
-answer after the reasoning and the answer field's marker (`ChatFormat`). `LocalLM` decodes such a reply
-the same way — reasoning up to the next field marker, then the answer after the answer field's marker —
-so the program runs in-process on the tokens GReaTer optimized (docs/dspy.md).
+answer after the reasoning and the answer field's marker (`layout.ChatFormat`, `layout.ReplyFormat`).
+`LocalLM` decodes such a reply the same way — reasoning up to the next field marker, then the answer
+after the answer field's marker — so the program runs in-process on the tokens GReaTer optimized (docs/guide/dspy.md).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import threading
@@ -34,7 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from greater.engine import Engine
 from greater.errors import GreaterError
 from greater.generation import TransformersGenerator
-from greater.layout import ChatFormat, cut_at_stop, decode, encode
+from greater.layout import ChatFormat, ReplyFormat, cut_at_stop, decode, encode
 from greater.model import load_model, model_label
 from greater.optimizer import GreaterConfig, Returnable, RunState, build_engine, optimize, prompt_text
 from greater.tasks import Example, Task
@@ -42,17 +43,6 @@ from greater.tasks import Example, Task
 REASONING = "reasoning"  # the field dspy.ChainOfThought adds before the signature's outputs
 _PLACE = "\x00GREATER-PLACE-{}\x00"
 _FIELD_MARKER = re.compile(r"`(\[\[ ## (\w+) ## \]\])`")
-
-
-@dataclass(frozen=True)
-class ReplyFormat:
-    """How an adapter writes a (reasoning, answer) reply: `start`, the reasoning, `extractor` (the answer
-    field's marker), the answer, `end`; `stop` (the field markers' common start) ends the reasoning."""
-
-    start: str
-    extractor: str
-    end: str
-    stop: str
 
 
 def reply_format(signature: type[dspy.Signature], adapter: dspy.ChatAdapter | None = None) -> ReplyFormat:
@@ -74,8 +64,7 @@ def chat_format(signature: type[dspy.Signature], adapter: dspy.ChatAdapter | Non
     marker = _PLACE.format("instructions")
     inputs = {name: _PLACE.format(name) for name in signature.input_fields}
     system = adapter.format(signature.with_instructions(marker), demos=[], inputs=inputs)[0]["content"]
-    reply = reply_format(signature, adapter)
-    return ChatFormat.around(system, marker, reply.start, reply.extractor, reply.stop)
+    return ChatFormat.around(system, marker, reply_format(signature, adapter))
 
 
 def _reasoning_and_answer(signature: type[dspy.Signature], name: str = "this predictor") -> tuple[str, str]:
@@ -155,14 +144,12 @@ class LocalEngine:
         replies: list[tuple[_Call, list[dict], ReplyFormat]] = []
         for call in calls:
             try:
-                messages = chat_messages(call.request)
+                messages = request_messages(call.request)
                 fields = _requested_fields(messages[-1]["content"])
                 if fields is None:
                     call.response = self._complete_plainly(call.request, messages)
                 else:
-                    replies.append(
-                        (call, messages, reply_format(dspy.Signature(f"question -> {REASONING}, {fields[1]}")))
-                    )
+                    replies.append((call, messages, _reply_for(fields[1])))
             except Exception as exc:  # the caller's error, raised in its own thread
                 call.error = exc
         if replies:
@@ -245,7 +232,7 @@ class LocalLM(dspy.LM):
         super().__init__(f"greater/{model_label(model)}", engine=self.local, cache=False)
 
 
-def chat_messages(request: Request) -> list[dict]:
+def request_messages(request: Request) -> list[dict]:
     """The request as chat-template messages (text only)."""
     system = request.system
     if system is not None and not isinstance(system, str):
@@ -257,6 +244,12 @@ def chat_messages(request: Request) -> list[dict]:
             raise GreaterError("greater's LocalLM reads text messages only")
         out.append({"role": message.role, "content": "".join(texts)})
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _reply_for(answer: str) -> ReplyFormat:
+    """ChatAdapter's reply format for a (reasoning, `answer`) request: it depends on the field names only."""
+    return reply_format(dspy.Signature(f"question -> {REASONING}, {answer}"))
 
 
 def _requested_fields(user_text: str) -> tuple[str, str] | None:
@@ -434,7 +427,7 @@ def predictor_engine(
     task = Task(
         name=f"dspy:{name}",
         description=f"DSPy predictor {name}",
-        extractor=fmt.extractor,
+        extractor=fmt.reply.extractor,
         answer_type="text",
         load=lambda: examples,
         normalize=str.strip,
@@ -470,7 +463,6 @@ __all__ = [
     "LocalEngine",
     "LocalLM",
     "PredictorReport",
-    "ReplyFormat",
     "chat_format",
     "exact_match",
     "program_score",

@@ -165,7 +165,7 @@ class Engine:
     def generate_reasoning(self, contexts: list[Ids], max_new_tokens: int) -> list[list[int]]:
         """Greedy reasoning after each context, cut where the chat format's stop appears."""
         flat = self.generator.generate(contexts, max_new_tokens)
-        stop = self.layout.chat_format.stop if self.layout.chat_format is not None else None
+        stop = self.layout.chat_format.reply.stop if self.layout.chat_format is not None else None
         return flat if stop is None else [cut_at_stop(self.tokenizer, r, stop) for r in flat]
 
     def answer(self, prompt: Ids, reasonings: list[list[int]], max_new_tokens: int) -> list[str]:

@@ -40,21 +40,29 @@ def prompt_lead(placement: str) -> str:
 
 
 @dataclass(frozen=True)
+class ReplyFormat:
+    """How a program wants a (reasoning, answer) reply written (DSPy's ChatAdapter, `greater.dspy`): `start`,
+    the reasoning, `extractor` (the answer field's marker; it replaces the task's " " + extractor), the
+    answer, `end`; the reasoning ends where the model first writes `stop` (cut there)."""
+
+    start: str
+    extractor: str
+    end: str
+    stop: str
+
+
+@dataclass(frozen=True)
 class ChatFormat:
-    """A program's own text around the prompt and the reply (DSPy's ChatAdapter, `greater.dspy`), placement
-    system only: the system turn's text is `before + lead + prompt + after`, the reply starts with
-    `reply_start`, the reasoning ends where the model first writes `stop` (cut there), and `extractor`
-    follows it, right before the answer (it replaces the task's " " + extractor)."""
+    """A program's own text around the prompt and the reply, placement system only: the system turn's text
+    is `before + lead + prompt + after`, and the reply is written as `reply` says."""
 
     before: str
     after: str
-    reply_start: str
-    extractor: str
-    stop: str
+    reply: ReplyFormat
     lead: str = ""
 
     @classmethod
-    def around(cls, system_text: str, marker: str, reply_start: str, extractor: str, stop: str) -> ChatFormat:
+    def around(cls, system_text: str, marker: str, reply: ReplyFormat) -> ChatFormat:
         """The format of a system text with `marker` where the prompt goes. One space before the marker
         becomes the prompt's lead: byte-level BPE joins a space to the word after it, so the prompt's first
         token then starts where the prompt does, as when the whole text is tokenized."""
@@ -62,7 +70,7 @@ class ChatFormat:
             raise GreaterError("the system text must hold the prompt's place exactly once")
         before, after = system_text.split(marker)
         lead = " " if before.endswith(" ") else ""
-        return cls(before[: len(before) - len(lead)], after, reply_start, extractor, stop, lead)
+        return cls(before[: len(before) - len(lead)], after, reply, lead)
 
     def system_text(self, prompt: str) -> str:
         return f"{self.before}{self.lead}{prompt}{self.after}"
@@ -123,7 +131,7 @@ class ChatLayout:
             if chat_format is not None:
                 prefix_text += chat_format.before
                 between = chat_format.after + between
-                mid_text += chat_format.reply_start
+                mid_text += chat_format.reply.start
         elif getattr(tokenizer, "chat_template", None):
             rendered = tokenizer.apply_chat_template(
                 [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
@@ -147,7 +155,7 @@ class ChatLayout:
 
     def extractor_text(self, task_extractor: str) -> str:
         """What follows the reasoning, before the answer."""
-        return self.chat_format.extractor if self.chat_format is not None else " " + task_extractor
+        return self.chat_format.reply.extractor if self.chat_format is not None else " " + task_extractor
 
     def frame(self, tokenizer: PreTrainedTokenizerBase, question: str, joiner: str) -> Framed:
         """`question`'s ids before and after the prompt (`Framed`); the joiner follows the question only
