@@ -126,7 +126,10 @@ def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, t
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--methods", "greater,opro"], "unknown method 'opro'; choose from greater, greater-zs, zs-cot"),
+        (
+            ["--methods", "greater,opro"],
+            "unknown method 'opro'; choose from greater, greater-zs, greater-best, greater-starts, zs-cot",
+        ),
         (["--methods", "greater:nll_weight=x"], "method 'greater:nll_weight=x': 'x' is no value for nll_weight"),
         (
             ["--methods", "greater:nll_weight=.5:top_k=8,zs-cot,greater:top_k=8:nll_weight=0.5"],

@@ -177,7 +177,8 @@ def test_a_model_that_never_writes_a_prompt_stops(smol_tokenizer) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_on_the_tiny_model(tiny_model, smol_tokenizer, method: str) -> None:
-    config = MethodConfig(steps=1, max_new_tokens=4, meta_max_new_tokens=12, batch_size=8)
+    steps = 1 + len(GREATER_VARIANTS.get(method, {}).get("starts", []))  # a step per start
+    config = MethodConfig(steps=steps, max_new_tokens=4, meta_max_new_tokens=12, batch_size=8)
     result = run_method(method, tiny_model, smol_tokenizer, TASK, TRAIN, config)
     assert result.method == method
     assert result.prompt
@@ -186,12 +187,13 @@ def test_every_method_runs_on_the_tiny_model(tiny_model, smol_tokenizer, method:
     assert result.usage.generated_tokens > 0
     assert result.usage.seconds > 0
     if method in GREATER_VARIANTS:
-        assert result.joiner == (". Use" if method == "greater" else ".")
+        assert result.joiner == GREATER_VARIANTS[method].get("joiner", ". Use")
         assert result.score_name == "selection loss"
-        (step,) = result.history
-        assert 0 <= step["train_errors"] <= len(TRAIN)
-        assert 1 <= len(step["evaluated"]) <= config.num_select
-        assert step["chosen"] in {e["prompt"] for e in step["evaluated"]}
+        assert len(result.history) == steps
+        for step in result.history:
+            assert 0 <= step["train_errors"] <= len(TRAIN)
+            assert 1 <= len(step["evaluated"]) <= config.num_select
+            assert step["chosen"] in {e["prompt"] for e in step["evaluated"]}
     else:
         assert result.joiner == "."
         assert result.score_name == "train accuracy"
@@ -310,8 +312,11 @@ def test_a_greater_method_name_carries_its_options(name: str, fields: dict | Non
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("opro", "unknown method 'opro'; choose from greater, greater-zs, zs-cot"),
-        ("ape:num_select=2", "method 'ape:num_select=2': only GReaTer methods (greater, greater-zs) take"),
+        ("opro", "unknown method 'opro'; choose from greater, greater-zs, greater-best, greater-starts, zs-cot"),
+        (
+            "ape:num_select=2",
+            "method 'ape:num_select=2': only GReaTer methods (greater, greater-zs, greater-best, greater-starts) take",
+        ),
         ("greater:steps=3", "method 'greater:steps=3': 'steps=3' is not one of num_select=VALUE, nll_weight"),
         ("greater:nll_weight", "method 'greater:nll_weight': nll_weight needs a value (nll_weight=VALUE)"),
         ("greater:num_select=two", "method 'greater:num_select=two': 'two' is no value for num_select"),

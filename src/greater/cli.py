@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 from greater import artifact, cli_flags
 from greater.cluster import RaySettings, import_ray
 from greater.compare import Scorer, check_rows_fit, compare_tracker, log_compare, run_compare
-from greater.errors import GreaterError, flag_names
+from greater.errors import GreaterError, flag_names, setting_name
 from greater.evaluate import DEFAULT_JOINER
 from greater.fit import fit_to_model
 from greater.layout import AFTER_QUESTION, encode_placed_prompt
@@ -139,6 +139,8 @@ def _names(text: str, flag: str) -> list[str]:
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     """`greater optimize`: a new GReaTer run, a resumed one (--resume DIR), or a baseline (--method)."""
+    if args.init_from is not None:
+        _start_from_run(args)
     if args.resume is not None:
         given = {flag: getattr(args, flag) for flag in (*CONFIG_FLAGS, *RUN_KEYS, "evaluations")}
         given["method"] = args.method if args.method != "greater" else None  # the default: the run's own
@@ -169,6 +171,23 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         )
         return EXIT_OUT_OF_TIME
     return 0
+
+
+def _start_from_run(args: argparse.Namespace) -> None:
+    """`--init-from RUN`: the run's prompt, joiner and placement become `--init-prompt`, `--joiner` and
+    `--placement`, so the search starts from the prompt framed as it was scored; one of them given
+    otherwise is refused."""
+    data = artifact.read(args.init_from)
+    framing = {"init_prompt": data["prompt"], "joiner": data["joiner"]}
+    framing["placement"] = data.get("placement", AFTER_QUESTION)
+    for name, value in framing.items():
+        given = getattr(args, name)
+        if given is not None and given != value:
+            raise GreaterError(
+                f"{setting_name(name)} {given!r} contradicts {args.init_from}'s {value!r} "
+                f"({setting_name('init_from')} starts from its prompt as it was scored); leave it out"
+            )
+        setattr(args, name, value)
 
 
 def _run_spec(args: argparse.Namespace) -> RunSpec:

@@ -10,7 +10,7 @@ from greater.device import DTYPES
 from greater.layout import PLACEMENTS
 from greater.lifecycle import GENERATORS
 from greater.methods import METHODS, PAPER_METHODS, ZS_COT_JOINER, ZS_COT_PROMPT
-from greater.optimizer import SELECTION_RULES
+from greater.optimizer import NAMED_STARTS, SELECTION_RULES
 from greater.settings import TUNABLE
 from greater.tasks.answers import ANSWER_TYPES
 
@@ -108,6 +108,13 @@ def _add_optimize(sub) -> None:
     )
     opt.add_argument("--init-prompt", default=None, help="the prompt the search starts from (default: the paper's P1)")
     opt.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="start from a finished run's prompt as it was scored (its prompt.json: prompt, joiner, placement)",
+    )
+    opt.add_argument(
         "--joiner", default=None, help="text between question and prompt (default '. Use', the reference's)"
     )
     opt.add_argument(
@@ -163,6 +170,21 @@ def _add_search_options(opt: argparse.ArgumentParser) -> None:
         help="rows per forward + backward chunk, or auto (default: from free GPU memory; 4 on a CPU)",
     )
     opt.add_argument("--patience", type=_positive, default=None, help="stop after N steps without improvement")
+    variants = opt.add_argument_group("search variants beyond the paper (docs/fidelity.md)")
+    variants.add_argument(
+        "--keep-best",
+        action="store_true",
+        default=None,
+        help="when a step's prompt scores worse on training than the best so far, go on from the best",
+    )
+    variants.add_argument(
+        "--starts",
+        nargs="+",
+        default=None,
+        metavar="START",
+        help=f"more starting prompts sharing the steps ({', '.join(NAMED_STARTS)} with --joiner ., or any text); "
+        "the dev pass takes finalists from every start",
+    )
 
 
 def _add_evaluate(sub) -> None:

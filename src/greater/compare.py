@@ -53,7 +53,7 @@ from greater.errors import GreaterError, setting_name
 from greater.evaluate import DEFAULT_JOINER, evaluate
 from greater.fit import fit_to_model
 from greater.layout import AFTER_QUESTION
-from greater.methods import MethodConfig, greater_fields, run_method
+from greater.methods import MethodConfig, greater_fields, refined_source, run_method
 from greater.runs import FolderLock, make_folder, read_json, slug, write_atomic, write_json, write_predictions
 from greater.tasks import Example, Task
 from greater.tasks.base import fingerprint as split_fingerprint
@@ -90,6 +90,7 @@ class CellJob:
     record: dict | None = None
     partial: Path | None = None
     settings: dict = field(default_factory=dict)
+    source: dict | None = None  # a refinement's ("ape>greater"): the finished cell of its source method
 
 
 def run_compare(
@@ -114,6 +115,7 @@ def run_compare(
     `fingerprint` records each cell's split fingerprint (`greater.tasks.base.fingerprint`), as run.json
     does. `cluster` (a `greater.cluster.RaySettings`) runs the cells as Ray tasks; the models of `optimizer`
     and `transfer` are then loaded by the workers from their labels, and may be None here."""
+    _check_sources(out, tasks, methods, seeds, on_ray=cluster is not None)
     sizes: Sizes = (split[0], dev or 0, split[1])
     settings = {"model": optimizer.label, "split": {"train": split[0], "test": split[1]}, "config": asdict(config)}
     settings["config"].pop("seed")
@@ -140,7 +142,8 @@ def run_compare(
         path = cell_path(out, task.name, method, seed)
         existing = read_json(path) if path.exists() else None
         partial = partial_path(out, path.stem) if cluster is None else None  # see the module's docstring
-        return CellJob(task, method, seed, replace(config, seed=seed), path.stem, existing, partial, settings)
+        source = source_cell(out, task, method, seed) if existing is None else None
+        return CellJob(task, method, seed, replace(config, seed=seed), path.stem, existing, partial, settings, source)
 
     bar = tqdm(total=len(todo), desc="comparing", unit="cell", disable=not progress, file=sys.stderr)
     try:
@@ -191,6 +194,46 @@ def cell_lock(out: Path, task: str, method: str, seed: int) -> FolderLock:
     """The lock of a cell (taken by `with`): one process at a time computes and writes it."""
     name = cell_name(task, method, seed)
     return FolderLock(out / LOCKS_DIR, f"{name}.lock", what=f"cell {name} of {out}")
+
+
+def _check_sources(
+    out: Path, tasks: Sequence[Task], methods: Sequence[str], seeds: Sequence[int], on_ray: bool
+) -> None:
+    """Refuse a refinement ("ape>greater") whose source cells will not be finished when it runs: listed
+    before it (this process runs a seed's methods in their order), or already in `out` (always on Ray,
+    where the cells run side by side)."""
+    for i, method in enumerate(methods):
+        source = refined_source(method)
+        if source is None or (source in methods[:i] and not on_ray):
+            continue
+        for task in tasks:
+            for seed in seeds:
+                if not cell_path(out, task.name, source, seed).exists():
+                    raise GreaterError(_unfinished_source(out, task, method, seed, on_ray))
+
+
+def _unfinished_source(out: Path, task: Task, method: str, seed: int, on_ray: bool = False) -> str:
+    source = refined_source(method)
+    first = (
+        f"run {setting_name('methods')} {source} first (on Ray the cells run side by side)"
+        if on_ray
+        else f"list {source} before {method} in {setting_name('methods')}"
+    )
+    return (
+        f"method {method!r} starts from the prompt {source} chose for {task.name} seed {seed}, and that cell "
+        f"is not finished in {out}; {first}"
+    )
+
+
+def source_cell(out: Path, task: Task, method: str, seed: int) -> dict | None:
+    """The finished cell a refinement (`methods.refined_source`) starts from; None for other methods."""
+    source = refined_source(method)
+    if source is None:
+        return None
+    path = cell_path(out, task.name, source, seed)
+    if not path.exists():
+        raise GreaterError(_unfinished_source(out, task, method, seed))
+    return read_json(path)
 
 
 def partial_path(out: Path, name: str) -> Path:
@@ -287,7 +330,7 @@ def compute_cell(
                 if note is not None:
                     note(progress_note(progress, config.steps))
 
-        result, saved_reasoning = _search(job, optimizer, train, dev, resume, checkpoint)
+        result, saved_reasoning = search_cell(job, optimizer, train, dev, resume, checkpoint)
         # the saved batches were cut at the batch size of their sitting ("auto" may differ in this one)
         test_config = replace(config, batch_size=resume["test_batch_size"]) if saved_reasoning else config
         on_reasoning = None
@@ -338,7 +381,7 @@ def _compute_loaded(
     return compute_cell(job, optimizer, transfer, sizes, fingerprint)
 
 
-def _search(
+def search_cell(
     job: CellJob,
     optimizer: Scorer,
     train: list[Example],
@@ -350,6 +393,7 @@ def _search(
     had finished, else by running the method (from `resume`'s progress) and saving its result."""
     if resume is not None and "result" in resume:
         return resume["result"], {int(i): ids for i, ids in resume.get("test_reasoning", {}).items()}
+    source = job.source["result"] if job.source is not None else None
     result = run_method(
         job.method,
         optimizer.model,
@@ -360,7 +404,11 @@ def _search(
         dev=dev,
         resume=resume,
         checkpoint=checkpoint,
+        start={"init_prompt": source["prompt"], "joiner": source["joiner"]} if source else None,
     ).to_json()
+    if source is not None:  # a refinement's cost is both searches'
+        result["refines"] = {key: source[key] for key in ("method", "prompt", "joiner", "usage")}
+        result["usage"] = {key: round(value + source["usage"][key], 2) for key, value in result["usage"].items()}
     if checkpoint is not None:
         checkpoint({"method": job.method, "result": result})
     return result, {}

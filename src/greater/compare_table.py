@@ -18,6 +18,7 @@ from pathlib import Path
 from greater import stats
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import ends_in_repetition
+from greater.methods import REFINES
 from greater.runs import slug, write_atomic
 from greater.tasks import Task
 
@@ -86,6 +87,8 @@ def summarize(
                 "generated_tokens": _mean([u["generated_tokens"] for u in usage]),
                 "seconds": _mean([u["seconds"] for u in usage]),
                 "prompts": {str(r["seed"]): r["result"]["prompt"] for r in runs},
+                # how each prompt was framed: question + joiner + " " + prompt (baselines ".", GReaTer ". Use")
+                "joiners": {str(r["seed"]): r["result"]["joiner"] for r in runs},
                 "transfer": {m: _spread([r["transfer"][m]["accuracy"] for r in runs]) for m in transfer},
                 "dev": _spread_of_all([r["result"].get("dev_accuracy") for r in runs]),
                 "finalists_distinct": _spread_of_all(
@@ -376,11 +379,16 @@ def compare_markdown(table: dict) -> str:
         rows = [by[t, m] for t in tasks]
         calls, tokens, secs = (_mean([r[k] for r in rows]) for k in ("calls", "generated_tokens", "seconds"))
         lines.append(f"| {m} | {calls:.0f} | {tokens:.0f} | {secs:.1f} |")
-    lines += ["", "Prompts found (seed: prompt):", ""]
+    refinements = [m for m in methods if REFINES in m]
+    if refinements:
+        lines += ["", f"{', '.join(refinements)}: both searches, the source method's and GReaTer's from its prompt."]
+    lines += ["", "Prompts found (seed: prompt, after its joiner: the question reads question + joiner + prompt):", ""]
     for task in tasks:
         for m in methods:
+            joiners = by[task, m].get("joiners", {})
             for seed, prompt in by[task, m]["prompts"].items():
-                lines.append(f"- {task} · {m} · seed {seed}: {prompt!r}")
+                after = f" after {joiners[seed]!r}" if seed in joiners else ""
+                lines.append(f"- {task} · {m} · seed {seed}: {prompt!r}{after}")
     return "\n".join(lines) + "\n"
 
 

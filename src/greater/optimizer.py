@@ -30,6 +30,15 @@ from greater.tasks import Example, Task
 from greater.timing import STEP_PHASES, PhaseTimer
 
 DEFAULT_INIT_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."
+ZS_COT_PROMPT = "Let's think step by step."
+ZS_COT_JOINER = "."  # zero-shot CoT reads "<question>. Let's think step by step."
+# starting prompts `GreaterConfig.starts` may name, each as it reads after ZS-CoT's joiner "." (the baselines'
+# framing): the paper's P1 with the "Use" of its joiner moved into the prompt, ZS-CoT's, and a direct answer
+NAMED_STARTS = {
+    "p1": "Use " + DEFAULT_INIT_PROMPT,
+    "zs-cot": ZS_COT_PROMPT,
+    "direct": "Give only the answer, without explanation.",
+}
 _SENTENCE_END = (".", "!", "?")
 _PUNCTUATION_CANDIDATES = {".", ",", ";", ":", "!", "?"}
 _log = logging.getLogger("greater")
@@ -87,6 +96,13 @@ class GreaterConfig:
     # where the prompt goes in the chat (greater.layout): after the question in the user turn (the paper's),
     # before it, or as the system turn's text
     placement: str = AFTER_QUESTION
+    # search variants beyond the paper (docs/fidelity.md "Search variants"); off, the reference's search.
+    # keep_best: when a step's chosen prompt scores worse on training than the best prompt of its path so
+    # far, the next step goes on from that best prompt (at the next position) instead of the worse one
+    keep_best: bool = False
+    # more starting prompts after `init_prompt` (texts, or names of NAMED_STARTS): the steps are shared out
+    # among the starts in turn, each a path of its own, and the dev pass takes finalists from every path
+    starts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.selection == "accuracy":  # the earlier name of the reference's rule
@@ -125,10 +141,32 @@ class GreaterConfig:
             "patience": self.patience is None or self.patience >= 1,
             "filler": bool(self.filler.strip()),
             "placement": self.placement in PLACEMENTS,
+            "starts": all(text.strip() for text in self.starts),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise GreaterError(f"invalid setting {bad[0]}={getattr(self, bad[0])!r}")
+        if len(self.starts) >= self.steps:
+            raise GreaterError(
+                f"{1 + len(self.starts)} starting prompts need at least one step each; "
+                f"{setting_name('steps')} is {self.steps}"
+            )
+        named = [text for text in self.starts if text in NAMED_STARTS]
+        if named and self.joiner != ZS_COT_JOINER:
+            raise GreaterError(
+                f"the named start {named[0]!r} reads after the joiner {ZS_COT_JOINER!r}, not {self.joiner!r}; "
+                f"set {setting_name('joiner')} {ZS_COT_JOINER!r} or give the start's text"
+            )
+
+    def start_prompts(self) -> list[str]:
+        """Every path's starting prompt: `init_prompt`, then `starts` (names replaced by their text)."""
+        return [self.init_prompt, *(NAMED_STARTS.get(text, text) for text in self.starts)]
+
+    def path_steps(self) -> list[int]:
+        """Steps per path (`start_prompts`' order): `steps` shared out as evenly as it divides, the
+        first paths taking one more."""
+        paths = 1 + len(self.starts)
+        return [self.steps // paths + (i < self.steps % paths) for i in range(paths)]
 
 
 @dataclass
@@ -181,10 +219,18 @@ class StepRecord:
     # the step's peak memory in MiB and what it measures (greater.device.peak_memory): on CUDA
     # torch.cuda.max_memory_allocated, on a CPU the process's peak RSS
     peak_memory: dict = field(default_factory=dict)
+    # search variants (GreaterConfig.keep_best, .starts): the path of this step, and whether the next step
+    # goes on from the path's best prompt rather than from `chosen`
+    path: int = 0
+    back_to_best: bool = False
 
     def to_json(self) -> dict:
-        """The record as one line of steps.jsonl."""
-        return asdict(self) | {"evaluated": [e.to_json() for e in self.evaluated]}
+        """The record as one line of steps.jsonl; "path" and "back_to_best" only where they are set."""
+        data = asdict(self) | {"evaluated": [e.to_json() for e in self.evaluated]}
+        for name in ("path", "back_to_best"):
+            if not data[name]:
+                del data[name]
+        return data
 
 
 @dataclass
@@ -222,11 +268,20 @@ class RunState:
     reasoning: list[list[int]] | None = None  # the current prompt's reasoning, when already generated
     dev_accuracy: dict[Ids, float] = field(default_factory=dict)  # the dev pass so far
     stopped: str = ""  # why the steps ended ("budget", "plateau"), once they have
+    # with several starts (`GreaterConfig.starts`): the path being searched, the step it began after, and
+    # the path that first scored each prompt of a later path (a prompt not in `origin` is path 0's)
+    path: int = 0
+    path_start: int = 0
+    origin: dict[Ids, int] = field(default_factory=dict)
 
     def to_json(self) -> dict:
+        """Plain JSON; the path fields only where a run has several starts (a one-path run's file is as before)."""
         data = asdict(self)
-        for name in ("scores", "dev_accuracy"):
+        for name in ("scores", "dev_accuracy", "origin"):
             data[name] = [[list(k), v] for k, v in getattr(self, name).items()]
+        if not (self.path or self.origin):
+            for name in ("path", "path_start", "origin"):
+                del data[name]
         return data
 
     @classmethod
@@ -234,18 +289,38 @@ class RunState:
         data = dict(data)
         for name in ("scores", "dev_accuracy"):
             data[name] = {tuple(k): float(v) for k, v in data.get(name, [])}
+        data["origin"] = {tuple(k): int(v) for k, v in data.get("origin", [])}
         return cls(**data)
 
     def record_score(self, prompt: Ids, score: float, returnable: bool = True) -> None:
         """Cache a prompt's selection score; only a `returnable` prompt can become the best."""
+        if self.path and prompt not in self.scores:
+            self.origin[prompt] = self.path
         self.scores[prompt] = score
         if returnable and score < self.best_score:
             self.best_score, self.best_prompt = score, list(prompt)
 
-    def finalists(self, n: int, returnable: Callable[[Ids], bool]) -> list[Ids]:
-        """The `n` returnable prompts with the lowest selection scores, best first."""
+    def ranked(self, returnable: Callable[[Ids], bool], path: int | None = None) -> list[Ids]:
+        """The returnable prompts with a finite selection score, lowest first; `path`: of that path only."""
         ranked = sorted((p for p, s in self.scores.items() if math.isfinite(s)), key=self.scores.__getitem__)
-        return [p for p in ranked if returnable(p)][:n]
+        return [p for p in ranked if (path is None or self.origin.get(p, 0) == path) and returnable(p)]
+
+    def finalists(self, n: int, returnable: Callable[[Ids], bool], paths: int = 1) -> list[Ids]:
+        """The `n` returnable prompts with the lowest selection scores, best first; with several `paths`,
+        taken from each path in turn (its best, then each path's second, ...), so that every start has
+        finalists and not only the one whose near-copies score best."""
+        if paths == 1:
+            return self.ranked(returnable)[:n]
+        per_path = [self.ranked(returnable, path) for path in range(paths)]
+        longest = max(map(len, per_path), default=0)
+        return [ranked[i] for i in range(longest) for ranked in per_path if i < len(ranked)][:n]
+
+    def path_best(self, returnable: Callable[[Ids], bool]) -> tuple[float, Ids | None]:
+        """The current path's best selection score and prompt so far (one path: the run's best)."""
+        if not (self.path or self.origin):
+            return self.best_score, tuple(self.best_prompt) if self.best_prompt else None
+        ranked = self.ranked(returnable, self.path)
+        return (self.scores[ranked[0]], ranked[0]) if ranked else (math.inf, None)
 
 
 def optimize(
@@ -288,21 +363,26 @@ def optimize(
     returnable = Returnable(tokenizer, engine.layout.prompt_lead)
     allowed = allowed_token_mask(tokenizer, model.get_input_embeddings().weight.shape[0])
     step = _Step(engine, config, allowed, returnable)
+    starts = [list(engine.encode_prompt(text)) for text in config.start_prompts()]  # each checked before a step
+    path_steps = config.path_steps()
     records: list[StepRecord] = []
     while not state.stopped:
-        if state.step >= config.steps:
-            state.stopped = "budget"
-        elif config.patience is not None and state.since_best >= config.patience:
-            state.stopped = "plateau"
-        if state.stopped:
-            break
-        previous_best = state.best_score
+        if state.step - state.path_start >= path_steps[state.path] or _plateau(config, state):
+            if state.path + 1 == len(starts):
+                state.stopped = "budget" if state.step >= config.steps else "plateau"
+                break
+            _next_path(state, starts[state.path + 1])
+        previous_best, _ = state.path_best(returnable)
+        started, reasoning = tuple(state.prompt), state.reasoning
         record = step.run(state)
+        record.path = state.path
+        if config.keep_best:
+            record.back_to_best = _keep_best(state, returnable, started, reasoning)
         position, prompt = advance(tokenizer, tuple(state.prompt), state.position, filler)
         if list(prompt) != state.prompt:
             state.reasoning = None  # the prompt grew: its reasoning must be generated
         state.prompt, state.position = list(prompt), position
-        state.since_best = 0 if state.best_score < previous_best else state.since_best + 1
+        state.since_best = 0 if state.path_best(returnable)[0] < previous_best else state.since_best + 1
         records.append(record)
         if on_step is not None:
             on_step(record, state)
@@ -323,6 +403,32 @@ def optimize(
     )
 
 
+def _plateau(config: GreaterConfig, state: RunState) -> bool:
+    """Whether the current path's best has not improved for `patience` steps."""
+    return config.patience is not None and state.since_best >= config.patience
+
+
+def _next_path(state: RunState, start: list[int]) -> None:
+    """Begin the next path (`GreaterConfig.starts`) from `start`, at its first position."""
+    state.path += 1
+    state.path_start = state.step
+    state.prompt, state.init_len, state.position = list(start), len(start), 0
+    state.reasoning, state.since_best = None, 0
+
+
+def _keep_best(state: RunState, returnable: Returnable, started: Ids, reasoning: list | None) -> bool:
+    """`GreaterConfig.keep_best`: where the step chose a prompt scoring worse than its path's best, go on
+    from the best (at the step's position, clamped to its length; `advance` then moves on) and return
+    True. `started` and `reasoning`: the step's starting prompt and its reasoning, kept where it is the best."""
+    best_score, best = state.path_best(returnable)
+    if best is None or state.scores.get(tuple(state.prompt), math.inf) <= best_score:
+        return False
+    state.prompt = list(best)
+    state.position = min(state.position, len(best) - 1)
+    state.reasoning = reasoning if best == started else None
+    return True
+
+
 def _dev_choice(
     engine: Engine,
     config: GreaterConfig,
@@ -334,7 +440,7 @@ def _dev_choice(
     """Score the `keep_top` best prompts on `dev` (those not scored before a resume) and return the
     best on dev (ties: the lower selection score) with every finalist's record."""
     tokenizer = engine.tokenizer
-    finalists = state.finalists(config.keep_top, returnable) or [tuple(state.best_prompt)]
+    finalists = state.finalists(config.keep_top, returnable, 1 + len(config.starts)) or [tuple(state.best_prompt)]
     if config.dev_keeps_initial:
         initial = engine.encode_prompt(config.init_prompt)
         if initial not in finalists:

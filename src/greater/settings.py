@@ -15,11 +15,20 @@ from dataclasses import dataclass
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
 Parser = Callable[[str], object]  # text -> value; raises ValueError or KeyError on bad text
+START_SEPARATOR = "|"  # between the starts of compare's `greater:starts=zs-cot|direct` (a text may hold commas)
 
 
 def _boolean(text: str) -> bool:
     """ "true" or "false", any case; anything else raises KeyError."""
     return {"true": True, "false": False}[text.lower()]
+
+
+def _starts(text: str) -> list[str]:
+    """Starting prompts separated by `START_SEPARATOR`; an empty one raises ValueError."""
+    starts = [part.strip() for part in text.split(START_SEPARATOR)]
+    if not all(starts):
+        raise ValueError(text)
+    return starts
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,8 @@ SETTINGS: tuple[Setting, ...] = (
     _row("selection_nll_weight", parse=float),  # no flag: compare's option only
     _row("candidate_nll", "greater", parse=_boolean),
     _row("patience", "greater", parse=int),
+    _row("keep_best", "greater", parse=_boolean),
+    _row("starts", "greater", parse=_starts),
     _row("placement", "greater", "baseline", "compare", "shared", parse=str),
     # the budget and what every method shares
     _row("steps", "greater", "baseline", "compare", "shared"),

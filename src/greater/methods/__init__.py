@@ -29,13 +29,22 @@ from greater.methods.common import (
     Workbench,
     pick_on_dev,
 )
-from greater.optimizer import GreaterConfig, RunState, StepRecord, build_engine, fitted_config, optimize
+from greater.optimizer import (
+    NAMED_STARTS,
+    GreaterConfig,
+    RunState,
+    StepRecord,
+    build_engine,
+    fitted_config,
+    optimize,
+)
 from greater.settings import SHARED, TUNABLE
 from greater.tasks import Example, Task
 
 __all__ = [
     "GREATER_VARIANTS",
     "METHODS",
+    "REFINES",
     "PAPER_METHODS",
     "TUNABLE",
     "ZS_COT_JOINER",
@@ -44,6 +53,7 @@ __all__ = [
     "MethodResult",
     "Usage",
     "greater_fields",
+    "refined_source",
     "run_method",
 ]
 
@@ -61,10 +71,22 @@ GREATER_VARIANTS: dict[str, dict] = {
     "greater": {},
     # starts from ZS-CoT's prompt, which also stays a finalist on dev: its search must beat ZS-CoT there
     "greater-zs": {"init_prompt": ZS_COT_PROMPT, "joiner": ZS_COT_JOINER, "dev_keeps_initial": True},
+    # the search variants of docs/fidelity.md, at the paper's settings otherwise
+    "greater-best": {"keep_best": True},
+    # P1, ZS-CoT's prompt and a direct answer, each framed as the baselines' prompts are (after ".")
+    "greater-starts": {"init_prompt": NAMED_STARTS["p1"], "joiner": ZS_COT_JOINER, "starts": ["zs-cot", "direct"]},
 }
+REFINES = ">"  # "ape>greater": GReaTer (or a variant) from the prompt the method before it chose
 METHODS = (*GREATER_VARIANTS, *_BASELINES)
-"""Every method name `run_method` and `greater compare --methods` take: GReaTer and its variants, then the baselines."""
+"""Every method name `run_method` and `greater compare --methods` take: GReaTer and its variants, then the
+baselines; `greater compare` also takes BASELINE>GREATER (`refined_source`)."""
 PAPER_METHODS = ("greater", *_BASELINES)  # what the paper compares: no variant rows
+
+
+def refined_source(name: str) -> str | None:
+    """The baseline whose chosen prompt method `name` ("ape>greater-best:patience=3") starts from, or None."""
+    source, sep, _ = name.partition(REFINES)
+    return source if sep else None
 
 
 def greater_fields(name: str) -> dict | None:
@@ -72,7 +94,18 @@ def greater_fields(name: str) -> dict | None:
 
     `name` is a row of GREATER_VARIANTS, optionally followed by `TUNABLE` options:
     "greater-zs:nll_weight=0.5" -> {"init_prompt": ..., "joiner": ".", "dev_keeps_initial": True, "nll_weight": 0.5}.
-    A name that is neither raises GreaterError, saying which part is wrong."""
+    A name that is neither raises GreaterError, saying which part is wrong. "BASELINE>NAME" (a refinement,
+    `refined_source`) sets NAME's fields, and starts from the baseline's prompt (`run_method(start=)`)."""
+    source, sep, rest = name.partition(REFINES)
+    if sep:
+        if source not in _BASELINES:
+            raise GreaterError(f"method {name!r}: {source!r} before {REFINES!r} must be one of {', '.join(_BASELINES)}")
+        fields = greater_fields(rest)
+        if fields is None:
+            greater = ", ".join(GREATER_VARIANTS)
+            raise GreaterError(f"method {name!r}: after {REFINES!r} comes a GReaTer method ({greater})")
+        # the source's prompt stays a finalist on dev: the refinement must beat it there
+        return {"dev_keeps_initial": True} | fields
     base, *options = name.split(":")
     if base not in METHODS:
         raise GreaterError(f"unknown method {base!r}; choose from {', '.join(METHODS)}")
@@ -105,12 +138,12 @@ def distinct_settings(names: list[str], base: GreaterConfig) -> None:
     """Raise GreaterError if two GReaTer methods among `names` run the same settings over `base`
     ("greater:nll_weight=.5" and "greater:nll_weight=0.5", options in another order, or an option at
     its value in `base`): each would be a row of its own, spending a search on a copy."""
-    seen: list[tuple[str, GreaterConfig]] = []
+    seen: list[tuple[str, tuple[str | None, GreaterConfig]]] = []
     for name in names:
         fields = greater_fields(name)
         if fields is None:
             continue
-        config = replace(base, **fields)
+        config = (refined_source(name), replace(base, **fields))
         for other, other_config in seen:
             if config == other_config:
                 raise GreaterError(f"methods {other!r} and {name!r} run the same GReaTer settings; keep one")
@@ -132,8 +165,12 @@ def run_method(
     on_step: Callable[[StepRecord], None] | None = None,
     generator: Generator | None = None,
     engine: Engine | None = None,
+    start: dict | None = None,
 ) -> MethodResult:
     """Run method `name` on `train`; `greater_config` overrides what GReaTer derives from `config`.
+
+    `start` ({"init_prompt", "joiner"}): where a refinement ("ape>greater", `refined_source`) starts,
+    the prompt its source chose framed as it was scored; required by such a name, refused by others.
 
     With `dev` examples the final choice is made on them, as `greater optimize --dev` makes it: the
     `keep_top` best distinct prompts by the method's own score (GReaTer: selection score; a baseline:
@@ -163,9 +200,11 @@ def run_method(
     fields = greater_fields(name)
     if not train:
         raise GreaterError(f"task {task.name!r}: no training examples")
+    if (start is None) != (refined_source(name) is None):
+        raise GreaterError(f"method {name!r}: a start prompt is given to a refinement (BASELINE{REFINES}GREATER) only")
     sitting = Sitting(name, resume, checkpoint)
     if fields is not None:  # GReaTer: its generator follows GreaterConfig's decoding switches, not a Workbench's
-        settings = replace(greater_config or greater_settings(config), **fields)
+        settings = replace(greater_config or greater_settings(config), **(fields | (start or {})))
         engine = engine or build_engine(model, tokenizer, task, train, settings, generator)
         result = _greater(name, task, settings, dev, sitting, on_step, engine)
     else:

@@ -21,11 +21,8 @@ from greater.evaluate import accuracy_on, best_on_dev
 from greater.generation import TransformersGenerator
 from greater.layout import PLACEMENTS, ChatLayout, decode, encode, encode_prompt, prompt_lead
 from greater.memory import is_size
-from greater.optimizer import GreaterConfig
+from greater.optimizer import ZS_COT_JOINER, ZS_COT_PROMPT, GreaterConfig
 from greater.tasks import Example, Task
-
-ZS_COT_PROMPT = "Let's think step by step."
-ZS_COT_JOINER = "."  # zero-shot CoT reads "<question>. Let's think step by step."
 
 
 @dataclass
