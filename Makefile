@@ -4,9 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_TASK ?= gen/boolean_expressions
-# the promptfoo version `greater export --format promptfoo` is tested with (greater.cli.PROMPTFOO_VERSION);
-# 0.121.x is the last line that runs on Node 20 (0.122 needs Node >= 22.22)
-PROMPTFOO := 0.121.20
+# the promptfoo version `greater export --format promptfoo` is tested with: read from its one home,
+# greater.cli.PROMPTFOO_VERSION (0.121.x is the last line that runs on Node 20; 0.122 needs Node >= 22.22)
+PROMPTFOO := $(shell sed -n 's/^PROMPTFOO_VERSION = "\([^"]*\)".*/\1/p' src/greater/cli.py)
 TOOLS := .tools
 
 .PHONY: install demo test test-deps lint bench docs clean

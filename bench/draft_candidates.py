@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/draft_candidates.py --threads 1 [--json FILE]
 
-Candidates, each next to the float32 model (`greater.model.load_model()`):
+Candidates, each next to the float32 model (`greater.inference.model.load_model()`):
 
 - `int8-dyn`: torch dynamic int8 quantization of every Linear (`torch.ao.quantization.quantize_dynamic`,
   x86 engine, per-channel weight scales; the output head too), the embedding shared with the float32
@@ -61,11 +61,11 @@ from pathlib import Path
 
 import torch
 
-from greater.batching import pack_rows
-from greater.kvcache import cache_kwarg
-from greater.layout import ChatLayout
-from greater.logits import output_logits
-from greater.model import load_model
+from greater.inference.batching import pack_rows
+from greater.inference.kvcache import cache_kwarg
+from greater.inference.layout import ChatLayout
+from greater.inference.logits import output_logits
+from greater.inference.model import load_model
 from greater.tasks import get_task
 
 PROMPT = "Use proper logical reasoning and think step by step. Finally give the actual correct answer."
@@ -107,7 +107,7 @@ class LlamaCppDecoder:
     def __post_init__(self) -> None:
         from llama_cpp import Llama
 
-        from greater.model import embedded_gguf_path
+        from greater.inference.model import embedded_gguf_path
 
         self.llm = Llama(
             model_path=str(embedded_gguf_path()),
@@ -169,7 +169,7 @@ class LlamaCppBatchDecoder:
         from llama_cpp import Llama
         from llama_cpp import _internals as internals
 
-        from greater.model import embedded_gguf_path
+        from greater.inference.model import embedded_gguf_path
 
         self.llm = Llama(model_path=str(embedded_gguf_path()), n_ctx=self.n_ctx_row, verbose=False)
         params = self.llm.context_params

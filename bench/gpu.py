@@ -48,9 +48,9 @@ import torch
 import transformers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from greater.generation import TransformersGenerator, stop_token_ids
-from greater.layout import encode_prompt
-from greater.memory import fit_batch_sizes, kv_bytes_per_token, shape
+from greater.inference.generation import TransformersGenerator, stop_token_ids
+from greater.inference.layout import encode_prompt
+from greater.inference.memory import fit_batch_sizes, kv_bytes_per_token, shape
 from greater.optimizer import GreaterConfig, build_engine, fitted_config, optimize
 from greater.tasks import get_task
 

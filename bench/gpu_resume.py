@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-import greater.compare as compare_module
-import greater.engine as engine_module
-from greater.compare import Scorer, run_compare
+import greater.compare.cells as compare_module
+import greater.inference.engine as engine_module
+from greater.compare.cells import ScoringModel, run_compare
 from greater.methods import MethodConfig
 from greater.tasks import get_task
 
@@ -66,7 +66,7 @@ def build(tiny: bool) -> tuple[LlamaForCausalLM, object, torch.device]:
     return model, tokenizer, device
 
 
-def sitting(scorer: Scorer, out: Path, batch_size: int | str, *, kill: bool, hold: bool, device) -> dict:
+def sitting(scorer: ScoringModel, out: Path, batch_size: int | str, *, kill: bool, hold: bool, device) -> dict:
     """One `run_compare` of the cell into `out`; what "auto" resolved to and the saved batch size."""
     sizes: list[dict] = []
     real_fit, real_save = engine_module.fit_batch_sizes, compare_module.save_partial
@@ -120,7 +120,7 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
     model, tokenizer, device = build(args.tiny)
-    scorer = Scorer("random-smollm2-shape", model, tokenizer)
+    scorer = ScoringModel("random-smollm2-shape", model, tokenizer)
     work = args.out / "work"
     shutil.rmtree(work, ignore_errors=True)
     report: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}

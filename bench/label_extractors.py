@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from greater.evaluate import evaluate  # noqa: E402
+from greater.inference.model import load_model  # noqa: E402
 from greater.methods import ZS_COT_PROMPT  # noqa: E402
-from greater.model import load_model  # noqa: E402
 from greater.optimizer import DEFAULT_INIT_PROMPT  # noqa: E402
 from greater.runs import write_json  # noqa: E402
 from greater.tasks import get_task, resolve_task  # noqa: E402

@@ -20,12 +20,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from greater.compare import CellJob, Scorer, load_partial, save_partial, search_cell, source_cell
-from greater.compare_table import cell_name
+from greater.compare.cells import CellJob, ScoringModel, load_partial, save_partial, search_cell, source_cell
+from greater.compare.stats import distinctness
+from greater.compare.table import cell_name
+from greater.inference.model import load_model, model_label
 from greater.methods import MethodConfig, greater_fields
-from greater.model import load_model, model_label
 from greater.runs import read_json, write_json
-from greater.stats import distinctness
 from greater.tasks import get_task
 from greater.tasks.base import fingerprint
 
@@ -48,7 +48,7 @@ def screen(out: Path, methods: list[str], seeds: list[int]) -> None:
     config, sizes = settings()
     task = get_task(TASK)
     model, tokenizer = load_model(None, device="cpu", dtype="float32")
-    scorer = Scorer(model_label(None), model, tokenizer)
+    scorer = ScoringModel(model_label(None), model, tokenizer)
     for seed in seeds:
         drawn = task.splits(*sizes, seed)
         split_id = fingerprint(drawn.train, drawn.test, drawn.dev)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from greater.evaluate import evaluate  # noqa: E402
-from greater.model import load_model  # noqa: E402
+from greater.inference.model import load_model  # noqa: E402
 from greater.optimizer import SELECTION_RULES, GreaterConfig, optimize  # noqa: E402
 from greater.runs import write_json  # noqa: E402
 from greater.tasks import resolve_task  # noqa: E402

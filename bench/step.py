@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from greater.decoding import DRAFT_SLOTS
-from greater.device import DTYPES, resolve_placement
 from greater.errors import GreaterError
-from greater.generation import TransformersGenerator
-from greater.layout import AFTER_QUESTION, PLACEMENTS
-from greater.model import load_model
+from greater.inference.decoding import DRAFT_SLOTS
+from greater.inference.device import DTYPES, resolve_placement
+from greater.inference.generation import TransformersGenerator
+from greater.inference.layout import AFTER_QUESTION, PLACEMENTS
+from greater.inference.model import load_model
 from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import get_task
 

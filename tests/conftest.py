@@ -18,7 +18,7 @@ from helpers import tiny_llama
 @pytest.fixture(scope="session")
 def embedded_folder() -> Path:
     """The embedded GGUF converted to a plain HF folder (cached across runs in the user cache)."""
-    from greater.model import _converted_gguf, embedded_gguf_path
+    from greater.inference.model import _converted_gguf, embedded_gguf_path
 
     return _converted_gguf(embedded_gguf_path(), torch.float32)
 
@@ -76,7 +76,7 @@ def finished_run(tmp_path_factory, tiny_model_dir) -> Path:
 def tiny_engine(tiny_model, smol_tokenizer):
     """`tiny_engine(task, n, **engine settings)`: an Engine on the tiny model over the first `n` examples
     of `task` (default gen/boolean_expressions, 3), joiner ". Use", answer temperature 0.2."""
-    from greater.engine import Engine
+    from greater.inference.engine import Engine
     from greater.tasks import get_task
 
     def make(task: str = "gen/boolean_expressions", n: int = 3, **settings):

@@ -25,8 +25,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import greater.runs as runs_module
 from greater.cli import main
-from greater.compare import cell_path
-from greater.generation import TransformersGenerator
+from greater.compare.cells import cell_path
+from greater.inference.generation import TransformersGenerator
 from greater.methods import MethodConfig
 from greater.tasks import Example, Task
 

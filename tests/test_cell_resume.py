@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import greater.compare as compare_module
+import greater.compare.cells as compare_module
 import greater.methods.common as common_module
-from greater.compare import Scorer, cell_path, partial_path, progress_note, run_compare
-from greater.engine import Engine
+from greater.compare.cells import ScoringModel, cell_path, partial_path, progress_note, run_compare
+from greater.inference.engine import Engine
 from greater.tasks import get_task
 from helpers import COMPARE_CONFIG, COMPARE_SPLIT, assert_same_cell, generator_calls, read_json
 
@@ -76,7 +76,10 @@ def without_seconds(value):
 def test_a_killed_greater_cell_continues_where_it_stopped(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, capsys, dev: int | None
 ) -> None:
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=STEPS, keep_top=3)
+    optimizer, config = (
+        ScoringModel("tiny", tiny_model, smol_tokenizer),
+        replace(COMPARE_CONFIG, steps=STEPS, keep_top=3),
+    )
     with monkeypatch.context() as m:
         plain_saves = Saves(m)
         run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "plain", config, split=COMPARE_SPLIT, dev=dev)
@@ -128,7 +131,7 @@ def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
 ) -> None:
     """stop: the save after which the cell is killed (-3: inside the dev pass, since the last two saves
     are the finished search's result and the test reasonings)."""
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2, keep_top=3)
+    optimizer, config = ScoringModel("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2, keep_top=3)
     with monkeypatch.context() as m:
         plain_saves, plain_scorings = Saves(m), Scorings(m)
         run_compare(optimizer, [TASK], [method], [0], tmp_path / "plain", config, split=COMPARE_SPLIT, dev=2)
@@ -162,7 +165,7 @@ def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
 def test_a_partial_file_of_other_settings_is_ignored(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=STEPS)
+    optimizer, config = ScoringModel("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=STEPS)
     name = cell_path(tmp_path, TASK.name, "greater", 0).stem
     with monkeypatch.context() as m:
         Saves(m, stop_after=2)
@@ -191,7 +194,7 @@ def test_a_partial_file_of_other_settings_is_ignored(
 def test_a_cell_killed_while_scoring_on_test_does_not_search_again(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, method: str
 ) -> None:
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2, keep_top=2)
+    optimizer, config = ScoringModel("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2, keep_top=2)
     run_compare(optimizer, [TASK], [method], [0], tmp_path / "plain", config, split=COMPARE_SPLIT, dev=2)
     plain = cell(tmp_path / "plain", method)
 
@@ -220,7 +223,7 @@ def test_a_cell_killed_while_scoring_on_test_does_not_search_again(
 def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch
 ) -> None:
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2, batch_size=2)
+    optimizer, config = ScoringModel("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2, batch_size=2)
     run_compare(optimizer, [TASK], ["greater"], [0], tmp_path / "plain", config, split=COMPARE_SPLIT)  # 4 test examples
     plain = cell(tmp_path / "plain", "greater")
 
@@ -278,7 +281,7 @@ def test_the_progress_bar_says_how_far_the_running_cell_is(
         def close(self) -> None: ...
 
     monkeypatch.setattr(compare_module, "tqdm", Bar)
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2)
+    optimizer, config = ScoringModel("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=2)
     run_compare(optimizer, [TASK], ["greater"], [0], tmp_path, config, split=COMPARE_SPLIT, progress=True)
     cell_label = f"{TASK.name} greater seed 0"
     notes = (
@@ -294,7 +297,7 @@ def test_a_partial_file_left_beside_a_finished_cell_is_deleted_by_the_next_run(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch
 ) -> None:
     """A kill between writing a cell and deleting its partial file leaves a partial file of a finished cell."""
-    optimizer, config = Scorer("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=1)
+    optimizer, config = ScoringModel("tiny", tiny_model, smol_tokenizer), replace(COMPARE_CONFIG, steps=1)
     run_compare(optimizer, [TASK], ["zs-cot"], [0], tmp_path, config, split=COMPARE_SPLIT)
     stale = partial_path(tmp_path, cell_path(tmp_path, TASK.name, "zs-cot", 0).stem)
     stale.parent.mkdir(parents=True, exist_ok=True)

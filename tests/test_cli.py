@@ -149,7 +149,7 @@ def test_optimize_prints_progress_summary(capsys, tiny_model_dir: Path, tmp_path
     assert code == 0
     assert "initial prompt test accuracy:" in out
     assert "optimized prompt test accuracy:" in out
-    from greater.stats import majority
+    from greater.compare.stats import majority
     from greater.tasks import get_task
 
     task = get_task("gen/boolean_expressions")

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-import greater.compare as compare_module
-from greater.compare import Scorer, cell_path, run_compare
+import greater.compare.cells as compare_module
+from greater.compare.cells import ScoringModel, cell_path, run_compare
 from greater.errors import GreaterError
 from greater.evaluate import evaluate
+from greater.inference.layout import PLACEMENTS, encode_placed_prompt
+from greater.optimizer import GreaterConfig
 from greater.report import compare_report
 from greater.tasks import get_task
 from helpers import (
@@ -28,7 +30,7 @@ TASKS = [get_task("gen/boolean_expressions"), get_task("gen/arithmetic")]
 
 def test_compare_table_resume_and_transfer(tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "cmp"
-    optimizer = Scorer("tiny", tiny_model, smol_tokenizer)
+    optimizer = ScoringModel("tiny", tiny_model, smol_tokenizer)
     methods, seeds = ["greater", "zs-cot", "ape"], [0, 1]
     table = run_compare(optimizer, TASKS, methods, seeds, out, COMPARE_CONFIG, split=COMPARE_SPLIT)
     check_compare_table(out, [t.name for t in TASKS], methods, seeds, [])
@@ -43,7 +45,7 @@ def test_compare_table_resume_and_transfer(tiny_model, smol_tokenizer, tmp_path:
 
     monkeypatch.setattr(compare_module, "run_method", no_rerun)
     before = {p.name: p.read_bytes() for p in (out / "predictions").iterdir()}
-    copy = Scorer("tiny-copy", tiny_model, smol_tokenizer)
+    copy = ScoringModel("tiny-copy", tiny_model, smol_tokenizer)
     again = run_compare(optimizer, TASKS, methods, seeds, out, COMPARE_CONFIG, split=COMPARE_SPLIT, transfer=[copy])
     check_compare_table(out, [t.name for t in TASKS], methods, seeds, ["tiny-copy"])
     assert all((out / "predictions" / name).read_bytes() == data for name, data in before.items())
@@ -197,7 +199,7 @@ def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> N
     """Every search makes its final choice on the dev set (keep_top finalists by training key, best dev
     accuracy wins, ties to the better key), the dev pass counts in its usage, the settings record it."""
     task, methods, n_dev = TASKS[0], ["greater", "ape", "zs-cot"], 2
-    optimizer = Scorer("tiny", tiny_model, smol_tokenizer)
+    optimizer = ScoringModel("tiny", tiny_model, smol_tokenizer)
     config = replace(COMPARE_CONFIG, keep_top=3)
     out, plain = tmp_path / "dev", tmp_path / "plain"
     run_compare(optimizer, [task], methods, [0], out, config, split=COMPARE_SPLIT, dev=n_dev)
@@ -317,3 +319,22 @@ def test_compare_command_with_dev_and_a_rerun_with_another_dev(capsys, tiny_mode
 
 def _one_seed(accuracy: float) -> dict:
     return {"mean": accuracy, "sd": None, "accuracies": [accuracy]}
+
+
+def test_rows_are_checked_in_every_placement_a_row_uses(tiny_model, smol_tokenizer, monkeypatch) -> None:
+    """A `greater:placement=system` row puts its prompt in the system turn, so the rows must fit there too
+    (the check used to look at the comparison's placement only), with the longest prompt each method reaches."""
+    checked: list[tuple[str, int]] = []
+    real = compare_module.fit_to_model
+
+    def recording(*args, placement, prompt_tokens, **kwargs):
+        checked.append((placement, prompt_tokens))
+        return real(*args, placement=placement, prompt_tokens=prompt_tokens, **kwargs)
+
+    monkeypatch.setattr(compare_module, "fit_to_model", recording)
+    scorer = ScoringModel("tiny", tiny_model, smol_tokenizer)
+    config = replace(COMPARE_CONFIG, steps=7)
+    p1 = {where: len(encode_placed_prompt(smol_tokenizer, GreaterConfig().init_prompt, where)) for where in PLACEMENTS}
+    compare_module.check_rows_fit(scorer, TASKS[:1], config, ["greater", "zs-cot", "greater:placement=system"])
+    after = max(p1["after-question"] + 7, config.max_prompt_tokens)  # zs-cot's proposals: up to 48 tokens
+    assert checked == [("after-question", after), ("system", p1["system"] + 7)]

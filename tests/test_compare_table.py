@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from greater.compare_table import chart_spec, compare_markdown, summarize, write_chart
+from greater.compare.table import chart_spec, compare_markdown, summarize, write_chart
 from greater.errors import GreaterError
 from greater.evaluate import ends_in_repetition
 from greater.report import compare_report

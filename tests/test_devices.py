@@ -15,11 +15,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from greater.cli import main
-from greater.device import resolve_placement
-from greater.engine import Engine
 from greater.errors import GreaterError
-from greater.logits import output_logits
-from greater.memory import activation_bytes_per_token, fit_batch_sizes, kv_bytes_per_token, shape
+from greater.inference.device import resolve_placement
+from greater.inference.engine import Engine
+from greater.inference.logits import output_logits
+from greater.inference.memory import activation_bytes_per_token, fit_batch_sizes, kv_bytes_per_token, shape
 from greater.tasks import get_task
 from helpers import (
     BENCH,
@@ -80,7 +80,7 @@ def test_cli_device_errors_exit_2(capsys, tiny_model_dir: Path, tmp_path: Path, 
 
 
 def test_model_loads_in_bfloat16_on_cpu(tiny_model_dir: Path) -> None:
-    from greater.model import load_model
+    from greater.inference.model import load_model
 
     model, _ = load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
     assert model.dtype == torch.bfloat16

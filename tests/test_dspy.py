@@ -16,7 +16,7 @@ dspy = pytest.importorskip("dspy")
 
 from greater.dspy import GReaTer, LocalLM, chat_format, predictor_engine, reply_format  # noqa: E402
 from greater.errors import GreaterError  # noqa: E402
-from greater.layout import cut_at_stop, encode  # noqa: E402
+from greater.inference.layout import cut_at_marker, encode  # noqa: E402
 from greater.optimizer import GreaterConfig  # noqa: E402
 from greater.tasks import get_task  # noqa: E402
 
@@ -52,10 +52,10 @@ def test_the_chat_format_is_what_chat_adapter_renders():
 
 def test_a_reasoning_is_cut_where_the_model_writes_a_field_marker(smol_tokenizer):
     ids = encode(smol_tokenizer, "It is tasty, so positive.\n\n[[ ## sentiment ## ]]\npositive")
-    cut = cut_at_stop(smol_tokenizer, ids, "[[ ## ")
+    cut = cut_at_marker(smol_tokenizer, ids, "[[ ## ")
     assert smol_tokenizer.decode(cut) == "It is tasty, so positive."
     assert cut == ids[: len(cut)]
-    assert cut_at_stop(smol_tokenizer, ids[:3], "[[ ## ") == ids[:3]  # no marker: all of it
+    assert cut_at_marker(smol_tokenizer, ids[:3], "[[ ## ") == ids[:3]  # no marker: all of it
 
 
 def test_the_tokens_greater_optimizes_are_the_tokens_a_dspy_call_sends(tiny_lm, smol_tokenizer):

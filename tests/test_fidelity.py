@@ -11,17 +11,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from greater.engine import Engine, Terms
 from greater.errors import GreaterError
 from greater.evaluate import evaluate
-from greater.generation import stop_token_ids
-from greater.layout import decode, encode, encode_prompt
+from greater.inference.engine import Engine, Terms
+from greater.inference.generation import stop_token_ids
+from greater.inference.layout import decode, encode, encode_prompt
 from greater.optimizer import (
     GreaterConfig,
     Returnable,
     RunState,
     _Step,
-    allowed_token_mask,
     filler_token,
     optimize,
     selection_score,
@@ -178,7 +177,7 @@ def test_period_candidate_is_scored_before_it_is_taken(tiny_model, smol_tokenize
     train = TASK.load()[:2]
     config = replace(BASE, max_new_tokens=3)
     engine = Engine(tiny_model, tok, TASK, train, joiner=config.joiner, batch_size=4)
-    step = _Step(engine, config, allowed_token_mask(tok, len(tok)), Returnable(tok))
+    step = _Step(engine, config, Returnable(tok))
     prompt = tuple(encode_prompt(tok, "think step by step and answer"))
     position = len(prompt) - 1
     state = RunState(prompt=list(prompt), init_len=2, position=position)

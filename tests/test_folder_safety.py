@@ -62,7 +62,7 @@ if sys.argv[1] == "step":
         pause()
     RunDir.record_step = record_step
 else:
-    import greater.compare as compare
+    import greater.compare.cells as compare
     real = compare.save_partial
     def save_partial(*args, **kwargs):
         real(*args, **kwargs)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from transformers import LlamaModel
 
-from greater.model import embedded_gguf_path
+from greater.inference.model import embedded_gguf_path
 from greater.runtime import format_duration, parse_duration, physical_cores
 from helpers import assert_same, message_lines, run_cli, steps_without_timing
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from greater.cli import main
-from greater.layout import encode_prompt
-from greater.model import EMBEDDED_MODEL, load_model
+from greater.inference.layout import encode_prompt
+from greater.inference.model import EMBEDDED_MODEL, load_model
 from helpers import BBH_DIR, check_compare_table, read_json, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -163,8 +163,8 @@ def test_the_loss_targets_the_answer_as_the_model_writes_it() -> None:
     teacher-forced target must be that spelling, so an example the model answers right (greedy
     generation, first token = the answer) is also right by the argmax criterion of the loss. With a
     space-prefixed target (as before) no example was ever right by that criterion."""
-    from greater.engine import Engine
     from greater.evaluate import DEFAULT_JOINER
+    from greater.inference.engine import Engine
     from greater.optimizer import DEFAULT_INIT_PROMPT
     from greater.tasks import get_task
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from greater.engine import Engine
 from greater.errors import GreaterError
-from greater.layout import (
+from greater.inference.engine import Engine
+from greater.inference.layout import (
     PLACEMENTS,
     ChatLayout,
     build_sequence,

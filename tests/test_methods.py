@@ -12,7 +12,7 @@ import pytest
 
 from greater.errors import GreaterError
 from greater.evaluate import best_on_dev
-from greater.layout import encode_prompt
+from greater.inference.layout import encode_prompt
 from greater.methods import GREATER_VARIANTS, METHODS, ZS_COT_PROMPT, MethodConfig, common, greater_fields, run_method
 from greater.methods import baselines as B
 from greater.methods.common import Scored, Workbench, extract_prompt, pick_on_dev

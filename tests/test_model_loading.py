@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from greater.cli import main
-from greater.model import _converted_gguf, embedded_gguf_path, load_model
+from greater.inference.model import _converted_gguf, embedded_gguf_path, load_model
 from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import get_task
 

@@ -12,7 +12,7 @@ import torch
 from greater.errors import GreaterError
 from greater.evaluate import ANSWER_SLACK, evaluate, evaluate_with
 from greater.fit import fitting_rows
-from greater.layout import decode, encode, encode_prompt
+from greater.inference.layout import decode, encode, encode_prompt
 from greater.optimizer import (
     GreaterConfig,
     advance,

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from greater.cli import main
 from greater.evaluate import evaluate
-from greater.layout import encode
+from greater.inference.layout import encode
 from greater.tasks import get_task
 from helpers import (
     assert_same,

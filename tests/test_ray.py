@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from greater import cluster
+from greater.compare import cluster
 from helpers import check_compare_table, message_lines, run_cli
 
 ARGV = ["compare", "--task", "gen/boolean_expressions", "--methods", "zs-cot,greater", "--seeds", "0"]

@@ -12,7 +12,7 @@ import pytest
 
 import greater.optimizer as optimizer_module
 from greater.errors import GreaterError
-from greater.layout import encode_prompt
+from greater.inference.layout import encode_prompt
 from greater.methods import greater_fields, refined_source
 from greater.optimizer import (
     NAMED_STARTS,

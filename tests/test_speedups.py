@@ -8,12 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from greater.batching import DecodeStats, pack_rows, padding_chunks
-from greater.decoding import DecodeRequest, decode_shared, lookup_draft
-from greater.engine import SharedPrefix
-from greater.generation import TransformersGenerator
-from greater.kvcache import extend, prefill
-from greater.layout import encode_prompt
+from greater.inference.batching import DecodeStats, pack_rows, padding_chunks
+from greater.inference.decoding import DecodeRequest, decode_shared, lookup_draft
+from greater.inference.engine import SharedPrefix
+from greater.inference.generation import TransformersGenerator
+from greater.inference.kvcache import extend, prefill
+from greater.inference.layout import encode_prompt
 from greater.optimizer import GreaterConfig, optimize
 from greater.tasks import get_task
 
@@ -153,11 +153,11 @@ def test_plugged_in_generator_is_used_and_gives_the_same_run(tiny_model, smol_to
 
 
 def test_vllm_backend_helpers():
-    from greater.backends.vllm import VLLMGenerator, cut_at_stop
     from greater.errors import GreaterError
+    from greater.inference.backends.vllm import VLLMGenerator, before_stop_token
 
-    assert cut_at_stop([5, 6, 2, 7], {2}) == [5, 6]
-    assert cut_at_stop([5, 6], {2}) == [5, 6]
+    assert before_stop_token([5, 6, 2, 7], {2}) == [5, 6]
+    assert before_stop_token([5, 6], {2}) == [5, 6]
     try:
         import vllm  # noqa: F401
     except ImportError:

@@ -1,10 +1,10 @@
-"""greater.stats against hand computations: McNemar's exact test, the paired bootstrap, chance."""
+"""greater.compare.stats against hand computations: McNemar's exact test, the paired bootstrap, chance."""
 
 from __future__ import annotations
 
 import pytest
 
-from greater import stats
+from greater.compare import stats
 
 T, F = True, False
 

@@ -4,10 +4,11 @@ __version__ = "0.1.0"  # before the imports: greater.artifact records it in ever
 
 from greater.errors import GreaterError
 from greater.evaluate import Evaluation, evaluate
-from greater.lifecycle import Run, RunOptions, RunOutcome, RunSpec, Runtime
+from greater.inference.model import load_model
+from greater.lifecycle import Run, RunOptions, RunOutcome, RunSpec
 from greater.methods import METHODS, MethodConfig, MethodResult, run_method
-from greater.model import load_model
 from greater.optimizer import GreaterConfig, Result, StepRecord, optimize
+from greater.runtime import Runtime
 from greater.tasks import Example, Task, get_task, task_names
 
 __all__ = [

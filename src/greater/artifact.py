@@ -30,8 +30,8 @@ import yaml
 from greater import __version__
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import evaluate
-from greater.layout import AFTER_QUESTION, ChatLayout, chat_messages
-from greater.model import EMBEDDED_MODEL, cache_root, embedded_gguf_path, load_model, model_label, model_name
+from greater.inference.layout import AFTER_QUESTION, ChatLayout, chat_messages
+from greater.inference.model import EMBEDDED_MODEL, cache_root, embedded_gguf_path, load_model, model_label, model_name
 from greater.runs import PROMPT_JSON, read_json, split_sizes, write_atomic
 from greater.tasks import Example, resolve_task
 from greater.tasks.answers import LABELS, normalizer_for

@@ -1,6 +1,6 @@
 """The `greater` command: each command parses its flags, calls the library and prints.
 
-A run's lifecycle is `greater.lifecycle` (`Run`), a comparison is `greater.compare`, the prompts ×
+A run's lifecycle is `greater.lifecycle` (`Run`), a comparison is `greater.compare.cells`, the prompts ×
 tasks table is `greater.prompt_table`; this module turns flags into their arguments, and their outcomes
 and `GreaterError`s into lines and exit codes."""
 
@@ -18,19 +18,19 @@ from pathlib import Path
 from transformers.utils import logging as hf_logging
 
 from greater import artifact, cli_flags
-from greater.cluster import RaySettings, import_ray
-from greater.compare import Scorer, check_rows_fit, compare_tracker, log_compare, run_compare
+from greater.compare.cells import ScoringModel, check_rows_fit, compare_tracker, log_compare, run_compare
+from greater.compare.cluster import RaySettings, import_ray
 from greater.errors import GreaterError, flag_names, setting_name
 from greater.evaluate import DEFAULT_JOINER
-from greater.fit import fit_to_model
-from greater.layout import AFTER_QUESTION, encode_placed_prompt
-from greater.lifecycle import Run, RunOptions, RunSpec, Runtime, load, reasoning_generator
+from greater.fit import fit_to_model, longest_prompt
+from greater.inference.layout import AFTER_QUESTION, encode_placed_prompt
+from greater.inference.model import model_label, model_name
+from greater.lifecycle import Run, RunOptions, RunSpec
 from greater.methods import (
     MethodConfig,
     distinct_settings,
     greater_settings,
 )
-from greater.model import model_label, model_name
 from greater.optimizer import GreaterConfig
 from greater.prompt_table import (
     Cell,
@@ -43,14 +43,22 @@ from greater.prompt_table import (
 )
 from greater.report import write_report
 from greater.runs import write_atomic, write_json, write_predictions
-from greater.runtime import Terminated, parse_duration, set_threads, sigterm_interrupts
+from greater.runtime import (
+    Runtime,
+    Terminated,
+    load,
+    parse_duration,
+    reasoning_generator,
+    set_threads,
+    sigterm_interrupts,
+)
 from greater.settings import CONFIG_FLAGS, RUN_KEYS, names
 from greater.tasks import resolve_task
 from greater.tasks import task_names as known_tasks
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 from greater.tasks.registry import describe
 
-PROMPTFOO_VERSION = "0.121.20"  # the version the export is tested with (Makefile: test-deps)
+PROMPTFOO_VERSION = "0.121.20"  # the version the export is tested with; `make test-deps` installs this one
 EXIT_BAD_INPUT = 2
 EXIT_OUT_OF_TIME = 3  # --max-time spent: the run is checkpointed; `--resume` finishes it
 EXIT_INTERRUPTED = 130
@@ -240,7 +248,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model, tokenizer = load(model_ref, runtime, args.trust_remote_code)
     generator = reasoning_generator(model_ref, model, tokenizer, runtime, args.trust_remote_code)
     # a bad prompt or placement fails before any scoring
-    longest = max(len(encode_placed_prompt(tokenizer, p.text, p.placement)) for p in prompts)
+    longest = longest_prompt(max(len(encode_placed_prompt(tokenizer, p.text, p.placement)) for p in prompts))
     cap, batch_size = max_new or GreaterConfig.max_new_tokens, batch_size or GreaterConfig.batch_size
     joiner = max((p.joiner for p in prompts), key=len)
     for ts in splits:  # every row of every task, before any generation (evaluate never skips rows)
@@ -325,7 +333,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded
         task.splits(args.train, args.dev or 0, args.test, seeds[0])
     _no_vllm(args, "greater compare (its baselines)")
-    optimizer, transfer, cluster = _scorers(args, config, tasks)
+    optimizer, transfer, cluster = _scorers(args, config, tasks, methods)
     tracker = compare_tracker(
         args.out, args.mlflow, {"model": optimizer.label, "methods": methods, "seeds": seeds} | asdict(config)
     )
@@ -355,8 +363,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _scorers(
-    args: argparse.Namespace, config: MethodConfig, tasks: list
-) -> tuple[Scorer, list[Scorer], RaySettings | None]:
+    args: argparse.Namespace, config: MethodConfig, tasks: list, methods: list[str]
+) -> tuple[ScoringModel, list[ScoringModel], RaySettings | None]:
     """The optimizing model, the --eval-model ones and the Ray settings: with --ray the workers load
     the models (this process only writes the cells), else they are loaded here and every row of every
     task is checked against each one's context."""
@@ -367,12 +375,12 @@ def _scorers(
             raise GreaterError("--ray gives each cell one GPU; --device-map spreads one model over several")
         address = None if args.ray == cli_flags.LOCAL_RAY else args.ray
         cluster = RaySettings(address, args.device or "auto", args.dtype or "auto", args.trust_remote_code)
-        return Scorer(label, None, None), [Scorer(m, None, None) for m in eval_models], cluster
+        return ScoringModel(label, None, None), [ScoringModel(m, None, None) for m in eval_models], cluster
     runtime = _runtime(args).resolve()
-    optimizer = Scorer(label, *load(args.model, runtime, args.trust_remote_code))
-    transfer = [Scorer(m, *load(m, runtime, args.trust_remote_code)) for m in eval_models]
+    optimizer = ScoringModel(label, *load(args.model, runtime, args.trust_remote_code))
+    transfer = [ScoringModel(m, *load(m, runtime, args.trust_remote_code)) for m in eval_models]
     for scorer in (optimizer, *transfer):  # every row of every task, before any generation
-        check_rows_fit(scorer, tasks, config)
+        check_rows_fit(scorer, tasks, config, methods)
     return optimizer, transfer, None
 
 

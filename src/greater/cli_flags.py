@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from greater.device import DTYPES
-from greater.layout import PLACEMENTS
-from greater.lifecycle import GENERATORS
-from greater.methods import METHODS, PAPER_METHODS, ZS_COT_JOINER, ZS_COT_PROMPT
-from greater.optimizer import NAMED_STARTS, SELECTION_RULES
+from greater.compare.cells import COMPARE_STEPS
+from greater.evaluate import DEFAULT_JOINER
+from greater.inference.device import DTYPES
+from greater.inference.layout import PLACEMENTS
+from greater.inference.memory import CPU_BATCH_SIZE, CPU_GRAD_BATCH_SIZE
+from greater.methods import METHODS, PAPER_METHODS, ZS_COT_JOINER, ZS_COT_PROMPT, MethodConfig
+from greater.optimizer import NAMED_STARTS, SELECTION_RULES, GreaterConfig
+from greater.runtime import GENERATORS
 from greater.settings import TUNABLE
 from greater.tasks.answers import ANSWER_TYPES
 
@@ -49,9 +52,11 @@ def _add_common(p: argparse.ArgumentParser, many_tasks: bool = False) -> None:
         "--batch-size",
         type=_size,
         default=None,
-        help="rows per generation batch, or auto (default: from free GPU memory; 32 on a CPU)",
+        help=f"rows per generation batch, or auto (default: from free GPU memory; {CPU_BATCH_SIZE} on a CPU)",
     )
-    p.add_argument("--seed", type=int, default=None, help="seed of the split and the proposal draws (0)")
+    p.add_argument(
+        "--seed", type=int, default=None, help=f"seed of the split and the proposal draws ({GreaterConfig.seed})"
+    )
     p.add_argument(
         "--placement",
         choices=PLACEMENTS,
@@ -104,7 +109,10 @@ def _add_optimize(sub) -> None:
         help="greater (default) or a baseline (docs/guide/compare.md)",
     )
     opt.add_argument(
-        "--evaluations", type=_positive, default=None, help="baselines: candidate prompts scored (3 × --steps)"
+        "--evaluations",
+        type=_positive,
+        default=None,
+        help=f"baselines: candidate prompts scored ({MethodConfig.num_select} × --steps)",
     )
     opt.add_argument("--init-prompt", default=None, help="the prompt the search starts from (default: the paper's P1)")
     opt.add_argument(
@@ -115,10 +123,13 @@ def _add_optimize(sub) -> None:
         help="start from a finished run's prompt as it was scored (its prompt.json: prompt, joiner, placement)",
     )
     opt.add_argument(
-        "--joiner", default=None, help="text between question and prompt (default '. Use', the reference's)"
+        "--joiner", default=None, help=f"text between question and prompt (default {DEFAULT_JOINER!r}, the reference's)"
     )
     opt.add_argument(
-        "--steps", type=_positive, default=None, help="GReaTer steps (100); a baseline scores 3 × steps prompts"
+        "--steps",
+        type=_positive,
+        default=None,
+        help=f"GReaTer steps ({GreaterConfig.steps}); a baseline scores {MethodConfig.num_select} × steps prompts",
     )
     opt.add_argument("--train", type=_positive, default=None, help="training examples")
     opt.add_argument("--test", type=_positive, default=None, help="test examples scored before and after")
@@ -134,13 +145,20 @@ def _add_optimize(sub) -> None:
 
 def _add_search_options(opt: argparse.ArgumentParser) -> None:
     """GReaTer's search options (`greater optimize`)."""
-    opt.add_argument("--top-k", type=_positive, default=None, help="per-example top-k of the proposal (40)")
-    opt.add_argument("--top-q", type=_positive, default=None, help="intersections whose union are candidates (6)")
+    opt.add_argument(
+        "--top-k", type=_positive, default=None, help=f"per-example top-k of the proposal ({GreaterConfig.top_k})"
+    )
+    opt.add_argument(
+        "--top-q",
+        type=_positive,
+        default=None,
+        help=f"intersections whose union are candidates ({GreaterConfig.top_q})",
+    )
     opt.add_argument(
         "--selection",
         choices=SELECTION_RULES,
         default=None,
-        help="how shortlisted candidates are chosen (default errors-then-loss; see docs/fidelity.md)",
+        help=f"how shortlisted candidates are chosen (default {GreaterConfig.selection}; see docs/fidelity.md)",
     )
     opt.add_argument(
         "--candidate-nll",
@@ -149,14 +167,32 @@ def _add_search_options(opt: argparse.ArgumentParser) -> None:
         help="add each candidate's own NLL at the position to its gradient (not in the reference)",
     )
     opt.add_argument(
-        "--num-select", type=_positive, default=None, help="shortlisted candidates re-scored with fresh reasoning (3)"
+        "--num-select",
+        type=_positive,
+        default=None,
+        help=f"shortlisted candidates re-scored with fresh reasoning ({GreaterConfig.num_select})",
     )
-    opt.add_argument("--nll-weight", type=float, default=None, help="λ, weight of the prompt NLL in the loss (0.2)")
     opt.add_argument(
-        "--answer-temperature", type=float, default=None, help="answer logits are divided by this in the loss (0.2)"
+        "--nll-weight",
+        type=float,
+        default=None,
+        help=f"λ, weight of the prompt NLL in the loss ({GreaterConfig.nll_weight})",
     )
-    opt.add_argument("--filler", default=None, help="token appended when a prompt grows (default '_')")
-    opt.add_argument("--keep-top", type=_positive, default=None, help="best prompts scored on the dev set (10)")
+    opt.add_argument(
+        "--answer-temperature",
+        type=float,
+        default=None,
+        help=f"answer logits are divided by this in the loss ({GreaterConfig.answer_temperature})",
+    )
+    opt.add_argument(
+        "--filler", default=None, help=f"token appended when a prompt grows (default {GreaterConfig.filler!r})"
+    )
+    opt.add_argument(
+        "--keep-top",
+        type=_positive,
+        default=None,
+        help=f"best prompts scored on the dev set ({GreaterConfig.keep_top})",
+    )
     opt.add_argument(
         "--dev-keeps-initial",
         action="store_true",
@@ -167,7 +203,8 @@ def _add_search_options(opt: argparse.ArgumentParser) -> None:
         "--grad-batch-size",
         type=_size,
         default=None,
-        help="rows per forward + backward chunk, or auto (default: from free GPU memory; 4 on a CPU)",
+        help=f"rows per forward + backward chunk, or auto (default: from free GPU memory; {CPU_GRAD_BATCH_SIZE} on a "
+        "CPU)",
     )
     opt.add_argument("--patience", type=_positive, default=None, help="stop after N steps without improvement")
     variants = opt.add_argument_group("search variants beyond the paper (docs/fidelity.md)")
@@ -216,17 +253,35 @@ def _add_compare(sub) -> None:
         f"options, each as :NAME=VALUE ({', '.join(TUNABLE)}), e.g. greater:nll_weight=0.5",
     )
     cmp.add_argument("--seeds", default="0", help="comma-separated seeds; each seed draws its own split (default 0)")
-    cmp.add_argument("--steps", type=_positive, default=10, help="GReaTer steps; sets every method's budget (10)")
-    cmp.add_argument("--evaluations", type=_positive, default=None, help="baselines' candidate prompts (3 × steps)")
     cmp.add_argument(
-        "--meta-max-new-tokens", type=_positive, default=None, help="cap on baselines' meta-prompt replies (96)"
+        "--steps",
+        type=_positive,
+        default=COMPARE_STEPS,
+        help=f"GReaTer steps; sets every method's budget ({COMPARE_STEPS})",
+    )
+    cmp.add_argument(
+        "--evaluations",
+        type=_positive,
+        default=None,
+        help=f"baselines' candidate prompts ({MethodConfig.num_select} × steps)",
+    )
+    cmp.add_argument(
+        "--meta-max-new-tokens",
+        type=_positive,
+        default=None,
+        help=f"cap on baselines' meta-prompt replies ({MethodConfig.meta_max_new_tokens})",
     )
     cmp.add_argument("--train", type=_positive, default=None, help="training examples per task")
     cmp.add_argument("--test", type=_positive, default=None, help="test examples per task")
     cmp.add_argument(
         "--dev", type=_non_negative, default=None, help="dev examples per task: every search's final choice (0: none)"
     )
-    cmp.add_argument("--keep-top", type=_positive, default=None, help="with --dev: best prompts scored on it (10)")
+    cmp.add_argument(
+        "--keep-top",
+        type=_positive,
+        default=None,
+        help=f"with --dev: best prompts scored on it ({MethodConfig.keep_top})",
+    )
     cmp.add_argument("--eval-model", action="append", default=None, help="also score every prompt with this model")
     cmp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
     cmp.add_argument(

@@ -32,17 +32,25 @@ except ImportError as exc:  # the optional extra
     raise ImportError("greater.dspy needs the dspy package: pip install 'greater[dspy]'") from exc
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.engine import Engine
 from greater.errors import GreaterError
-from greater.generation import TransformersGenerator
-from greater.layout import ChatFormat, ReplyFormat, cut_at_stop, decode, encode
-from greater.model import load_model, model_label
+from greater.inference.engine import Engine
+from greater.inference.generation import TransformersGenerator
+from greater.inference.layout import ChatFormat, ReplyFormat, cut_at_marker, decode, encode
+from greater.inference.model import load_model, model_label
 from greater.optimizer import GreaterConfig, Returnable, RunState, build_engine, optimize, prompt_text
 from greater.tasks import Example, Task
 
 REASONING = "reasoning"  # the field dspy.ChainOfThought adds before the signature's outputs
 _PLACE = "\x00GREATER-PLACE-{}\x00"
 _FIELD_MARKER = re.compile(r"`(\[\[ ## (\w+) ## \]\])`")
+
+# defaults that differ from GreaterConfig's on purpose. A DSPy program calls its LM once per predictor per
+# example, interactively: a 256-token answer (not scoring's 1,024) keeps a call to seconds on a CPU. compile()
+# optimizes every predictor of a program in one call and then runs the program on the valset once per
+# finalist: 10 steps and 5 finalists (not 100 and 10) keep that to minutes on a small model.
+LM_MAX_NEW_TOKENS = 256
+COMPILE_STEPS = 10
+COMPILE_KEEP_TOP = 5
 
 
 def reply_format(signature: type[dspy.Signature], adapter: dspy.ChatAdapter | None = None) -> ReplyFormat:
@@ -114,7 +122,7 @@ class LocalEngine:
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        max_new_tokens: int = 256,
+        max_new_tokens: int = LM_MAX_NEW_TOKENS,
         answer_tokens: int = 32,
         batch_size: int = 16,
     ) -> None:
@@ -173,7 +181,7 @@ class LocalEngine:
         """(reply text, context tokens, generated tokens) of each (messages, reply format), in one batch."""
         contexts = [self.context_ids(messages, fmt.start) for messages, fmt in chats]
         generated = self.generator.generate([tuple(c) for c in contexts], self.max_new_tokens)
-        reasonings = [cut_at_stop(self.tokenizer, r, fmt.stop) for r, (_, fmt) in zip(generated, chats, strict=True)]
+        reasonings = [cut_at_marker(self.tokenizer, r, fmt.stop) for r, (_, fmt) in zip(generated, chats, strict=True)]
         asked = [
             tuple(c + r + encode(self.tokenizer, fmt.extractor))
             for c, r, (_, fmt) in zip(contexts, reasonings, chats, strict=True)
@@ -219,7 +227,7 @@ class LocalLM(dspy.LM):
         self,
         model: str | None = None,
         *,
-        max_new_tokens: int = 256,
+        max_new_tokens: int = LM_MAX_NEW_TOKENS,
         answer_tokens: int = 32,
         batch_size: int = 16,
         device: str = "auto",
@@ -295,9 +303,9 @@ class GReaTer(Teleprompter):
         self,
         lm: LocalLM,
         *,
-        steps: int = 10,
+        steps: int = COMPILE_STEPS,
         metric: Metric | None = None,
-        keep_top: int = 5,
+        keep_top: int = COMPILE_KEEP_TOP,
         progress: bool = True,
         **config: Any,
     ) -> None:

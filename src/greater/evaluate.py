@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.engine import Engine
-from greater.generation import Generator, longest_first
-from greater.layout import AFTER_QUESTION, decode
+from greater.inference.engine import MAX_NEW_TOKENS, Engine
+from greater.inference.generation import Generator, longest_first
+from greater.inference.layout import AFTER_QUESTION, decode
 from greater.tasks import Example, Task
 
 ANSWER_SLACK = 8  # tokens allowed after the extractor beyond the longest gold answer
@@ -50,7 +50,7 @@ def evaluate(
     prompt: str,
     *,
     joiner: str = DEFAULT_JOINER,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int | str = "auto",
     generator: Generator | None = None,
     progress: bool = False,

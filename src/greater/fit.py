@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import ANSWER_SLACK
-from greater.layout import AFTER_QUESTION, ChatLayout, encode
+from greater.inference.layout import AFTER_QUESTION, ChatLayout, encode
 from greater.tasks import Example, Task
 
 SHOWN = 3  # rows named in the message
@@ -126,6 +126,13 @@ def fitting_task(
         load=lambda: list(kept["example"]),
         load_test=(lambda: list(test_rows)) if test_rows is not None else None,
     )
+
+
+def longest_prompt(start_tokens: int, steps: int = 0, proposals: int = 0) -> int:
+    """The most tokens a search's prompt can hold, for the context check: GReaTer's starting prompt
+    (`start_tokens`, its longest start) grows by at most one token a step (the filler); a baseline's
+    proposals are cut at `proposals` tokens (`MethodConfig.max_prompt_tokens`)."""
+    return max(start_tokens + steps, proposals)
 
 
 def fit_to_model(

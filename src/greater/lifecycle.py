@@ -23,7 +23,6 @@ when the time budget is spent (`RunOutcome.out_of_time`) is the caller's to say.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 from collections.abc import Mapping
@@ -35,90 +34,20 @@ from typing import NamedTuple
 from tqdm import tqdm
 
 from greater import artifact
-from greater.backends.vllm import VLLMGenerator
-from greater.device import resolve_placement
-from greater.engine import Engine
+from greater.compare.stats import majority
 from greater.errors import GreaterError, ResumeConflict, setting_name
 from greater.evaluate import evaluate_with
-from greater.fit import fit_to_model
-from greater.generation import stop_token_ids
-from greater.layout import encode_placed_prompt
+from greater.fit import fit_to_model, longest_prompt
+from greater.inference.engine import Engine
+from greater.inference.layout import encode_placed_prompt
+from greater.inference.model import model_label, model_name
 from greater.methods import MethodConfig, run_method
 from greater.methods.common import baseline_engine
-from greater.model import load_model, model_label, model_name, model_source
 from greater.optimizer import GreaterConfig, RunState, StepRecord, build_engine, filler_token, fitted_config
 from greater.runs import RunDir, slug, split_sizes
-from greater.runtime import OutOfTime, RunClock, set_threads
-from greater.stats import majority
+from greater.runtime import OutOfTime, RunClock, Runtime, load, reasoning_generator, set_threads
 from greater.tasks import Example, Task, resolve_task
 from greater.tracking import MlflowTracker, NoTracker, default_uri
-
-GENERATORS = ("hf", "vllm")
-# what a run from before the device flags ran with
-_OLD_RUNTIME = {"device": "cpu", "dtype": "float32", "device_map": None, "generator": "hf"}
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how the model runs, as asked for (None: not given; "auto" device and dtype are resolved
-    by `resolve`). generator: "hf" (transformers) or "vllm" (GPU only)."""
-
-    device: str | None = None
-    dtype: str | None = None
-    device_map: str | None = None
-    generator: str | None = None
-
-    def resolve(self, stored: dict | None = None) -> dict:
-        """Device, dtype, device map and generator, resolved (greater.device), as run.json's "runtime"
-        stores them; with `stored` (a resumed run's) the run's own, and a given value that resolves to
-        something else is refused."""
-        base = {} if stored is None else _OLD_RUNTIME | stored
-
-        def pick(key: str, default: object) -> object:
-            given = getattr(self, key)
-            return given if given is not None else base.get(key, default)
-
-        device_map = pick("device_map", None)
-        device = self.device if self.device is not None else "auto" if device_map else base.get("device", "auto")
-        generator = pick("generator", "hf")
-        if generator == "vllm" and importlib.util.find_spec("vllm") is None:  # before any model is loaded
-            raise GreaterError(f"{setting_name('generator')} vllm needs vLLM: pip install 'greater[vllm]' (GPU only)")
-        runtime = resolve_placement(device, pick("dtype", "auto"), device_map).to_json() | {"generator": generator}
-        if generator == "vllm" and not runtime["device"].startswith("cuda"):
-            raise GreaterError(
-                f"{setting_name('generator')} vllm runs on a GPU; use {setting_name('device')} cuda, or "
-                f"{setting_name('generator')} hf on a CPU"
-            )
-        for key in ("device", "dtype", "device_map", "generator") if stored is not None else ():
-            if getattr(self, key) is not None and runtime[key] != base[key]:
-                raise ResumeConflict(key, getattr(self, key), base[key])
-        return runtime
-
-
-def load(model: str | None, runtime: dict, trust_remote_code: bool = False):
-    """The model and tokenizer, placed as a resolved `runtime` (`Runtime.resolve`) says."""
-    where = runtime["device"] + (" + device map" if runtime["device_map"] else "")
-    print(f"loading model ... ({where}, {runtime['dtype']})", file=sys.stderr)
-    return load_model(
-        model,
-        trust_remote_code=trust_remote_code,
-        device=runtime["device"],
-        dtype=runtime["dtype"],
-        device_map=runtime["device_map"],
-    )
-
-
-def reasoning_generator(name: str | None, model, tokenizer, runtime: dict, trust_remote_code: bool = False):
-    """The reasoning generator `runtime` names: None for transformers (the engine builds its own), or vLLM."""
-    if runtime["generator"] != "vllm":
-        return None
-    print("starting vLLM ...", file=sys.stderr)
-    return VLLMGenerator(
-        model_source(name, runtime["dtype"]),
-        stop_ids=stop_token_ids(model, tokenizer),
-        dtype=runtime["dtype"],
-        trust_remote_code=trust_remote_code,
-    )
 
 
 @dataclass
@@ -448,10 +377,10 @@ def _prepare_greater(info: dict, config: GreaterConfig, trust_remote_code: bool,
     name = model_name(info["model"])
     model, tokenizer = load(name, info["runtime"], trust_remote_code)
     generator = reasoning_generator(name, model, tokenizer, info["runtime"], trust_remote_code)
-    prompt_ids = encode_placed_prompt(tokenizer, config.init_prompt, config.placement)  # checked before writing
+    # every starting prompt and the filler are checked before anything is written
+    starts = [encode_placed_prompt(tokenizer, text, config.placement) for text in config.start_prompts()]
     filler_token(tokenizer, config.filler)
-    # the prompt grows by at most one token a step (the filler), so that is the longest it can get
-    task = _fitted(model, tokenizer, task, info, len(prompt_ids) + config.steps, config)
+    task = _fitted(model, tokenizer, task, info, longest_prompt(max(map(len, starts)), config.steps), config)
     drawn = task.splits(*split_sizes(split), split["seed"])
     if config.dev_keeps_initial and not drawn.dev:
         raise GreaterError(
@@ -517,8 +446,7 @@ def _prepare_baseline(info: dict, config: MethodConfig, trust_remote_code: bool)
     task.split(*sizes, config.seed)  # a split that cannot be drawn fails before loading
     model, tokenizer = load(model_name(info["model"]), info["runtime"], trust_remote_code)
     prompt_ids = encode_placed_prompt(tokenizer, config.init_prompt, config.placement)  # checked before writing
-    longest = max(len(prompt_ids), config.max_prompt_tokens)  # proposals are cut at max_prompt_tokens
-    task = _fitted(model, tokenizer, task, info, longest, config)
+    task = _fitted(model, tokenizer, task, info, longest_prompt(len(prompt_ids), 0, config.max_prompt_tokens), config)
     train, test = task.split(*sizes, config.seed)
     engine = baseline_engine(model, tokenizer, task, train, config)
     return Inputs(task, model, tokenizer, engine, train, [], test)

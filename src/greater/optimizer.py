@@ -16,18 +16,18 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.batching import DecodeStats
-from greater.device import peak_memory, reset_peak_memory
-from greater.engine import Engine
 from greater.errors import GreaterError, ResumeConflict, setting_name
 from greater.evaluate import DEFAULT_JOINER, accuracy_on, best_on_dev
-from greater.generation import Generator
-from greater.gradient import Terms
-from greater.layout import AFTER_QUESTION, PLACEMENTS, ChatFormat, Ids, decode, encode, encode_prompt
-from greater.memory import is_size
+from greater.inference.batching import DecodeStats
+from greater.inference.device import peak_memory, reset_peak_memory
+from greater.inference.engine import MAX_NEW_TOKENS, Engine
+from greater.inference.generation import Generator
+from greater.inference.gradient import Terms
+from greater.inference.layout import AFTER_QUESTION, PLACEMENTS, ChatFormat, Ids, decode, encode, encode_prompt
+from greater.inference.memory import is_size
+from greater.inference.timing import STEP_PHASES, PhaseTimer
 from greater.settings import CONFIG_FLAGS
 from greater.tasks import Example, Task
-from greater.timing import STEP_PHASES, PhaseTimer
 
 DEFAULT_INIT_PROMPT = "proper logical reasoning and think step by step. Finally give the actual correct answer."
 ZS_COT_PROMPT = "Let's think step by step."
@@ -72,13 +72,13 @@ class GreaterConfig:
     candidate_nll: bool = False
     accept_period_after_half: bool = True  # past half the initial length, take a "." candidate once scored
     filler: str = "_"  # token appended when the position passes the end of an unfinished prompt
-    max_new_tokens: int = 1024
+    max_new_tokens: int = MAX_NEW_TOKENS
     keep_top: int = 10  # best distinct prompts (by selection score) scored on the dev set at the end
     # also score the starting prompt on dev, so a search that overfits its training examples cannot
     # return a prompt worse on dev than where it started (not in the paper; off by default)
     dev_keeps_initial: bool = False
     # rows per generation / scoring batch, and per forward + backward chunk (bounds activation memory);
-    # "auto": from free GPU memory (greater.memory), 32 and 4 on a CPU
+    # "auto": from free GPU memory (greater.inference.memory), 32 and 4 on a CPU
     batch_size: int | str = "auto"
     grad_batch_size: int | str = "auto"
     patience: int | None = None  # stop when the best score has not improved for this many steps
@@ -93,7 +93,7 @@ class GreaterConfig:
     # the default loop's per-token cache copies dominate; off until measured there (bench/gpu.sh)
     static_cache: bool = False
     seed: int = 0
-    # where the prompt goes in the chat (greater.layout): after the question in the user turn (the paper's),
+    # where the prompt goes in the chat (greater.inference.layout): after the question in the user turn (the paper's),
     # before it, or as the system turn's text
     placement: str = AFTER_QUESTION
     # search variants beyond the paper (docs/fidelity.md "Search variants"); off, the reference's search.
@@ -216,7 +216,7 @@ class StepRecord:
     best_prompt: str
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    # the step's peak memory in MiB and what it measures (greater.device.peak_memory): on CUDA
+    # the step's peak memory in MiB and what it measures (greater.inference.device.peak_memory): on CUDA
     # torch.cuda.max_memory_allocated, on a CPU the process's peak RSS
     peak_memory: dict = field(default_factory=dict)
     # search variants (GreaterConfig.keep_best, .starts): the path of this step, and whether the next step
@@ -356,36 +356,16 @@ def optimize(
         engine = build_engine(model, tokenizer, task, train, config, generator)
     config = fitted_config(config, engine)
     counted = replace(engine.counts)  # a run's engine may have scored test examples before
-    filler = filler_token(tokenizer, config.filler)
     if state is None:
         init = list(engine.encode_prompt(config.init_prompt))
         state = RunState(prompt=init, init_len=len(init), best_prompt=list(init))
     returnable = Returnable(tokenizer, engine.layout.prompt_lead)
-    allowed = allowed_token_mask(tokenizer, model.get_input_embeddings().weight.shape[0])
-    step = _Step(engine, config, allowed, returnable)
-    starts = [list(engine.encode_prompt(text)) for text in config.start_prompts()]  # each checked before a step
-    path_steps = config.path_steps()
+    step = _Step(engine, config, returnable)
     records: list[StepRecord] = []
-    while not state.stopped:
-        if state.step - state.path_start >= path_steps[state.path] or _plateau(config, state):
-            if state.path + 1 == len(starts):
-                state.stopped = "budget" if state.step >= config.steps else "plateau"
-                break
-            _next_path(state, starts[state.path + 1])
-        previous_best, _ = state.path_best(returnable)
-        started, reasoning = tuple(state.prompt), state.reasoning
-        record = step.run(state)
-        record.path = state.path
-        if config.keep_best:
-            record.back_to_best = _keep_best(state, returnable, started, reasoning)
-        position, prompt = advance(tokenizer, tuple(state.prompt), state.position, filler)
-        if list(prompt) != state.prompt:
-            state.reasoning = None  # the prompt grew: its reasoning must be generated
-        state.prompt, state.position = list(prompt), position
-        state.since_best = 0 if state.path_best(returnable)[0] < previous_best else state.since_best + 1
-        records.append(record)
+    while not step.stops(state):
+        records.append(step.run(state))
         if on_step is not None:
-            on_step(record, state)
+            on_step(records[-1], state)
     chosen, finalists = list(state.best_prompt), []
     if dev:
         chosen, finalists = _dev_choice(engine, config, dev, state, returnable, on_dev)
@@ -401,11 +381,6 @@ def optimize(
         dev_accuracy=state.dev_accuracy.get(tuple(chosen)) if dev else None,
         finalists=finalists,
     )
-
-
-def _plateau(config: GreaterConfig, state: RunState) -> bool:
-    """Whether the current path's best has not improved for `patience` steps."""
-    return config.patience is not None and state.since_best >= config.patience
 
 
 def _next_path(state: RunState, start: list[int]) -> None:
@@ -493,7 +468,7 @@ def build_engine(
     chat_format: ChatFormat | None = None,
 ) -> Engine:
     """The engine of a GReaTer run on `train` with `config`, its "auto" batch sizes fitted to the free
-    device memory (see greater.memory; `fitted_config` puts the numbers in the config a run stores, so
+    device memory (see greater.inference.memory; `fitted_config` puts the numbers in the config a run stores, so
     a resumed run uses them). `optimize(engine=...)` searches with it and `Engine.on` scores other
     examples with the same model calls and counters. `chat_format`: a program's chat (`greater.dspy`)."""
     return Engine(
@@ -522,14 +497,17 @@ def fitted_config(config: GreaterConfig, engine: Engine) -> GreaterConfig:
 
 
 class _Step:
-    """One GReaTer step at `state.position`; mutates the state and returns the step's record."""
+    """One GReaTer step (`run`) and the rules that end the steps (`stops`); both mutate the run's state."""
 
-    def __init__(self, engine: Engine, config: GreaterConfig, allowed: torch.Tensor, returnable: Returnable) -> None:
+    def __init__(self, engine: Engine, config: GreaterConfig, returnable: Returnable) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.config = config
-        self.allowed = allowed
         self.returnable = returnable
+        self.allowed = allowed_token_mask(self.tokenizer, engine.model.get_input_embeddings().weight.shape[0])
+        self.filler = filler_token(self.tokenizer, config.filler)
+        self.starts = [list(engine.encode_prompt(text)) for text in config.start_prompts()]  # checked up front
+        self.path_steps = config.path_steps()
 
     def run(self, state: RunState) -> StepRecord:
         config, engine = self.config, self.engine
@@ -538,12 +516,14 @@ class _Step:
         timer = PhaseTimer(STEP_PHASES)
         state.step += 1
         warnings: list[str] = []
-        prompt, position = tuple(state.prompt), state.position
+        prompt, position, reasoning = tuple(state.prompt), state.position, state.reasoning
+        previous_best, _ = state.path_best(self.returnable)
         with timer("total"):
             # 1. reasoning for the current prompt (reused from the previous selection when possible)
             with timer("reasoning"):
                 if state.reasoning is None or not config.reuse_reasoning:
                     (state.reasoning,) = engine.reason([prompt])
+                    reasoning = state.reasoning
             # 2. one teacher-forced forward + backward: loss, proposal log-probs, embedding gradient
             with timer("gradient"):
                 seqs = engine.sequences(prompt, state.reasoning)
@@ -558,9 +538,7 @@ class _Step:
                 lead = self.engine.layout.prompt_lead
                 shortlist = shortlist_candidates(self.tokenizer, prompt, position, tokens, config.num_select, lead)
                 chosen, evaluated = self._select(state, prompt, position, shortlist, warnings, timer)
-            # 5. the chosen prompt goes on (the caller advances the position)
-            state.prompt = list(chosen)
-        return StepRecord(
+        record = StepRecord(
             step=state.step,
             position=position,
             prompt=prompt_text(self.tokenizer, prompt),
@@ -575,7 +553,32 @@ class _Step:
             seconds=timer.seconds(),
             warnings=warnings,
             peak_memory=peak_memory(device),
+            path=state.path,
         )
+        # 5. the chosen prompt goes on (or, keeping the best, the path's best), at the next position
+        state.prompt = list(chosen)
+        if config.keep_best:
+            record.back_to_best = _keep_best(state, self.returnable, prompt, reasoning)
+        state.position, grown = advance(self.tokenizer, tuple(state.prompt), state.position, self.filler)
+        if list(grown) != state.prompt:
+            state.prompt, state.reasoning = list(grown), None  # the prompt grew: its reasoning must be generated
+        state.since_best = 0 if state.path_best(self.returnable)[0] < previous_best else state.since_best + 1
+        return record
+
+    def stops(self, state: RunState) -> bool:
+        """The stop rules, checked before each step: a path ends when its share of the steps is spent or
+        its best has not improved for `patience` steps; then the next start begins, and after the last
+        path the run stops ("budget" once every step is spent, else "plateau")."""
+        if state.stopped:
+            return True
+        plateau = self.config.patience is not None and state.since_best >= self.config.patience
+        if state.step - state.path_start < self.path_steps[state.path] and not plateau:
+            return False
+        if state.path + 1 < len(self.starts):
+            _next_path(state, self.starts[state.path + 1])
+            return False
+        state.stopped = "budget" if state.step >= self.config.steps else "plateau"
+        return True
 
     def _score_current(self, state: RunState, prompt: Ids, terms: Terms, warnings: list[str]) -> float:
         """The current prompt's loss; its selection score goes into the state's cache (and, at step 1,

@@ -12,8 +12,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import DEFAULT_JOINER, Evaluation, evaluate
-from greater.generation import Generator
-from greater.layout import AFTER_QUESTION
+from greater.inference.engine import MAX_NEW_TOKENS
+from greater.inference.generation import Generator
+from greater.inference.layout import AFTER_QUESTION
 from greater.runs import slug, split_sizes, write_atomic, write_json, write_predictions
 from greater.tasks import Example, Task, resolve_task
 from greater.tasks.base import fingerprint
@@ -23,7 +24,7 @@ from greater.tasks.custom import is_custom_task
 @dataclass(frozen=True)
 class PromptSpec:
     """A prompt to score: its label in the table, its text, the joiner between question and prompt, and
-    where it goes in the chat (`greater.layout.PLACEMENTS`)."""
+    where it goes in the chat (`greater.inference.layout.PLACEMENTS`)."""
 
     label: str
     text: str
@@ -93,7 +94,7 @@ def evaluate_table(
     tasks: Sequence[TaskSplit],
     prompts: Sequence[PromptSpec],
     *,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int | str = "auto",
     generator: Generator | None = None,
     progress: bool = False,

@@ -15,7 +15,8 @@ import re
 from html import escape
 from pathlib import Path
 
-from greater.compare_table import (
+from greater.compare.stats import paired_cells
+from greater.compare.table import (
     DEV_NOTE,
     SEARCHES_HEAD,
     SEARCHES_NOTE,
@@ -27,7 +28,6 @@ from greater.compare_table import (
 )
 from greater.errors import GreaterError
 from greater.runs import read_json, write_atomic
-from greater.stats import paired_cells
 
 FILE = "report.html"
 TOP_CANDIDATES = 8  # candidates shown per step (by gradient)
@@ -383,7 +383,7 @@ def _rows_html(title: str, note: str, head: list[str], rows: list[list[str]]) ->
 
 
 def _paired_html(paired: dict | None) -> str:
-    """The paired tests of table.json (see greater.compare_table), as a table; nothing when there are none."""
+    """The paired tests of table.json (see greater.compare.table), as a table; nothing when there are none."""
     if not paired or not paired.get("tests"):
         return ""
     ref = escape(paired["reference"])

@@ -1,19 +1,93 @@
-"""How a command uses the machine: torch's thread count, and the wall-clock budget of a run (--max-time)."""
+"""How a command uses the machine: where the model runs (`Runtime`: device, dtype, device map, generator;
+loading the model there), torch's thread count, and the wall-clock budget of a run (--max-time)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import signal
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from greater.errors import GreaterError, setting_name
+from greater.errors import GreaterError, ResumeConflict, setting_name
+from greater.inference.backends.vllm import VLLMGenerator
+from greater.inference.device import resolve_placement
+from greater.inference.generation import stop_token_ids
+from greater.inference.model import load_model, model_source
+
+GENERATORS = ("hf", "vllm")
+# what a run from before the device flags ran with
+_OLD_RUNTIME = {"device": "cpu", "dtype": "float32", "device_map": None, "generator": "hf"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the model runs, as asked for (None: not given; "auto" device and dtype are resolved
+    by `resolve`). generator: "hf" (transformers) or "vllm" (GPU only)."""
+
+    device: str | None = None
+    dtype: str | None = None
+    device_map: str | None = None
+    generator: str | None = None
+
+    def resolve(self, stored: dict | None = None) -> dict:
+        """Device, dtype, device map and generator, resolved (greater.inference.device), as run.json's "runtime"
+        stores them; with `stored` (a resumed run's) the run's own, and a given value that resolves to
+        something else is refused."""
+        base = {} if stored is None else _OLD_RUNTIME | stored
+
+        def pick(key: str, default: object) -> object:
+            given = getattr(self, key)
+            return given if given is not None else base.get(key, default)
+
+        device_map = pick("device_map", None)
+        device = self.device if self.device is not None else "auto" if device_map else base.get("device", "auto")
+        generator = pick("generator", "hf")
+        if generator == "vllm" and importlib.util.find_spec("vllm") is None:  # before any model is loaded
+            raise GreaterError(f"{setting_name('generator')} vllm needs vLLM: pip install 'greater[vllm]' (GPU only)")
+        runtime = resolve_placement(device, pick("dtype", "auto"), device_map).to_json() | {"generator": generator}
+        if generator == "vllm" and not runtime["device"].startswith("cuda"):
+            raise GreaterError(
+                f"{setting_name('generator')} vllm runs on a GPU; use {setting_name('device')} cuda, or "
+                f"{setting_name('generator')} hf on a CPU"
+            )
+        for key in ("device", "dtype", "device_map", "generator") if stored is not None else ():
+            if getattr(self, key) is not None and runtime[key] != base[key]:
+                raise ResumeConflict(key, getattr(self, key), base[key])
+        return runtime
+
+
+def load(model: str | None, runtime: dict, trust_remote_code: bool = False):
+    """The model and tokenizer, placed as a resolved `runtime` (`Runtime.resolve`) says."""
+    where = runtime["device"] + (" + device map" if runtime["device_map"] else "")
+    print(f"loading model ... ({where}, {runtime['dtype']})", file=sys.stderr)
+    return load_model(
+        model,
+        trust_remote_code=trust_remote_code,
+        device=runtime["device"],
+        dtype=runtime["dtype"],
+        device_map=runtime["device_map"],
+    )
+
+
+def reasoning_generator(name: str | None, model, tokenizer, runtime: dict, trust_remote_code: bool = False):
+    """The reasoning generator `runtime` names: None for transformers (the engine builds its own), or vLLM."""
+    if runtime["generator"] != "vllm":
+        return None
+    print("starting vLLM ...", file=sys.stderr)
+    return VLLMGenerator(
+        model_source(name, runtime["dtype"]),
+        stop_ids=stop_token_ids(model, tokenizer),
+        dtype=runtime["dtype"],
+        trust_remote_code=trust_remote_code,
+    )
 
 
 def physical_cores() -> int:

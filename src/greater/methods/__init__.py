@@ -14,9 +14,9 @@ from dataclasses import replace
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.engine import Engine
 from greater.errors import GreaterError
-from greater.generation import Generator
+from greater.inference.engine import Engine
+from greater.inference.generation import Generator
 from greater.methods import baselines
 from greater.methods.common import (
     ZS_COT_JOINER,

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.batching import DecodeStats
-from greater.engine import Engine
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import accuracy_on, best_on_dev
-from greater.generation import TransformersGenerator
-from greater.layout import PLACEMENTS, ChatLayout, decode, encode, encode_prompt, prompt_lead
-from greater.memory import is_size
+from greater.inference.batching import DecodeStats
+from greater.inference.engine import Engine
+from greater.inference.generation import TransformersGenerator
+from greater.inference.layout import PLACEMENTS, ChatLayout, decode, encode, encode_prompt, prompt_lead
+from greater.inference.memory import is_size
 from greater.optimizer import ZS_COT_JOINER, ZS_COT_PROMPT, GreaterConfig
 from greater.tasks import Example, Task
 
@@ -51,7 +51,7 @@ class MethodConfig:
     batch_size: int | str = GreaterConfig.batch_size  # rows per generation batch; "auto": from free GPU memory
     keep_top: int = GreaterConfig.keep_top  # with a dev set: the best prompts by training score scored on it
     seed: int = GreaterConfig.seed
-    placement: str = GreaterConfig.placement  # where prompts go in the chat (greater.layout.PLACEMENTS)
+    placement: str = GreaterConfig.placement  # where prompts go in the chat (greater.inference.layout.PLACEMENTS)
 
     @property
     def budget(self) -> int:

@@ -76,7 +76,7 @@ class ChatFormat:
         return f"{self.before}{self.lead}{prompt}{self.after}"
 
 
-def cut_at_stop(tokenizer: PreTrainedTokenizerBase, ids: list[int], stop: str) -> list[int]:
+def cut_at_marker(tokenizer: PreTrainedTokenizerBase, ids: list[int], stop: str) -> list[int]:
     """`ids` (a reasoning) up to where their text first has `stop`, whitespace before it dropped: the
     longest prefix whose text ends there; all of `ids` when `stop` is not in their text."""
     text = decode(tokenizer, ids)

@@ -7,7 +7,7 @@
       predictions/<task>__<method>__s<seed>[__on_<model>].jsonl
       table.json, table.md, chart.png
 
-The table (table.json, table.md, chart.png) is built from the finished cells by greater.compare_table.
+The table (table.json, table.md, chart.png) is built from the finished cells by greater.compare.table.
 
 A cell file is written last and atomically, so it exists only for a finished cell: a rerun of the
 same command skips those and computes the rest (and any transfer scores a cell still lacks).
@@ -27,7 +27,7 @@ One process at a time works on a cell: it holds the cell's lock (`greater.runs.F
 .locks/<cell>.lock) while it computes and writes it, so two comparisons of disjoint cells share a
 folder, and one that reaches a cell another process holds stops with an error naming that process.
 
-Cells run one after the other in this process, or as Ray tasks (`cluster=`, see greater.cluster):
+Cells run one after the other in this process, or as Ray tasks (`cluster=`, see greater.compare.cluster):
 either way this process writes every finished cell, as it finishes, into the same folder (on Ray it
 locks every cell it submits until the cells are written). Ray
 workers may run on machines that cannot see the folder, so cells run there keep no partial file: a
@@ -47,18 +47,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from greater.cluster import Loaded, RaySettings, run_on_ray
-from greater.compare_table import cell_name, compare_markdown, summarize, write_chart
+from greater.compare.cluster import Loaded, RaySettings, run_on_ray
+from greater.compare.table import cell_name, compare_markdown, summarize, write_chart
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import DEFAULT_JOINER, evaluate
-from greater.fit import fit_to_model
-from greater.layout import AFTER_QUESTION
-from greater.methods import MethodConfig, greater_fields, refined_source, run_method
+from greater.fit import fit_to_model, longest_prompt
+from greater.inference.layout import AFTER_QUESTION, encode_placed_prompt
+from greater.methods import MethodConfig, greater_fields, greater_settings, refined_source, run_method
 from greater.runs import FolderLock, make_folder, read_json, slug, write_atomic, write_json, write_predictions
 from greater.tasks import Example, Task
 from greater.tasks.base import fingerprint as split_fingerprint
 from greater.tracking import MlflowTracker, NoTracker, default_uri
 
+# `greater compare --steps`: a comparison runs every method on every task and seed, so its default budget is
+# a tenth of GReaTer's own (GreaterConfig.steps, the paper's 100), to keep a default comparison to hours on a CPU
+COMPARE_STEPS = 10
 SETTINGS_FILE = "compare.json"
 PARTIAL_DIR = "partial"
 LOCKS_DIR = ".locks"  # one lock file per cell (`cell_lock`)
@@ -68,7 +71,7 @@ Sizes = tuple[int | None, int, int | None]
 
 
 @dataclass
-class Scorer:
+class ScoringModel:
     """A model that scores prompts on test splits: the optimizing model, or a transfer target."""
 
     label: str  # `model.model_label` of the model given on the command line
@@ -94,7 +97,7 @@ class CellJob:
 
 
 def run_compare(
-    optimizer: Scorer,
+    optimizer: ScoringModel,
     tasks: Sequence[Task],
     methods: Sequence[str],
     seeds: Sequence[int],
@@ -103,7 +106,7 @@ def run_compare(
     *,
     split: tuple[int | None, int | None] = (None, None),
     dev: int | None = None,
-    transfer: Sequence[Scorer] = (),
+    transfer: Sequence[ScoringModel] = (),
     fingerprint: bool = False,
     progress: bool = False,
     cluster: RaySettings | None = None,
@@ -113,7 +116,7 @@ def run_compare(
     `split` is (train, test) examples per task and seed; `dev` (None or 0: none) draws that many dev
     examples too, on which every method with a search makes its final choice (`run_method`'s `dev`).
     `fingerprint` records each cell's split fingerprint (`greater.tasks.base.fingerprint`), as run.json
-    does. `cluster` (a `greater.cluster.RaySettings`) runs the cells as Ray tasks; the models of `optimizer`
+    does. `cluster` (a `greater.compare.cluster.RaySettings`) runs the cells as Ray tasks; the models of `optimizer`
     and `transfer` are then loaded by the workers from their labels, and may be None here."""
     _check_sources(out, tasks, methods, seeds, on_ray=cluster is not None)
     sizes: Sizes = (split[0], dev or 0, split[1])
@@ -290,7 +293,7 @@ def _check_settings(out: Path, settings: dict) -> None:
     write_json(path, settings)
 
 
-def _missing(out: Path, task: Task, method: str, seed: int, transfer: Sequence[Scorer]) -> bool:
+def _missing(out: Path, task: Task, method: str, seed: int, transfer: Sequence[ScoringModel]) -> bool:
     path = cell_path(out, task.name, method, seed)
     if not path.exists():
         return True
@@ -300,8 +303,8 @@ def _missing(out: Path, task: Task, method: str, seed: int, transfer: Sequence[S
 
 def compute_cell(
     job: CellJob,
-    optimizer: Scorer,
-    transfer: Sequence[Scorer],
+    optimizer: ScoringModel,
+    transfer: Sequence[ScoringModel],
     sizes: Sizes,
     fingerprint: bool,
     note: Callable[[str], None] | None = None,
@@ -375,15 +378,15 @@ def compute_cell(
 def _compute_loaded(
     job: CellJob, loaded: list[Loaded], sizes: Sizes, fingerprint: bool
 ) -> tuple[dict, dict[str, list[dict]]]:
-    """`compute_cell` in a Ray worker (`greater.cluster.run_on_ray`): `loaded` is the optimizing model,
+    """`compute_cell` in a Ray worker (`greater.compare.cluster.run_on_ray`): `loaded` is the optimizing model,
     then the transfer targets, loaded there by their labels."""
-    optimizer, *transfer = (Scorer(label, model, tokenizer) for label, model, tokenizer in loaded)
+    optimizer, *transfer = (ScoringModel(label, model, tokenizer) for label, model, tokenizer in loaded)
     return compute_cell(job, optimizer, transfer, sizes, fingerprint)
 
 
 def search_cell(
     job: CellJob,
-    optimizer: Scorer,
+    optimizer: ScoringModel,
     train: list[Example],
     dev: list[Example],
     resume: dict | None,
@@ -442,7 +445,7 @@ def _write_cell(out: Path, job: CellJob, record: dict, predictions: dict[str, li
 
 def _score(
     predictions: dict[str, list[dict]],
-    scorer: Scorer,
+    scorer: ScoringModel,
     task: Task,
     test: list[Example],
     prompt: str,
@@ -473,25 +476,37 @@ def _score(
     return {"accuracy": ev.accuracy, "correct": correct, "n": ev.n, "predictions": relative}
 
 
-_GREATER_PROMPT_TOKENS = 20  # the default initial prompt's length, rounded up
-
-
-def check_rows_fit(scorer: Scorer, tasks: Sequence[Task], config: MethodConfig) -> None:
-    """Every example of every task must fit the scoring model's context (the comparison draws its
-    splits per seed itself, so rows are refused, not left out): `GreaterError` naming the first that
-    does not."""
-    # a baseline's prompt is cut at max_prompt_tokens; GReaTer's grows by at most one token a step
-    longest = max(config.max_prompt_tokens, _GREATER_PROMPT_TOKENS + config.steps)
+def check_rows_fit(
+    scorer: ScoringModel, tasks: Sequence[Task], config: MethodConfig, methods: Sequence[str] = ("greater",)
+) -> None:
+    """Every example of every task must fit the scoring model's context in every placement a method of
+    `methods` puts its prompt (a row `greater:placement=system` has its own), with the longest prompt
+    that method can reach (the comparison draws its splits per seed itself, so rows are refused, not
+    left out): `GreaterError` naming the first that does not."""
+    longest: dict[str, int] = {}  # placement -> the longest prompt there
+    for method in methods:
+        fields = greater_fields(method)
+        if fields is None:
+            placement, tokens = config.placement, longest_prompt(0, proposals=config.max_prompt_tokens)
+        else:
+            settings = replace(greater_settings(config), **fields)
+            placement = settings.placement
+            starts = [encode_placed_prompt(scorer.tokenizer, text, placement) for text in settings.start_prompts()]
+            # a refinement starts from its source's prompt, a proposal cut at max_prompt_tokens
+            proposals = config.max_prompt_tokens if refined_source(method) else 0
+            tokens = longest_prompt(max(map(len, starts)), settings.steps, proposals)
+        longest[placement] = max(longest.get(placement, 0), tokens)
     for task in tasks:  # with GReaTer's joiner, the longer of its and the baselines' (".")
-        fit_to_model(
-            scorer.model,
-            scorer.tokenizer,
-            task,
-            prompt_tokens=longest,
-            joiner=DEFAULT_JOINER,
-            max_new_tokens=config.max_new_tokens,
-            placement=config.placement,
-        )
+        for placement, tokens in longest.items():
+            fit_to_model(
+                scorer.model,
+                scorer.tokenizer,
+                task,
+                prompt_tokens=tokens,
+                joiner=DEFAULT_JOINER,
+                max_new_tokens=config.max_new_tokens,
+                placement=placement,
+            )
 
 
 def compare_tracker(out: Path, mlflow: str | None, params: dict):

@@ -2,7 +2,7 @@
 
     pip install 'greater[vllm]'
 
-    from greater.backends.vllm import VLLMGenerator
+    from greater.inference.backends.vllm import VLLMGenerator
     generator = VLLMGenerator("HuggingFaceTB/SmolLM2-135M-Instruct", stop_ids={2})
     greater.optimize(model, tokenizer, task, config, generator=generator)
 
@@ -13,11 +13,11 @@ vLLM keeps its own copy of the weights, so give it a fraction of the GPU memory
 from __future__ import annotations
 
 from greater.errors import GreaterError
-from greater.generation import Generator
+from greater.inference.generation import Generator
 
 
 class VLLMGenerator(Generator):
-    """The `greater.generation.Generator` interface on a vLLM engine: greedy, token ids in, token ids out.
+    """The `greater.inference.generation.Generator` interface on a vLLM engine: greedy, token ids in, token ids out.
 
     It has no shared-prefix decoder (vLLM keeps its own cache), so selection regenerates and re-scores."""
 
@@ -53,9 +53,9 @@ class VLLMGenerator(Generator):
         params = self._sampling(temperature=0.0, max_tokens=max_new_tokens, stop_token_ids=sorted(self.stop_ids))
         prompts = [{"prompt_token_ids": list(c)} for c in contexts]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [cut_at_stop(list(o.outputs[0].token_ids), self.stop_ids) for o in outputs]
+        return [before_stop_token(list(o.outputs[0].token_ids), self.stop_ids) for o in outputs]
 
 
-def cut_at_stop(tokens: list[int], stop_ids: set[int]) -> list[int]:
+def before_stop_token(tokens: list[int], stop_ids: set[int]) -> list[int]:
     """Tokens before the first stop token (vLLM may include the stop token in its output)."""
     return next((tokens[:i] for i, t in enumerate(tokens) if t in stop_ids), tokens)

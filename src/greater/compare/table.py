@@ -3,7 +3,7 @@ into table.json's dict (per task and method the mean test accuracy over seeds an
 seeds on, the chosen prompts' dev accuracy, model calls and tokens, the share of reasoning cut off at
 the cap, the most common answer per seed, how different the search's finalists are; per task the
 chance level; per cell what its search did; paired tests of one method against each other, by
-greater.stats), which `compare_markdown` writes as table.md and `write_chart` as chart.png
+greater.compare.stats), which `compare_markdown` writes as table.md and `write_chart` as chart.png
 (`chart_spec`: the bars, testable without matplotlib)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from greater import stats
+from greater.compare import stats
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import ends_in_repetition
 from greater.methods import REFINES

@@ -1,5 +1,5 @@
 """Jobs as Ray tasks, each computed with models loaded by their labels: `greater compare --ray [ADDRESS]`
-runs its cells here (`greater.compare` says what a cell is and writes them; this module only runs them).
+runs its cells here (`greater.compare.cells` says what a cell is and writes them; this module only runs them).
 
 Each job is one Ray task asking for one GPU when the run is on GPUs (one CPU otherwise). The job is
 pickled as it is (a comparison's cell carries its `Task` with its examples: workers need no data
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from greater.errors import GreaterError, setting_name
-from greater.model import load_model, model_name
+from greater.inference.model import load_model, model_name
 
 LOCAL_OBJECT_STORE = 256 * 2**20  # bytes: cells return small records, so a local instance needs little
 

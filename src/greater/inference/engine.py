@@ -11,12 +11,18 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.batching import DecodeStats, run_chunked
-from greater.decoding import DRAFT_SLOTS, DecodeRequest
-from greater.generation import Generator, SharedPrefixDecoder, TransformersGenerator, as_generator, pad_token_id
-from greater.gradient import FullSequences, GradientPass, KeptPrefix, TeacherForcing, Terms, merge_terms
-from greater.kvcache import Prefilled, extend, prefill
-from greater.layout import (
+from greater.inference.batching import DecodeStats, run_chunked
+from greater.inference.decoding import DRAFT_SLOTS, DecodeRequest
+from greater.inference.generation import (
+    Generator,
+    SharedPrefixDecoder,
+    TransformersGenerator,
+    as_generator,
+    pad_token_id,
+)
+from greater.inference.gradient import FullSequences, GradientPass, KeptPrefix, TeacherForcing, Terms, merge_terms
+from greater.inference.kvcache import Prefilled, extend, prefill
+from greater.inference.layout import (
     AFTER_QUESTION,
     ChatFormat,
     ChatLayout,
@@ -24,15 +30,18 @@ from greater.layout import (
     Ids,
     TokenSequence,
     build_sequence,
-    cut_at_stop,
+    cut_at_marker,
     encode,
     encode_prompt,
 )
-from greater.memory import AUTO, fit_batch_sizes
+from greater.inference.memory import AUTO, fit_batch_sizes
+from greater.inference.timing import PhaseTimer
 from greater.tasks import Example, Task
-from greater.timing import PhaseTimer
 
-Scored = tuple[list[list[int]], Terms]  # a prompt's reasoning on every example and its loss terms
+ReasonedTerms = tuple[list[list[int]], Terms]  # a prompt's reasoning on every example and its loss terms
+# the reasoning cap every scorer defaults to (the search's GreaterConfig.max_new_tokens, `evaluate`, `greater
+# evaluate`, an Engine): the reference's 1,024 in selection, so that a prompt is scored as the search scored it
+MAX_NEW_TOKENS = 1024
 PROMPT_TOKENS = 64  # prompt length assumed when sizing batches (optimized prompts grow a token at a time)
 
 
@@ -55,7 +64,7 @@ class Engine:
         joiner: str,
         batch_size: int | str = AUTO,
         grad_batch_size: int | str = AUTO,
-        max_new_tokens: int = 256,
+        max_new_tokens: int = MAX_NEW_TOKENS,
         size_tokens: int | None = None,
         answer_temperature: float = 1.0,
         generator: Generator | None = None,
@@ -166,7 +175,7 @@ class Engine:
         """Greedy reasoning after each context, cut where the chat format's stop appears."""
         flat = self.generator.generate(contexts, max_new_tokens)
         stop = self.layout.chat_format.reply.stop if self.layout.chat_format is not None else None
-        return flat if stop is None else [cut_at_stop(self.tokenizer, r, stop) for r in flat]
+        return flat if stop is None else [cut_at_marker(self.tokenizer, r, stop) for r in flat]
 
     def answer(self, prompt: Ids, reasonings: list[list[int]], max_new_tokens: int) -> list[str]:
         """What the model writes after reasoning + extractor, as text."""
@@ -179,7 +188,7 @@ class Engine:
 
     def reason_and_score(
         self, prompts: list[Ids], max_new_tokens: int | None = None, timer: PhaseTimer | None = None
-    ) -> list[Scored]:
+    ) -> list[ReasonedTerms]:
         """Reasoning (capped at `max_new_tokens`, default the engine's cap) and loss terms (no gradient)
         for each prompt on every example, by `selection`; `timer` gets the seconds of the
         selection_generation and selection_scoring phases."""
@@ -251,7 +260,7 @@ class SharedPrefix:
 class SelectionScorer(Protocol):
     """How selection gets each candidate prompt's reasoning and loss terms (no gradient)."""
 
-    def score(self, prompts: list[Ids], max_new_tokens: int, timer: PhaseTimer) -> list[Scored]: ...
+    def score(self, prompts: list[Ids], max_new_tokens: int, timer: PhaseTimer) -> list[ReasonedTerms]: ...
 
 
 class Regenerate:
@@ -261,7 +270,7 @@ class Regenerate:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def score(self, prompts: list[Ids], max_new_tokens: int, timer: PhaseTimer) -> list[Scored]:
+    def score(self, prompts: list[Ids], max_new_tokens: int, timer: PhaseTimer) -> list[ReasonedTerms]:
         engine = self.engine
         with timer("selection_generation"):
             reasonings = engine.reason(prompts, max_new_tokens)
@@ -278,11 +287,11 @@ class SharedPrefixDecode:
         self.engine = engine
         self.decoder = decoder
 
-    def score(self, prompts: list[Ids], max_new_tokens: int, timer: PhaseTimer) -> list[Scored]:
+    def score(self, prompts: list[Ids], max_new_tokens: int, timer: PhaseTimer) -> list[ReasonedTerms]:
         with timer("selection_generation"):
             return self._decode_and_score(prompts, max_new_tokens)
 
-    def _decode_and_score(self, prompts: list[Ids], max_new_tokens: int) -> list[Scored]:
+    def _decode_and_score(self, prompts: list[Ids], max_new_tokens: int) -> list[ReasonedTerms]:
         engine = self.engine
         common = engine.prefix.shared_len(prompts)
         heads = engine.prefix(prompts[0], common)

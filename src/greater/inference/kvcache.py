@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
-from greater.batching import DecodeStats, pack_rows, run_chunked
-from greater.layout import Ids
-from greater.logits import output_logits, token_logprobs
+from greater.inference.batching import DecodeStats, pack_rows, run_chunked
+from greater.inference.layout import Ids
+from greater.inference.logits import output_logits, token_logprobs
 
 
 def cache_kwarg(model: PreTrainedModel) -> str:

@@ -15,9 +15,9 @@ from typing import Protocol
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.batching import DecodeStats, pack_rows, run_chunked
-from greater.decoding import DRAFT_SLOTS, DecodedRow, DecodeRequest, decode_shared
-from greater.kvcache import Prefilled, prefill
+from greater.inference.batching import DecodeStats, pack_rows, run_chunked
+from greater.inference.decoding import DRAFT_SLOTS, DecodedRow, DecodeRequest, decode_shared
+from greater.inference.kvcache import Prefilled, prefill
 
 
 class Progress(Protocol):

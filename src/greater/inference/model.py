@@ -22,8 +22,8 @@ from platformdirs import user_cache_dir
 from safetensors.torch import save_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.device import DTYPES, resolve_placement
 from greater.errors import GreaterError, setting_name
+from greater.inference.device import DTYPES, resolve_placement
 
 EMBEDDED_MODEL = "SmolLM2-135M-Instruct"
 EMBEDDED_LABEL = f"embedded:{EMBEDDED_MODEL}"  # how runs, tables and compare cells record the embedded model
@@ -75,7 +75,7 @@ def load_model(
     """Load `name` (None = the embedded SmolLM2) for inference and gradients w.r.t. inputs only.
 
     `device` auto|cpu|cuda|cuda:N and `dtype` auto|float32|bfloat16|float16 (or torch objects) are
-    resolved by `greater.device.resolve_placement` (auto: the GPU in bfloat16 when there is one, else
+    resolved by `greater.inference.device.resolve_placement` (auto: the GPU in bfloat16 when there is one, else
     the CPU in float32); `device_map="auto"` lets accelerate spread the layers over every visible GPU.
     Weights go straight to a GPU (no CPU copy first). Parameters never require grad: the optimizer
     differentiates w.r.t. input embeddings.

@@ -12,10 +12,10 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedModel
 
-from greater.batching import DecodeStats, pack_rows, padding_chunks, run_chunked
-from greater.kvcache import Prefilled, cache_kwarg
-from greater.layout import Ids, TokenSequence
-from greater.logits import output_logits
+from greater.inference.batching import DecodeStats, pack_rows, padding_chunks, run_chunked
+from greater.inference.kvcache import Prefilled, cache_kwarg
+from greater.inference.layout import Ids, TokenSequence
+from greater.inference.logits import output_logits
 
 
 @dataclass

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, StaticCache
 
-from greater.batching import DecodeStats, pack_rows
-from greater.kvcache import Prefilled, cache_kwarg, cache_rows, cached_forward, stack_caches
-from greater.layout import Ids
-from greater.logits import output_logits, token_logprobs
+from greater.inference.batching import DecodeStats, pack_rows
+from greater.inference.kvcache import Prefilled, cache_kwarg, cache_rows, cached_forward, stack_caches
+from greater.inference.layout import Ids
+from greater.inference.logits import output_logits, token_logprobs
 
 MAX_DRAFT = 8  # guessed tokens per row and step at most
 _VACANT = -1  # `_StaticDecodeLoop.active` entry of a slot whose row has finished

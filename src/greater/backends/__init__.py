@@ -1,1 +1,0 @@
-"""Optional generation backends (the default is `greater.generation.TransformersGenerator`)."""

@@ -1,0 +1,1 @@
+"""Optional generation backends (the default is `greater.inference.generation.TransformersGenerator`)."""
