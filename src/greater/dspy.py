@@ -33,11 +33,12 @@ except ImportError as exc:  # the optional extra
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from greater.errors import GreaterError
+from greater.evaluate import best_on_dev
 from greater.inference.engine import Engine
 from greater.inference.generation import TransformersGenerator
 from greater.inference.layout import ChatFormat, ReplyFormat, cut_at_marker, decode, encode
 from greater.inference.model import load_model, model_label
-from greater.optimizer import GreaterConfig, Returnable, RunState, build_engine, optimize, prompt_text
+from greater.optimizer import GreaterConfig, Returnable, RunState, build_engine, dev_finalists, optimize, prompt_text
 from greater.tasks import Example, Task
 
 REASONING = "reasoning"  # the field dspy.ChainOfThought adds before the signature's outputs
@@ -376,7 +377,7 @@ class GReaTer(Teleprompter):
 
         def show(record: Any, state: RunState) -> None:
             print(
-                f"greater.dspy: {name} step {state.step}/{config.steps}, best loss {state.best_score:.4f}",
+                f"greater.dspy: {name} step {state.step}/{config.steps}, best selection score {state.best_score:.4f}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -384,13 +385,13 @@ class GReaTer(Teleprompter):
         on_step = show if self.progress else None
         optimize(local.model, local.tokenizer, task, config, engine=engine, state=state, on_step=on_step)
         returnable = Returnable(local.tokenizer, engine.layout.prompt_lead)
-        finalist_ids = state.finalists(config.keep_top, returnable) or [tuple(state.best_prompt)]
+        finalist_ids = dev_finalists(state, config, returnable)
         finalists = [prompt_text(local.tokenizer, ids) for ids in finalist_ids]
         scores = [state.scores.get(ids) for ids in finalist_ids]
         valset_scores: list[float | None] = [None] * len(finalists)
         if valset:
             valset_scores = [self._score(program, predictor, text, valset, answer) for text in finalists]
-            best = max(range(len(finalists)), key=lambda i: valset_scores[i])  # first of equals: lower loss
+            best = best_on_dev(valset_scores)  # first of equals: the lower selection score
         else:
             best = 0
         predictor.signature = signature.with_instructions(finalists[best])

@@ -5,7 +5,7 @@ command line (`--train`; `greater.cli` sets `flag_names`)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 
 _FLAG_NAMES: ContextVar[bool] = ContextVar("greater_flag_names", default=False)
@@ -43,6 +43,19 @@ class ResumeConflict(GreaterError):
             f"{name} {given!r} differs from the run's stored value {stored!r}; "
             f"drop {name} to resume, or start a new run"
         )
+
+
+def refuse_changed(
+    given: Mapping[str, object], stored: Mapping[str, object], resolved: Mapping[str, object] | None = None
+) -> None:
+    """The resume check, for every kind of setting a run stores: raise `ResumeConflict` for the first
+    setting of `given` (None: not given) whose value, or its `resolved` form where one is given (a device
+    "auto" as the device it picked), differs from `stored`'s."""
+    for name, value in given.items():
+        if value is None:
+            continue
+        if (resolved or {}).get(name, value) != stored.get(name):
+            raise ResumeConflict(name, value, stored.get(name))
 
 
 class FolderInUse(GreaterError):

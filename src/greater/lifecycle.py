@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from greater import artifact
 from greater.compare.stats import majority
-from greater.errors import GreaterError, ResumeConflict, setting_name
+from greater.errors import GreaterError, refuse_changed, setting_name
 from greater.evaluate import evaluate_with
 from greater.fit import fit_to_model, longest_prompt
 from greater.inference.engine import Engine
@@ -47,7 +47,7 @@ from greater.optimizer import GreaterConfig, RunState, StepRecord, build_engine,
 from greater.runs import RunDir, slug, split_sizes
 from greater.runtime import OutOfTime, RunClock, Runtime, load, reasoning_generator, set_threads
 from greater.tasks import Example, Task, resolve_task
-from greater.tracking import MlflowTracker, NoTracker, default_uri
+from greater.tracking import folder_tracker
 
 
 @dataclass
@@ -202,8 +202,7 @@ class Run:
         folder = RunDir.open(Path(path))  # locked: one process at a time writes a run
         try:
             method = folder.info.get("method", "greater")
-            if given.get("method", method) != method:
-                raise ResumeConflict("method", given["method"], method)
+            refuse_changed({"method": given.get("method")}, {"method": method})
             folder.check_flags(given)
             folder.info["runtime"] = (runtime or Runtime()).resolve(folder.info.get("runtime", {}))
             set_threads(options.threads)
@@ -427,9 +426,7 @@ def _reopen_greater(folder: RunDir, given: dict, trust_remote_code: bool) -> tup
 def _reopen_baseline(folder: RunDir, given: dict, trust_remote_code: bool) -> tuple[MethodConfig, Inputs]:
     """A baseline run's stored config (a `given` field that differs is refused) and its inputs."""
     stored = folder.info["config"]
-    for name, value in given.items():
-        if name in stored and value != stored[name]:
-            raise ResumeConflict(name, value, stored[name])
+    refuse_changed({name: value for name, value in given.items() if name in stored}, stored)
     config = MethodConfig(**stored)
     progress = folder.saved_progress(folder.info["method"])
     scored = len(progress["search"].get("scores", [])) if progress else 0
@@ -453,18 +450,12 @@ def _prepare_baseline(info: dict, config: MethodConfig, trust_remote_code: bool)
 
 
 def _tracker(mlflow: str | None, folder: RunDir):
-    """The run's MLflow tracker: a new MLflow run when `mlflow` is given (its id stored in run.json), the
-    stored one for a resumed run that had one, else a no-op."""
+    """The run's MLflow tracker (`tracking.folder_tracker`), its ids kept in run.json."""
     info = folder.info
-    stored = info.get("mlflow")
-    if mlflow is None and not stored:
-        return NoTracker()
-    uri = mlflow or default_uri() if mlflow is not None else stored["tracking_uri"]
-    if stored and mlflow is not None and uri != stored["tracking_uri"]:
-        raise ResumeConflict("mlflow", uri, stored["tracking_uri"])
-    tracker = MlflowTracker(uri, run_id=stored["run_id"] if stored else None, name=folder.path.name)
-    if not stored:
-        tracker.log_params({k: v for k, v in info.items() if k not in ("split",)} | {"split": info.get("split")})
-        info["mlflow"] = {"tracking_uri": tracker.uri, "run_id": tracker.run_id}
+
+    def save(ids: dict) -> None:
+        info["mlflow"] = ids
         folder.save_info()
-    return tracker
+
+    params = {k: v for k, v in info.items() if k not in ("split",)} | {"split": info.get("split")}
+    return folder_tracker(mlflow, info.get("mlflow"), folder.path.name, params, save)

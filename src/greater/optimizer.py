@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from greater.errors import GreaterError, ResumeConflict, setting_name
+from greater.errors import GreaterError, refuse_changed, setting_name
 from greater.evaluate import DEFAULT_JOINER, accuracy_on, best_on_dev
 from greater.inference.batching import DecodeStats
 from greater.inference.device import peak_memory, reset_peak_memory
@@ -118,10 +118,7 @@ class GreaterConfig:
             config = cls(**given)
             config.validate()
             return config
-        for flag, value in given.items():
-            kept = stored.get(flag, getattr(cls(), flag))  # a field newer than the run: its default
-            if value != kept:
-                raise ResumeConflict(flag, value, kept)
+        refuse_changed(given, {flag: stored.get(flag, getattr(cls(), flag)) for flag in given})  # newer: default
         return cls(**stored)
 
     def validate(self) -> None:
@@ -404,6 +401,12 @@ def _keep_best(state: RunState, returnable: Returnable, started: Ids, reasoning:
     return True
 
 
+def dev_finalists(state: RunState, config: GreaterConfig, returnable: Returnable) -> list[Ids]:
+    """The prompts a dev pass chooses among: the `keep_top` best by selection score (from every start's
+    path in turn), or the best prompt where none has a finite score."""
+    return state.finalists(config.keep_top, returnable, 1 + len(config.starts)) or [tuple(state.best_prompt)]
+
+
 def _dev_choice(
     engine: Engine,
     config: GreaterConfig,
@@ -415,7 +418,7 @@ def _dev_choice(
     """Score the `keep_top` best prompts on `dev` (those not scored before a resume) and return the
     best on dev (ties: the lower selection score) with every finalist's record."""
     tokenizer = engine.tokenizer
-    finalists = state.finalists(config.keep_top, returnable, 1 + len(config.starts)) or [tuple(state.best_prompt)]
+    finalists = dev_finalists(state, config, returnable)
     if config.dev_keeps_initial:
         initial = engine.encode_prompt(config.init_prompt)
         if initial not in finalists:

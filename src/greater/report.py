@@ -1,13 +1,12 @@
 """`greater report`: one self-contained report.html of a run or a comparison.
 
-Everything is inline (CSS, SVG charts drawn here, the comparison's chart.png as a data: URI): the page
-needs no network and no other file. A run's report works on an unfinished run too (it shows the
-steps so far).
+Everything is inline (CSS, SVG charts drawn here; a comparison's is chart.png's chart, from the same
+`compare.table.chart_spec`): the page needs no network and no other file. A run's report works on an
+unfinished run too (it shows the steps so far).
 """
 
 from __future__ import annotations
 
-import base64
 import difflib
 import json
 import math
@@ -21,6 +20,7 @@ from greater.compare.table import (
     SEARCHES_HEAD,
     SEARCHES_NOTE,
     cell_tables,
+    chart_spec,
     has_dev,
     has_searches,
     search_cells,
@@ -119,7 +119,7 @@ def run_report(folder: Path) -> str:
         xs = [s["step"] for s in steps]
         body.append("<h2>Trajectory</h2>")
         for key, title in (
-            ("loss", "selection loss of the step's prompt (CE + λ·NLL)"),
+            ("loss", "loss of the step's prompt (CE + λ·NLL)"),
             ("best_score", "best selection score so far (lower is better)"),
         ):
             points = list(zip(xs, [s.get(key) for s in steps], strict=True))
@@ -323,14 +323,7 @@ def compare_report(folder: Path) -> str:
                     f"<td class=prompt>{escape(prompt)}</td></tr>"
                 )
     prompts.append("</table>")
-    chart = bar_chart(tasks, methods, by, chance)
-    png = folder / "chart.png"
-    image = (
-        f"<details><summary>chart.png</summary><img alt='chart.png' src='data:image/png;base64,"
-        f"{base64.b64encode(png.read_bytes()).decode()}'></details>"
-        if png.is_file()
-        else ""
-    )
+    chart = bar_chart(table)
     spread = "mean ± sd over seeds" if len(table.get("seeds", [])) > 1 else "one seed (an sd needs ≥ 2)"
     body = [
         "<h1>greater compare</h1>",
@@ -343,7 +336,6 @@ def compare_report(folder: Path) -> str:
         else "",
         "\n".join(rows),
         chart,
-        image,
         ""
         if not has_dev(table)
         else _cell_table_html(
@@ -405,69 +397,60 @@ def _paired_html(paired: dict | None) -> str:
     return "\n".join(rows) + "</table>"
 
 
-def bar_chart(
-    tasks: list[str],
-    methods: list[str],
-    by: dict,
-    chance: dict[str, float] | None = None,
-    width: int = 900,
-    height: int = 320,
-) -> str:
-    """Grouped bars (task × method) of mean test accuracy with ±sd whiskers (where there is an sd: two
-    seeds or more) and each task's `chance` level as a dashed line across its group, as inline SVG."""
+def bar_chart(table: dict, width: int = 900, height: int = 320) -> str:
+    """chart.png's chart (`compare.table.chart_spec`: the same bars, ±sd whiskers where there is an sd,
+    and each task's chance level as a dashed line across its group), as inline SVG."""
+    tasks, methods = table["tasks"], table["methods"]
     if not tasks or not methods:
         return ""
+    bars, chance = chart_spec(table)
     left, right, top, bottom = 50, 20, 30, 60
     plot_w, plot_h = width - left - right, height - top - bottom
     group = plot_w / len(tasks)
-    bar = group * 0.8 / len(methods)
 
-    def sy(v: float) -> float:
-        return top + (1 - v) * plot_h
+    def sx(x: float) -> float:  # chart_spec's x: task i's group is centred on i
+        return left + (x + 0.5) * group
+
+    def sy(percent: float) -> float:
+        return top + (1 - percent / 100) * plot_h
 
     parts = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' viewBox='0 0 {width} {height}' "
         "role='img' aria-label='test accuracy by task and method'>",
         f"<text x='{left}' y='18' font-size='13' font-weight='600'>test accuracy by task and method</text>",
     ]
-    for i in range(6):
-        v = i / 5
+    for v in range(0, 101, 20):
         parts.append(
             f"<line x1='{left}' x2='{width - right}' y1='{sy(v):.1f}' y2='{sy(v):.1f}' stroke='#e5e7eb'/>"
-            f"<text x='{left - 6}' y='{sy(v) + 4:.1f}' font-size='11' text-anchor='end'>{100 * v:.0f}</text>"
+            f"<text x='{left - 6}' y='{sy(v) + 4:.1f}' font-size='11' text-anchor='end'>{v}</text>"
         )
-    for t, task in enumerate(tasks):
-        gx = left + t * group + group * 0.1
-        for j, m in enumerate(methods):
-            r = by.get((task, m))
-            if not r:
-                continue
-            x, color = gx + j * bar, COLORS[j % len(COLORS)]
-            h = max(r["mean"] * plot_h, 1.0)
+    for j, spec in enumerate(bars):
+        w, color = spec.width * group, COLORS[j % len(COLORS)]
+        for t, (x, h) in enumerate(zip(spec.xs, spec.heights, strict=True)):
+            cx = sx(x)
             parts.append(
-                f"<rect class='bar' x='{x:.1f}' y='{sy(r['mean']):.1f}' width='{bar * 0.9:.1f}' height='{h:.1f}' "
-                f"fill='{color}'><title>{escape(task)} · {escape(m)}: {100 * r['mean']:.1f}%</title></rect>"
+                f"<rect class='bar' x='{cx - 0.45 * w:.1f}' y='{sy(h):.1f}' width='{w * 0.9:.1f}' "
+                f"height='{max(h / 100 * plot_h, 1.0):.1f}' fill='{color}'><title>{escape(tasks[t])} · "
+                f"{escape(spec.label)}: {h:.1f}%</title></rect>"
             )
             parts.append(  # the value above the bar: a bar at 0 is still readable
-                f"<text x='{x + bar * 0.45:.1f}' y='{sy(r['mean']) - 4:.1f}' font-size='10' text-anchor='middle'>"
-                f"{100 * r['mean']:.1f}</text>"
+                f"<text x='{cx:.1f}' y='{sy(h) - 4:.1f}' font-size='10' text-anchor='middle'>{h:.1f}</text>"
             )
-            if r["sd"] is not None:
-                lo, hi = max(0.0, r["mean"] - r["sd"]), min(1.0, r["mean"] + r["sd"])
-                cx = x + bar * 0.45
+            if spec.yerr is not None:
+                lo, hi = max(0.0, h - spec.yerr[t]), min(100.0, h + spec.yerr[t])
                 parts.append(
                     f"<path class='whisker' d='M{cx:.1f},{sy(lo):.1f} V{sy(hi):.1f}' stroke='#333' stroke-width='1'/>"
                 )
-        if chance and task in chance:  # across the group, over the bars
-            y = sy(chance[task])
-            parts.append(
-                f"<line class='chance' x1='{left + t * group + group * 0.05:.1f}' x2='{left + (t + 0.95) * group:.1f}' "
-                f"y1='{y:.1f}' y2='{y:.1f}' stroke='#000' stroke-width='1.5' stroke-dasharray='5 3'>"
-                f"<title>{escape(task)} · chance: {100 * chance[task]:.1f}%</title></line>"
-            )
+    for x0, x1, h in chance:  # across the group, over the bars
         parts.append(
-            f"<text x='{left + (t + 0.5) * group:.1f}' y='{height - bottom + 18}' font-size='11' "
-            f"text-anchor='middle'>{escape(task)}</text>"
+            f"<line class='chance' x1='{sx(x0):.1f}' x2='{sx(x1):.1f}' y1='{sy(h):.1f}' y2='{sy(h):.1f}' "
+            f"stroke='#000' stroke-width='1.5' stroke-dasharray='5 3'>"
+            f"<title>{escape(tasks[round((x0 + x1) / 2)])} · chance: {h:.1f}%</title></line>"
+        )
+    for t, task in enumerate(tasks):
+        parts.append(
+            f"<text x='{sx(t):.1f}' y='{height - bottom + 18}' font-size='11' text-anchor='middle'>"
+            f"{escape(task)}</text>"
         )
     parts.append(f"<line x1='{left}' x2='{width - right}' y1='{sy(0)}' y2='{sy(0)}' stroke='#444'/></svg>")
     legend = "".join(

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from greater.errors import FolderInUse, GreaterError, ResumeConflict, setting_name
+from greater.errors import FolderInUse, GreaterError, refuse_changed, setting_name
 from greater.settings import RUN_KEYS
 from greater.tasks.base import fingerprint
 
@@ -359,15 +359,16 @@ class RunDir:
     def check_flags(self, given: dict[str, object]) -> None:
         """Refuse a run-defining flag (see `RUN_KEYS`; None: not given) that contradicts run.json; a task
         file is compared by absolute path, as the run stores it."""
+        stored: dict[str, object] = {}
         for flag, keys in RUN_KEYS.items():
-            stored: object = self.info
+            found: object = self.info
             for key in keys:
-                stored = stored.get(key) if isinstance(stored, dict) else None
-            value = given.get(flag)
-            if flag == "task" and value is not None and Path(value).is_file():
-                value = str(Path(value).resolve())
-            if value is not None and value != stored:
-                raise ResumeConflict(flag, value, stored)
+                found = found.get(key) if isinstance(found, dict) else None
+            stored[flag] = found
+        values = {flag: given.get(flag) for flag in RUN_KEYS}
+        if values["task"] is not None and Path(values["task"]).is_file():
+            values["task"] = str(Path(values["task"]).resolve())
+        refuse_changed(values, stored)
 
     def check_data(self, train: list, test: list, dev: list | tuple = ()) -> None:
         """Refuse to resume on examples other than those the run started with."""

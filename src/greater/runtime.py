@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from greater.errors import GreaterError, ResumeConflict, setting_name
+from greater.errors import GreaterError, refuse_changed, setting_name
 from greater.inference.backends.vllm import VLLMGenerator
 from greater.inference.device import resolve_placement
 from greater.inference.generation import stop_token_ids
@@ -58,9 +58,9 @@ class Runtime:
                 f"{setting_name('generator')} vllm runs on a GPU; use {setting_name('device')} cuda, or "
                 f"{setting_name('generator')} hf on a CPU"
             )
-        for key in ("device", "dtype", "device_map", "generator") if stored is not None else ():
-            if getattr(self, key) is not None and runtime[key] != base[key]:
-                raise ResumeConflict(key, getattr(self, key), base[key])
+        if stored is not None:
+            given = {key: getattr(self, key) for key in ("device", "dtype", "device_map", "generator")}
+            refuse_changed(given, base, resolved=runtime)
         return runtime
 
 

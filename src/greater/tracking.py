@@ -12,10 +12,11 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from greater.errors import GreaterError, setting_name
+from greater.errors import GreaterError, ResumeConflict, setting_name
 
 if TYPE_CHECKING:
     from greater.optimizer import StepRecord
@@ -41,6 +42,27 @@ class NoTracker:
 
     def finish(self, folder: Path, metrics: dict) -> None:
         pass
+
+
+def folder_tracker(
+    mlflow: str | None, stored: dict | None, name: str, params: dict, save: Callable[[dict], None]
+) -> NoTracker:
+    """The MLflow tracker of an output folder, a run's or a comparison's: one MLflow run per folder.
+
+    `mlflow` is what the command asked for (None: nothing; "": the default store; else a tracking URI) and
+    `stored` the {"tracking_uri", "run_id"} the folder keeps from an earlier sitting. With neither, a no-op;
+    with `stored`, that MLflow run again (a `mlflow` naming another store is refused); else a new MLflow
+    run named `name`, given `params`, whose ids go to `save` so a rerun logs into the same run."""
+    if mlflow is None and not stored:
+        return NoTracker()
+    uri = (mlflow or default_uri()) if mlflow is not None else stored["tracking_uri"]
+    if stored and mlflow is not None and uri != stored["tracking_uri"]:
+        raise ResumeConflict("mlflow", uri, stored["tracking_uri"])
+    tracker = MlflowTracker(uri, run_id=stored["run_id"] if stored else None, name=name)
+    if not stored:
+        tracker.log_params(params)
+        save({"tracking_uri": tracker.uri, "run_id": tracker.run_id})
+    return tracker
 
 
 def default_uri() -> str:

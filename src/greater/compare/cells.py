@@ -57,7 +57,7 @@ from greater.methods import MethodConfig, greater_fields, greater_settings, refi
 from greater.runs import FolderLock, make_folder, read_json, slug, write_atomic, write_json, write_predictions
 from greater.tasks import Example, Task
 from greater.tasks.base import fingerprint as split_fingerprint
-from greater.tracking import MlflowTracker, NoTracker, default_uri
+from greater.tracking import folder_tracker
 
 # `greater compare --steps`: a comparison runs every method on every task and seed, so its default budget is
 # a tenth of GReaTer's own (GreaterConfig.steps, the paper's 100), to keep a default comparison to hours on a CPU
@@ -510,19 +510,15 @@ def check_rows_fit(
 
 
 def compare_tracker(out: Path, mlflow: str | None, params: dict):
-    """One MLflow run per output folder (its id in mlflow.json there, so a rerun that resumes the
-    comparison logs into the same MLflow run); `mlflow` as `lifecycle.RunOptions.mlflow` says."""
+    """The comparison's MLflow tracker (`tracking.folder_tracker`), its ids kept in mlflow.json, so a rerun
+    that resumes the comparison logs into the same MLflow run."""
     path = out / "mlflow.json"
-    stored = read_json(path) if path.exists() else None
-    if mlflow is None and stored is None:
-        return NoTracker()
-    uri = (mlflow or default_uri()) if mlflow is not None else stored["tracking_uri"]
-    tracker = MlflowTracker(uri, run_id=stored["run_id"] if stored else None, name=f"compare {out.name}")
-    if stored is None:
-        tracker.log_params(params)
+
+    def save(ids: dict) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"tracking_uri": tracker.uri, "run_id": tracker.run_id})
-    return tracker
+        write_json(path, ids)
+
+    return folder_tracker(mlflow, read_json(path) if path.exists() else None, f"compare {out.name}", params, save)
 
 
 def log_compare(tracker, out: Path, table: dict) -> None:

@@ -432,8 +432,8 @@ class BarSpec:
 
 
 def chart_spec(table: dict) -> tuple[list[BarSpec], list[tuple[float, float, float]]]:
-    """What `write_chart` draws: the bars of each method, and per task its chance line across the
-    task's group of bars (x from, x to, height in %)."""
+    """What `write_chart` draws, and report.html's SVG chart: the bars of each method, and per task its
+    chance line across the task's group of bars (x from, x to, height in %)."""
     methods, tasks = table["methods"], table["tasks"]
     by = {(r["task"], r["method"]): r for r in table["results"]}
     width = 0.8 / len(methods)
@@ -449,7 +449,8 @@ def chart_spec(table: dict) -> tuple[list[BarSpec], list[tuple[float, float, flo
                 yerr=None if None in sds else [100 * sd for sd in sds],
             )
         )
-    chance = [(i - 0.45, i + 0.45, 100 * table["chance"][t]["majority"]) for i, t in enumerate(tasks)]
+    levels = table.get("chance", {})  # (a table.json written before chance levels has none)
+    chance = [(i - 0.45, i + 0.45, 100 * levels[t]["majority"]) for i, t in enumerate(tasks) if t in levels]
     return bars, chance
 
 

@@ -57,7 +57,7 @@ __all__ = [
     "run_method",
 ]
 
-# name -> the search; "greater" is handled by `_greater` (it keeps its own joiner and selection loss)
+# name -> the search; "greater" is handled by `_greater` (it keeps its own joiner and selection score)
 _BASELINES: dict[str, Callable[[Workbench], tuple[Scored, list[dict]]]] = {
     "zs-cot": baselines.zs_cot,
     "ape": baselines.ape,

@@ -156,8 +156,9 @@ class Sitting:
 class MethodResult:
     """A method's prompt, its score on the training examples and how it got there.
 
-    `score` is the method's own selection criterion: GReaTer's selection loss (lower is better) or
-    the baselines' training accuracy (higher is better); `score_name` says which. With a dev set the
+    `score` is the method's own selection criterion: GReaTer's selection score (lower is better) or the
+    baselines' training accuracy (higher is better); `score_name` says which ("selection loss", the name
+    stored in results since before "selection score" was the one name, or "train accuracy"). With a dev set the
     prompt is the finalist with the best dev accuracy: `finalists` are those scored on it, best
     training score first ({"prompt", "score", "dev_accuracy"}, GReaTer's with "prompt_ids"), and
     `dev_accuracy` the chosen one's; a method that scored one prompt only has no dev pass (None, []).
