@@ -9,7 +9,7 @@ DEMO_TASK ?= gen/boolean_expressions
 PROMPTFOO := $(shell sed -n 's/^PROMPTFOO_VERSION = "\([^"]*\)".*/\1/p' src/greater/cli.py)
 TOOLS := .tools
 
-.PHONY: install demo test test-deps lint bench docs clean
+.PHONY: install demo test test-fast test-deps lint bench docs clean
 
 install: $(STAMP)
 
@@ -44,13 +44,17 @@ test-deps:
 test: install test-deps
 	@# the import contracts of docs/architecture.md (pyproject.toml [tool.importlinter]): layers, no cycles
 	$(VENV)/bin/lint-imports
-	@# the documentation site: no broken link, no missing page, references generated from the code
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	@# the documentation site is built once, with --strict, by tests/test_docs.py
 	$(PY) -m pytest -q
 	@# exact resume must not depend on the CPU the suite was written on: the resume tests again with torch's
 	@# kernels capped at AVX2 (no AVX-512, no AVX-512-BF16) on one thread, as on an AMD EPYC with AVX2 only
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 $(PY) -m pytest -q \
 		tests/test_runs.py tests/test_devices.py tests/test_speedups.py -k "resume or kept_prefix"
+
+# the inner loop: the unit tests on the tiny random-weight model, without the embedded model's integration
+# tests, the real services and the site (pytest -m "not slow"); `make test` runs everything
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

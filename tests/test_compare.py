@@ -138,6 +138,8 @@ def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, t
             "methods 'greater:nll_weight=.5:top_k=8' and 'greater:top_k=8:nll_weight=0.5' run the same GReaTer",
         ),
         (["--methods", "greater,greater:num_select=3"], "methods 'greater' and 'greater:num_select=3' run the same"),
+        (["--methods", "greater,greater-starts", "--steps", "2"], "3 starting prompts need at least one step each"),
+        (["--methods", "ape>greater"], "method 'ape>greater' starts from the prompt ape chose for gen/arithmetic"),
         (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
         (["--methods", ","], "--methods is empty"),
         (["--keep-top", "2"], "--keep-top picks the prompts scored on the dev set; give --dev N too"),

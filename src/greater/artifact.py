@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -80,7 +81,9 @@ def file_sha256(path: Path) -> str:
     key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
     memo = cache_root() / "sha256" / key
     try:
-        return memo.read_text(encoding="utf-8").strip()
+        value = memo.read_text(encoding="utf-8").strip()
+        if re.fullmatch(r"[0-9a-f]{64}", value):
+            return value
     except OSError:
         pass
     digest = hashlib.sha256()
@@ -88,10 +91,10 @@ def file_sha256(path: Path) -> str:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     value = digest.hexdigest()
-    try:
+    try:  # atomically: another process hashing the same file at once must never read half of it
         memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.write_text(value, encoding="utf-8")
-    except OSError:
+        write_atomic(memo, value)
+    except (OSError, GreaterError):
         pass  # only a cache
     return value
 

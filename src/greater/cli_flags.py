@@ -11,7 +11,7 @@ from greater.evaluate import DEFAULT_JOINER
 from greater.inference.device import DTYPES
 from greater.inference.layout import PLACEMENTS
 from greater.inference.memory import CPU_BATCH_SIZE, CPU_GRAD_BATCH_SIZE
-from greater.methods import METHODS, PAPER_METHODS, ZS_COT_JOINER, ZS_COT_PROMPT, MethodConfig
+from greater.methods import METHODS, PAPER_METHODS, REFINES, ZS_COT_JOINER, ZS_COT_PROMPT, MethodConfig
 from greater.optimizer import NAMED_STARTS, SELECTION_RULES, GreaterConfig
 from greater.runtime import GENERATORS
 from greater.settings import TUNABLE
@@ -207,6 +207,11 @@ def _add_search_options(opt: argparse.ArgumentParser) -> None:
         "CPU)",
     )
     opt.add_argument("--patience", type=_positive, default=None, help="stop after N steps without improvement")
+    _add_search_variants(opt)
+
+
+def _add_search_variants(opt: argparse.ArgumentParser) -> None:
+    """GReaTer's search variants beyond the paper (`greater optimize`)."""
     variants = opt.add_argument_group("search variants beyond the paper (docs/fidelity.md)")
     variants.add_argument(
         "--keep-best",
@@ -250,7 +255,8 @@ def _add_compare(sub) -> None:
         "--methods",
         default=paper,
         help=f"comma-separated, of {', '.join(METHODS)} (default {paper}); a GReaTer method may add "
-        f"options, each as :NAME=VALUE ({', '.join(TUNABLE)}), e.g. greater:nll_weight=0.5",
+        f"options, each as :NAME=VALUE ({', '.join(TUNABLE)}), e.g. greater:nll_weight=0.5, and may start "
+        f"from the prompt a baseline chose: BASELINE{REFINES}GREATER, e.g. ape{REFINES}greater",
     )
     cmp.add_argument("--seeds", default="0", help="comma-separated seeds; each seed draws its own split (default 0)")
     cmp.add_argument(

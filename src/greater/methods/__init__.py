@@ -135,7 +135,8 @@ def greater_fields(name: str) -> dict | None:
 
 
 def distinct_settings(names: list[str], base: GreaterConfig) -> None:
-    """Raise GreaterError if two GReaTer methods among `names` run the same settings over `base`
+    """Raise GreaterError if a GReaTer method among `names` is invalid over `base` (the comparison's
+    settings), or two run the same settings over it
     ("greater:nll_weight=.5" and "greater:nll_weight=0.5", options in another order, or an option at
     its value in `base`): each would be a row of its own, spending a search on a copy."""
     seen: list[tuple[str, tuple[str | None, GreaterConfig]]] = []
@@ -144,6 +145,7 @@ def distinct_settings(names: list[str], base: GreaterConfig) -> None:
         if fields is None:
             continue
         config = (refined_source(name), replace(base, **fields))
+        config[1].validate()  # at the comparison's budget (greater-starts needs a step per start)
         for other, other_config in seen:
             if config == other_config:
                 raise GreaterError(f"methods {other!r} and {name!r} run the same GReaTer settings; keep one")
