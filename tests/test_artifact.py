@@ -24,6 +24,7 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_prompt_json_holds_the_prompt_the_chat_and_the_identities(finished_run, tiny_model_dir, smol_tokenizer):
     art, result = _json(finished_run / "prompt.json"), _json(finished_run / "result.json")
     assert art["format"] == FORMAT
@@ -109,6 +110,7 @@ def _promptfoo() -> Path:
     return binary
 
 
+@pytest.mark.slow
 def test_promptfoo_runs_the_exported_config_with_greaters_matcher(finished_run, tiny_model_dir, tmp_path, capsys):
     binary = _promptfoo()
     config = tmp_path / "pf" / "config.yaml"

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+@pytest.mark.slow
 def test_gpu_check_tiny_runs_on_cpu_and_writes_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = os.environ | {"PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}

@@ -72,6 +72,7 @@ def without_seconds(value):
     return value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dev", [None, 2], ids=["killed-after-step-2", "killed-in-the-dev-pass"])
 def test_a_killed_greater_cell_continues_where_it_stopped(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, capsys, dev: int | None
@@ -125,6 +126,7 @@ def test_a_killed_greater_cell_continues_where_it_stopped(
     assert not partial_path(out, cell_path(out, TASK.name, "greater", 0).stem).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "stop"), [("ape", 1), ("apo", 2), ("ape", -3)])
 def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, method: str, stop: int
@@ -162,6 +164,7 @@ def test_a_killed_baseline_cell_replays_its_search_without_scoring_again(
     assert not partial_path(out, cell_path(out, TASK.name, method, 0).stem).exists()
 
 
+@pytest.mark.slow
 def test_a_partial_file_of_other_settings_is_ignored(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, capsys
 ) -> None:
@@ -190,6 +193,7 @@ def test_a_partial_file_of_other_settings_is_ignored(
     assert not partial_path(other, name).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["greater", "apo"])
 def test_a_cell_killed_while_scoring_on_test_does_not_search_again(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch, method: str
@@ -220,6 +224,7 @@ def test_a_cell_killed_while_scoring_on_test_does_not_search_again(
     assert not partial_path(out, cell_path(out, TASK.name, method, 0).stem).exists()
 
 
+@pytest.mark.slow
 def test_a_cell_killed_between_test_batches_goes_on_from_its_last_batch(
     tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch
 ) -> None:

@@ -351,6 +351,7 @@ def _run_process(args: list, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_process_missing_model_exits_2_without_traceback(tmp_path: Path) -> None:
     proc = _run_process(["optimize", "--model", "/no/such/model", "--task", "gen/arithmetic"], tmp_path)
     err = proc.stderr.decode("utf-8", "replace")
@@ -361,6 +362,7 @@ def test_process_missing_model_exits_2_without_traceback(tmp_path: Path) -> None
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_process_undecodable_argv_prompt_exits_2(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A prompt whose bytes are not UTF-8 reaches Python as lone surrogates: a clean error, not a crash."""
     args = ["evaluate", "--model", str(tiny_model_dir), "--task", "gen/arithmetic", "--limit", "2"]

@@ -28,6 +28,7 @@ from helpers import (
 TASKS = [get_task("gen/boolean_expressions"), get_task("gen/arithmetic")]
 
 
+@pytest.mark.slow
 def test_compare_table_resume_and_transfer(tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "cmp"
     optimizer = ScoringModel("tiny", tiny_model, smol_tokenizer)
@@ -59,6 +60,7 @@ def test_compare_table_resume_and_transfer(tiny_model, smol_tokenizer, tmp_path:
         run_compare(optimizer, TASKS, methods, seeds, out, COMPARE_CONFIG, split=(3, 5))
 
 
+@pytest.mark.slow
 def test_compare_command_interrupted_then_resumed(capsys, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "cmp"
     argv = ["compare", "--model", str(tiny_model_dir), "--task", "gen/boolean_expressions", "--methods", "zs-cot,pe2"]
@@ -156,6 +158,7 @@ def test_compare_bad_arguments(capsys, tiny_model_dir: Path, tmp_path: Path, ext
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_optimize_with_a_baseline_then_transfer(capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "ape"
     argv = ["optimize", "--method", "ape", "--model", str(tiny_model_dir), "--task", "gen/arithmetic"]
@@ -197,6 +200,7 @@ def test_optimize_with_a_baseline_then_transfer(capsys, tiny_model_dir: Path, tm
     assert message_lines(err) == [f"greater: error: {run} is a finished run (result.json exists); nothing to resume"]
 
 
+@pytest.mark.slow
 def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> None:
     """Every search makes its final choice on the dev set (keep_top finalists by training key, best dev
     accuracy wins, ties to the better key), the dev pass counts in its usage, the settings record it."""
@@ -299,6 +303,7 @@ def test_compare_with_a_dev_set(tiny_model, smol_tokenizer, tmp_path: Path) -> N
         run_compare(optimizer, [task], methods, [0], plain, config, split=COMPARE_SPLIT, dev=2)
 
 
+@pytest.mark.slow
 def test_compare_command_with_dev_and_a_rerun_with_another_dev(capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     argv = ["compare", "--model", str(tiny_model_dir), "--task", "gen/arithmetic", "--methods", "ape,zs-cot"]

@@ -9,6 +9,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from greater.cli import main
 from helpers import assert_same_cell, kill_when, start_greater
 
@@ -72,6 +74,7 @@ def _without_measures(value):
     return value
 
 
+@pytest.mark.slow
 def test_compare_killed_at_any_moment_gives_the_same_table(tiny_model_dir, tmp_path, capsys):
     straight, out = tmp_path / "straight", tmp_path / "killed"
     assert main(_args(tiny_model_dir, straight)) == 0

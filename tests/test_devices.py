@@ -138,6 +138,7 @@ def test_output_logits_are_float32_products_of_low_precision_weights(tiny_model)
 # --- a bfloat16 run from the command line, interrupted and resumed ------------------------------------
 
 
+@pytest.mark.slow
 def test_bfloat16_run_records_its_placement_and_resumes_exactly(tiny_model_dir, tmp_path, capsys, monkeypatch) -> None:
     bf16 = ["--dtype", "bfloat16", "--device", "cpu"]
     straight = tmp_path / "straight"

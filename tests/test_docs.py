@@ -37,6 +37,7 @@ def site(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_the_cli_reference_holds_every_flag_of_every_subcommand(site):
     page = (site / "reference" / "cli" / "index.html").read_text(encoding="utf-8")
     commands = _hooks().subcommands()
@@ -53,6 +54,7 @@ def test_the_cli_reference_holds_every_flag_of_every_subcommand(site):
                 assert text.replace("'", "&#39;") in page or text in page, f"greater {name}: {action.help}"
 
 
+@pytest.mark.slow
 def test_the_api_reference_documents_every_public_name(site):
     page = (site / "reference" / "api" / "index.html").read_text(encoding="utf-8")
     documented = set(re.findall(r'<h3 id="greater\.([A-Za-z_]+)"', page))
@@ -60,6 +62,7 @@ def test_the_api_reference_documents_every_public_name(site):
     assert set(re.findall(r'<h3 id="greater\.dspy\.([A-Za-z_]+)"', page)) == set(greater.dspy.__all__)
 
 
+@pytest.mark.slow
 def test_getting_started_blocks_marked_runnable_run(tmp_path):
     text = (REPO / "docs" / "getting-started.md").read_text(encoding="utf-8")
     blocks = RUNNABLE.findall(text)

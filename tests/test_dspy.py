@@ -153,7 +153,7 @@ LOAD_AND_RUN = """
 import json, sys
 import dspy
 from greater.dspy import LocalLM, exact_match, program_score
-lm = LocalLM(max_new_tokens=16, answer_tokens=4, device="cpu")
+lm = LocalLM(sys.argv[3], max_new_tokens=16, answer_tokens=4, device="cpu")
 program = dspy.ChainOfThought("review -> sentiment")
 program.load(sys.argv[1])
 data = json.loads(sys.argv[2])
@@ -167,8 +167,10 @@ print(json.dumps({"instructions": program.predict.signature.instructions, "answe
 
 
 @pytest.mark.slow
-def test_a_compiled_program_saved_and_loaded_elsewhere_answers_as_compile_left_it(tmp_path):
-    lm = LocalLM(max_new_tokens=16, answer_tokens=4, device="cpu")
+def test_a_compiled_program_saved_and_loaded_elsewhere_answers_as_compile_left_it(tmp_path, tiny_model_dir):
+    # the tiny model, loaded from its folder as a user's model is: what is checked is that another process
+    # gets the same instructions, answers and score, not what a real model answers
+    lm = LocalLM(str(tiny_model_dir), max_new_tokens=16, answer_tokens=4, device="cpu")
     program = dspy.ChainOfThought("review -> sentiment")
     trainset, valset, test = reviews(3), reviews(2, skip=3), reviews(2, skip=5)
     optimizer = GReaTer(lm, steps=1, keep_top=2, progress=False)
@@ -183,7 +185,7 @@ def test_a_compiled_program_saved_and_loaded_elsewhere_answers_as_compile_left_i
         "valset": [{"review": ex.review, "sentiment": ex.sentiment} for ex in valset],
     }
     out = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_RUN, str(tmp_path / "program.json"), json.dumps(rows)],
+        [sys.executable, "-c", LOAD_AND_RUN, str(tmp_path / "program.json"), json.dumps(rows), str(tiny_model_dir)],
         capture_output=True,
         text=True,
         check=True,

@@ -172,6 +172,7 @@ def test_fixed_target_gradient_differs_from_candidate_nll_option(tiny_run):
 # --- period rule, filler, returned prompt -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_period_candidate_is_scored_before_it_is_taken(tiny_model, smol_tokenizer):
     tok = smol_tokenizer
     train = TASK.load()[:2]
@@ -244,6 +245,7 @@ def test_dev_choice_scores_the_best_prompts_and_returns_the_best_on_dev(tiny_mod
     assert result.score == first_best["score"]
 
 
+@pytest.mark.slow
 def test_dev_keeps_initial_scores_the_starting_prompt_on_dev_too(tiny_model, smol_tokenizer):
     """With keep_top=1 the dev pass sees the best prompt by training score and, with
     dev_keeps_initial, the starting prompt as well (last: a dev tie keeps the searched prompt)."""
@@ -261,6 +263,7 @@ def test_dev_keeps_initial_scores_the_starting_prompt_on_dev_too(tiny_model, smo
     assert kept.prompt == won["prompt"]
 
 
+@pytest.mark.slow
 def test_interrupted_dev_pass_resumes_to_the_same_result(tiny_model, smol_tokenizer):
     examples = TASK.load()
     train, dev = examples[:3], examples[3:6]
@@ -326,6 +329,7 @@ def test_small_bbh_task_shares_what_is_left_and_says_so():
 # --- the command line -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_dev_choice_is_recorded_and_an_interrupted_dev_pass_resumes(capsys, monkeypatch, tiny_model_dir, tmp_path):
     from greater import optimizer
 
@@ -367,6 +371,7 @@ def test_cli_dev_choice_is_recorded_and_an_interrupted_dev_pass_resumes(capsys, 
         assert resumed[key] == full[key], key
 
 
+@pytest.mark.slow
 def test_cli_evaluate_scores_the_runs_dev_split(capsys, tiny_model_dir, tmp_path):
     assert run_cli(capsys, optimize_argv(tiny_model_dir, tmp_path / "run", "--dev", "3", "--keep-top", "1"))[0] == 0
     argv = ["evaluate", "--model", str(tiny_model_dir), "--run", str(tmp_path / "run"), "--split", "dev"]

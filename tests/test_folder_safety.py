@@ -143,6 +143,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_new_run_never_takes_a_folder_another_process_has_locked(tmp_path: Path) -> None:
     taken, marker = tmp_path / "taken", tmp_path / "marker"
     taken.mkdir()
@@ -170,6 +171,7 @@ def test_a_new_run_never_takes_a_folder_another_process_has_locked(tmp_path: Pat
 # --- two processes on one run folder ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_folder_is_refused_and_a_killed_holder_leaves_no_lock(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -209,6 +211,7 @@ def test_a_second_process_on_a_run_folder_is_refused_and_a_killed_holder_leaves_
 # --- two processes on one comparison folder ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_locks_each_cell_so_disjoint_task_lists_share_a_folder(
     capsys, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -374,6 +377,7 @@ def _assert_checkpoint_of_step(run: Path, step: int) -> None:
     assert not list(run.glob(".checkpoint.json.*"))  # no temp file left behind
 
 
+@pytest.mark.slow
 def test_a_file_system_turning_read_only_mid_run_stops_with_one_line_and_resumes(
     capsys, monkeypatch, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -416,6 +420,7 @@ def test_a_new_run_on_a_read_only_file_system_is_one_line(capsys, monkeypatch, t
     assert not (tmp_path / "ro").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_a_checkpoint_keeps_the_last_one(
     capsys, monkeypatch, tiny_model_dir: Path, tmp_path: Path
 ) -> None:

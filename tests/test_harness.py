@@ -68,6 +68,7 @@ def test_evaluate_two_tasks_two_prompts(
     assert not (out / "metrics.json").exists()  # the single-result files are for one task and one prompt
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "gsm8k").is_dir(), reason="no GSM8K data")
 def test_evaluate_prompt_file_baseline_and_custom_task(
     capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, tmp_path: Path

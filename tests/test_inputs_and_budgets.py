@@ -50,6 +50,7 @@ def _folder_with_cut_weights(tmp: Path, model_dir: Path) -> Path:
     ],
     ids=["gguf-cut-in-tensors", "gguf-cut-in-header", "empty-file", "folder-without-config", "cut-safetensors"],
 )
+@pytest.mark.slow
 def test_damaged_model_files_are_one_clear_error(capsys, tmp_path, tiny_model_dir, monkeypatch, make, expected):
     monkeypatch.setenv("GREATER_CACHE_DIR", str(tmp_path / "cache"))
     model = make(tmp_path, tiny_model_dir)
@@ -159,6 +160,7 @@ def test_format_duration():
     assert [format_duration(s) for s in (4.25, 42, 185, 7800)] == ["4.2s", "42s", "3m 05s", "2h 10m"]
 
 
+@pytest.mark.slow
 def test_max_time_stops_after_a_step_and_the_resumed_run_finishes_the_same(
     capsys, finished_run, tiny_model_dir, tmp_path
 ):

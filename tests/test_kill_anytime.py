@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers import assert_same, kill_when, start_greater, steps_without_timing
 
 # runs greater with write_atomic patched to die (SIGKILL) halfway through the Nth write of checkpoint.json,
@@ -82,6 +84,7 @@ def _landed(run: Path, err: str) -> str:
     return "dev pass" if _checkpoint_state(run).get("step", 0) >= 4 else "steps"
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_then_resume_gives_the_same_run(tiny_model_dir, tmp_path):
     straight, run = tmp_path / "straight", tmp_path / "killed"
     proc = start_greater(_args(tiny_model_dir, straight))

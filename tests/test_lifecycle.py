@@ -40,6 +40,7 @@ def _same_run(a: Path, b: Path) -> None:
         assert_same(read_json(a / name), read_json(b / name), name)
 
 
+@pytest.mark.slow
 def test_a_library_run_writes_what_the_command_writes(tiny_model_dir, tmp_path, capsys):
     assert run_cli(capsys, _argv(tiny_model_dir, tmp_path / "cli"))[0] == 0
     with Run.start(_spec(tiny_model_dir, tmp_path / "lib")) as run:
@@ -65,6 +66,7 @@ def test_a_library_run_writes_what_the_command_writes(tiny_model_dir, tmp_path, 
         assert stored == value, name
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_its_time_budget_resumes_exactly(tiny_model_dir, tmp_path):
     with Run.start(_spec(tiny_model_dir, tmp_path / "straight")) as run:
         run.execute()
@@ -110,6 +112,7 @@ def test_a_baseline_runs_through_the_same_entry(tiny_model_dir, tmp_path):
         Run.resume(tmp_path / "zs")
 
 
+@pytest.mark.slow
 def test_a_baseline_stopped_by_its_time_budget_resumes_to_the_same_result(tiny_model_dir, tmp_path, capsys):
     """A baseline's run goes through the checkpointed search a comparison's cell uses
     (`run_method(resume=, checkpoint=)`): stopped after its first scored batch, it resumes to the

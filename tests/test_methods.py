@@ -279,6 +279,7 @@ def test_unknown_method_and_empty_training_set(tiny_model, smol_tokenizer) -> No
     assert Example("q", "a") not in TRAIN
 
 
+@pytest.mark.slow
 def test_greater_zs_starts_from_the_zs_cot_prompt(tiny_model, smol_tokenizer) -> None:
     config = MethodConfig(steps=1, max_new_tokens=4, batch_size=8)
     result = run_method("greater-zs", tiny_model, smol_tokenizer, TASK, TRAIN, config)

@@ -8,8 +8,6 @@ import torch
 
 from greater.cli import main
 from greater.inference.model import _converted_gguf, embedded_gguf_path, load_model
-from greater.optimizer import GreaterConfig, optimize
-from greater.tasks import get_task
 
 
 def test_unsupported_gguf_architecture_is_one_clear_error(tmp_path, capsys, monkeypatch):
@@ -43,18 +41,3 @@ def test_gguf_conversion_is_cached_and_faithful(embedded_folder):
         top = model(input_ids=ids).logits[0, -1].topk(3).indices.tolist()
     assert tok.decode([top[0]]).strip() == "Paris"
     assert not any(p.requires_grad for p in model.parameters())
-
-
-@pytest.mark.slow
-def test_same_seed_same_prompts_on_embedded_model():
-    model, tok = load_model()
-    task = get_task("gen/boolean_expressions")
-    train, _ = task.split(3, 1, 0)
-    config = GreaterConfig(steps=2, max_new_tokens=16, top_k=8, init_prompt="think step by step.")
-    a = optimize(model, tok, task, config, train=train)
-    b = optimize(model, tok, task, config, train=train)
-    assert [r.chosen_ids for r in a.steps] == [r.chosen_ids for r in b.steps]
-    assert [[c.token_id for c in r.candidates] for r in a.steps] == [
-        [c.token_id for c in r.candidates] for r in b.steps
-    ]
-    assert a.score == b.score

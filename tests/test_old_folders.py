@@ -72,6 +72,7 @@ def test_an_old_comparison_continues_its_saved_cell(old_folders, capsys):
     assert read_json(out / "table.json").keys() == read_json(twin / "table.json").keys()
 
 
+@pytest.mark.slow
 def test_an_old_finished_baseline_run_is_read_and_not_run_again(old_folders, capsys, tmp_path):
     run = old_folders / "ape-finished"
     code, _, err = run_cli(capsys, ["optimize", "--resume", str(run)])

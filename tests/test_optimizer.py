@@ -189,6 +189,7 @@ def test_optimize_runs_and_tracks_best(tiny_run, smol_tokenizer):
         assert all(e.score is None or math.isfinite(e.score) for e in record.evaluated)
 
 
+@pytest.mark.slow
 def test_same_seed_same_prompts_and_reuse_changes_nothing(tiny_run):
     a = tiny_run()
     b = tiny_run()

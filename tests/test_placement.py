@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from transformers import AutoTokenizer
 
 from greater.cli import main
@@ -32,6 +33,7 @@ NO_SYSTEM_TEMPLATE = (
 )
 
 
+@pytest.mark.slow
 def test_a_system_placed_run_resumes_exactly_and_its_prompt_json_is_the_chat_it_ran(
     tiny_model_dir, tiny_model, smol_tokenizer, tmp_path, monkeypatch
 ):
@@ -67,6 +69,7 @@ def test_a_system_placed_run_resumes_exactly_and_its_prompt_json_is_the_chat_it_
     assert predictions == placed.predictions
 
 
+@pytest.mark.slow
 def test_placement_system_on_a_template_without_a_system_turn_is_one_line_and_exit_2(tiny_model_dir, tmp_path, capsys):
     folder = tmp_path / "no-system-turn"
     shutil.copytree(tiny_model_dir, folder)

@@ -39,6 +39,7 @@ def _table_without_timing(out: Path) -> dict:
     return table
 
 
+@pytest.mark.slow
 def test_compare_on_ray_equals_the_sequential_run(local_ray, capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
     argv = ARGV + ["--model", str(tiny_model_dir)]
     sequential, distributed = tmp_path / "seq", tmp_path / "ray"
@@ -65,6 +66,7 @@ def test_compare_on_ray_equals_the_sequential_run(local_ray, capsys, tiny_model_
     assert _table_without_timing(distributed) == _table_without_timing(sequential)
 
 
+@pytest.mark.slow
 def test_ray_missing_is_one_clear_error(capsys, tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the package
     code, _, err = run_cli(capsys, ARGV + ["--model", str(tiny_model_dir), "--out", str(tmp_path / "c"), "--ray"])

@@ -41,6 +41,7 @@ def _path_length(d: str) -> float:
     return sum(np.hypot(b[0] - a[0], b[1] - a[1]) for a, b in zip(points, points[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_run_report_renders_with_charts_and_marked_changes(finished_run, tmp_path, capsys):
     assert main(["report", str(finished_run)]) == 0
     page = finished_run / "report.html"
@@ -55,6 +56,7 @@ def test_run_report_renders_with_charts_and_marked_changes(finished_run, tmp_pat
     assert pixels.std() > 10 and (pixels < 128).mean() > 0.005  # not a blank page
 
 
+@pytest.mark.slow
 def test_compare_report_renders_the_table_and_chart(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["compare", "--model", str(tiny_model_dir), "--task", "gen/arithmetic", "--task", "gen/boolean_expressions"]
@@ -70,11 +72,13 @@ def test_compare_report_renders_the_table_and_chart(tiny_model_dir, tmp_path, ca
     assert pixels.std() > 10
 
 
+@pytest.mark.slow
 def test_report_of_a_folder_that_is_no_run_is_one_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "neither run.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_out_may_name_a_new_folder_and_an_unwritable_one_is_one_error(finished_run, tmp_path, capsys):
     target = tmp_path / "new" / "deeper" / "page.html"
     assert main(["report", str(finished_run), "--out", str(target)]) == 0

@@ -19,6 +19,7 @@ from greater.tasks import get_task
 from helpers import assert_same, make_interrupted_run, run_argv, start_greater, steps_without_timing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_resume_from_saved_state_equals_uninterrupted_run(tiny_model, smol_tokenizer, dtype):
     task = get_task("gen/boolean_expressions")
@@ -57,6 +58,7 @@ def _wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: fl
     raise AssertionError("the run did not reach the step in time")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_run(tiny_model_dir, tmp_path):
     assert main(run_argv(tiny_model_dir, tmp_path / "straight")) == 0
 
@@ -79,6 +81,7 @@ def test_sigkill_then_resume_gives_the_same_run(tiny_model_dir, tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_and_says_how_to_resume(tiny_model_dir, tmp_path, sig, code):
     run = tmp_path / "run"
@@ -93,6 +96,7 @@ def test_signal_saves_and_says_how_to_resume(tiny_model_dir, tmp_path, sig, code
     assert len((run / "steps.jsonl").read_text().splitlines()) >= step >= 1
 
 
+@pytest.mark.slow
 def test_resume_refuses_contradicting_flags_and_bad_checkpoints(tiny_model_dir, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     make_interrupted_run(run_argv(tiny_model_dir, run, steps=4), monkeypatch)
@@ -120,6 +124,7 @@ def test_resume_refuses_contradicting_flags_and_bad_checkpoints(tiny_model_dir, 
     assert "finished run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_clear_error_and_damages_nothing(tiny_model_dir, tmp_path, capsys, monkeypatch):
     import errno
 

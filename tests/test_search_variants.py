@@ -126,6 +126,7 @@ def test_several_starts_search_each_path_and_take_finalists_from_every_one(tiny_
     assert result.prompt in finalists and result.dev_accuracy == max(f["dev_accuracy"] for f in result.finalists)
 
 
+@pytest.mark.slow
 def test_several_starts_resume_exactly(tiny_model, smol_tokenizer):
     config = replace(SMALL, starts=["be brief."], keep_best=True)
     plain = _run(tiny_model, smol_tokenizer, config)
@@ -177,6 +178,7 @@ def test_compare_rows_name_the_variants():
         greater_fields("ape>apo")
 
 
+@pytest.mark.slow
 def test_optimize_records_the_variants_and_refuses_a_contradicting_resume(
     capsys, tiny_model_dir, tmp_path, monkeypatch
 ):
@@ -220,6 +222,7 @@ def test_init_from_starts_from_a_runs_prompt_as_it_was_scored(capsys, tiny_model
     ]
 
 
+@pytest.mark.slow
 def test_compare_refines_the_prompt_its_source_chose(capsys, tiny_model_dir: Path, tmp_path: Path):
     out = tmp_path / "cmp"
     argv = ["compare", "--model", str(tiny_model_dir), "--task", "gen/boolean_expressions", "--steps", "2"]

@@ -114,6 +114,7 @@ def test_shared_prefix_scoring_equals_full_forward(tiny_model, smol_tokenizer, t
         {"static_cache": True},
     ],
 )
+@pytest.mark.slow
 def test_each_speedup_gives_the_same_run(tiny_run, switched):
     on = tiny_run(steps=4, max_new_tokens=6, batch_size=8)
     off = tiny_run(steps=4, max_new_tokens=6, batch_size=8, **switched)

@@ -15,6 +15,7 @@ mlflow = pytest.importorskip("mlflow", reason="greater[mlflow] (a dev dependency
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 
+@pytest.mark.slow
 def test_optimize_logs_to_mlflow_and_a_resumed_run_continues_it(tiny_model_dir, tmp_path, monkeypatch, capsys):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = tmp_path / "run"
@@ -44,6 +45,7 @@ def test_optimize_logs_to_mlflow_and_a_resumed_run_continues_it(tiny_model_dir, 
     assert {"run.json", "steps.jsonl", "result.json", "prompt.json"} <= artifacts
 
 
+@pytest.mark.slow
 def test_compare_logs_the_table(tiny_model_dir, tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "cmp"
@@ -57,6 +59,7 @@ def test_compare_logs_the_table(tiny_model_dir, tmp_path):
     assert logged.data.params["methods"] == "['zs-cot']"
 
 
+@pytest.mark.slow
 def test_mlflow_missing_is_one_clear_error(tiny_model_dir, tmp_path, monkeypatch, capsys):
     for name in ("mlflow", "mlflow.tracking"):
         monkeypatch.setitem(sys.modules, name, None)  # as when greater[mlflow] is not installed
