@@ -45,9 +45,9 @@ test: install test-deps
 	@# the import contracts of docs/architecture.md (pyproject.toml [tool.importlinter]): layers, no cycles
 	$(VENV)/bin/lint-imports
 	@# the documentation site is built once, with --strict, by tests/test_docs.py. Two pytest workers of one
-	@# torch thread each (a file's tests on one worker, so its module fixtures are made once): both cores busy,
-	@# neither oversubscribed
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
+	@# torch thread each, tests handed out one by one (a file with a module fixture, marked xdist_group, goes
+	@# to one worker whole, so the fixture is made once): both cores busy, neither oversubscribed
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup
 	@# exact resume must not depend on the CPU the suite was written on: the resume tests again with torch's
 	@# kernels capped at AVX2 (no AVX-512, no AVX-512-BF16) on one thread, as on an AMD EPYC with AVX2 only
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 $(PY) -m pytest -q \
@@ -56,7 +56,7 @@ test: install test-deps
 # the inner loop: the unit tests on the tiny random-weight model, without the embedded model's integration
 # tests, the real services and the site (pytest -m "not slow"); `make test` runs everything
 test-fast: install
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

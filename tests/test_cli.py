@@ -20,6 +20,9 @@ from greater.cli import main
 from greater.tasks import get_task
 from helpers import BBH_DIR, message_lines, optimize_argv, run_cli
 
+# one pytest worker runs this file's tests: its module fixture is made once (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("cli")
+
 GEN_TASKS = ("gen/boolean_expressions", "gen/arithmetic", "gen/object_counting")
 
 

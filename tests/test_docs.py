@@ -17,6 +17,9 @@ import greater
 import greater.dspy  # the optional DSPy front end: its names have their own heading
 from helpers import REPO
 
+# one pytest worker runs this file's tests: its module fixture is made once (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("docs")
+
 RUNNABLE = re.compile(r"<!-- runnable -->\n```(bash|python)\n(.*?)```", re.DOTALL)
 
 

@@ -20,6 +20,9 @@ from greater.inference.layout import cut_at_marker, encode  # noqa: E402
 from greater.optimizer import GreaterConfig  # noqa: E402
 from greater.tasks import get_task  # noqa: E402
 
+# one pytest worker runs this file's tests: its module fixture is made once (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("dspy")
+
 INSTRUCTIONS = "Tell whether the review is positive or negative."
 
 

@@ -17,7 +17,8 @@ from greater.inference.layout import encode_prompt
 from greater.inference.model import EMBEDDED_MODEL, load_model
 from helpers import BBH_DIR, check_compare_table, read_json, read_jsonl
 
-pytestmark = pytest.mark.slow
+# one pytest worker runs this file's tests: its module fixture is made once (make test: --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("integration")]
 
 MAX_NEW = "24"
 

@@ -17,6 +17,9 @@ import pytest
 from greater import artifact
 from helpers import read_json, read_jsonl, run_cli
 
+# one pytest worker runs this file's tests: its module fixture is made once (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("old_folders")
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MODEL_DIR = Path("/tmp/greater-fixture-tiny-model")
 TASK = "gen/boolean_expressions"

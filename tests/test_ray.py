@@ -12,6 +12,9 @@ import pytest
 from greater.compare import cluster
 from helpers import check_compare_table, message_lines, run_cli
 
+# one pytest worker runs this file's tests: its module fixture is made once (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("ray")
+
 ARGV = ["compare", "--task", "gen/boolean_expressions", "--methods", "zs-cot,greater", "--seeds", "0"]
 ARGV += ["--steps", "1", "--train", "3", "--test", "4", "--max-new-tokens", "4", "--device", "cpu"]
 

@@ -188,6 +188,20 @@ def _add_search_options(opt: argparse.ArgumentParser) -> None:
         "--filler", default=None, help=f"token appended when a prompt grows (default {GreaterConfig.filler!r})"
     )
     opt.add_argument(
+        "--grad-batch-size",
+        type=_size,
+        default=None,
+        help=f"rows per forward + backward chunk, or auto (default: from free GPU memory; {CPU_GRAD_BATCH_SIZE} on a "
+        "CPU)",
+    )
+    _add_stop_and_choice(opt)
+    _add_search_variants(opt)
+
+
+def _add_stop_and_choice(opt: argparse.ArgumentParser) -> None:
+    """When GReaTer stops, and how its prompt is chosen on the dev set (`greater optimize`)."""
+    opt.add_argument("--patience", type=_positive, default=None, help="stop after N steps without improvement")
+    opt.add_argument(
         "--keep-top",
         type=_positive,
         default=None,
@@ -199,15 +213,6 @@ def _add_search_options(opt: argparse.ArgumentParser) -> None:
         default=None,
         help="score the starting prompt on dev too: never return one worse on dev (not in the paper)",
     )
-    opt.add_argument(
-        "--grad-batch-size",
-        type=_size,
-        default=None,
-        help=f"rows per forward + backward chunk, or auto (default: from free GPU memory; {CPU_GRAD_BATCH_SIZE} on a "
-        "CPU)",
-    )
-    opt.add_argument("--patience", type=_positive, default=None, help="stop after N steps without improvement")
-    _add_search_variants(opt)
 
 
 def _add_search_variants(opt: argparse.ArgumentParser) -> None:
