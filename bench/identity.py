@@ -12,7 +12,8 @@ ape`) and a small `greater compare` (greater, zs-cot, ape; one task, one seed), 
 `diff` compares every .json and .jsonl file the two captures hold (run.json, steps.jsonl,
 checkpoint.json, result.json, prompt.json, cells, table.json, ...) value by value, floats to the bit,
 ignoring what a machine measures and a checkpoint's process-random RNG states (`TIMING_KEYS`) and the
-capture's own folder name, and the text files (prompt.txt, table.md) byte by byte; it prints each
+capture's own folder name, and the text files (prompt.txt, table.md) byte by byte but for the seconds column
+of table.md's cost table; it prints each
 difference and exits 1 when there is one.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +73,15 @@ def _compare(value, where: str, differences: list[str], other) -> None:
         differences.append(f"{where}: {value!r} before, {other!r} after")
 
 
+# a row of table.md's cost table: method, model calls, generated tokens, then the seconds a machine measured
+COST_ROW = re.compile(r"^(\| [^|]+ \| \d+ \| \d+ \| )[\d.]+( \|)$", re.MULTILINE)
+
+
+def _text(path: Path) -> str:
+    """A text file as compared: byte for byte but for the seconds of table.md's cost table."""
+    return COST_ROW.sub(r"\1<seconds>\2", path.read_text(encoding="utf-8"))
+
+
 def _load(path: Path):
     if path.suffix == ".jsonl":
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -88,7 +99,7 @@ def diff(before: Path, after: Path) -> int:
     compared = sorted(a & b)
     for rel in compared:
         if rel.suffix in TEXT_SUFFIXES:
-            if (before / rel).read_bytes() != (after / rel).read_bytes():
+            if _text(before / rel) != _text(after / rel):
                 differences.append(f"{rel}: text differs")
             continue
         old = json.loads(json.dumps(_load(before / rel)).replace(str(before.resolve()), "CAPTURE"))
