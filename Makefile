@@ -50,7 +50,7 @@ test: install test-deps
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup
 	@# exact resume must not depend on the CPU the suite was written on: the resume tests again with torch's
 	@# kernels capped at AVX2 (no AVX-512, no AVX-512-BF16) on one thread, as on an AMD EPYC with AVX2 only
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 $(PY) -m pytest -q \
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup \
 		tests/test_runs.py tests/test_devices.py tests/test_speedups.py -k "resume or kept_prefix"
 
 # the inner loop: the unit tests on the tiny random-weight model, without the embedded model's integration
