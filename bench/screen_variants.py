@@ -20,7 +20,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from greater.compare.cells import CellJob, ScoringModel, load_partial, save_partial, search_cell, source_cell
+from greater.compare.cells import (
+    CellJob,
+    ScoringModel,
+    load_partial,
+    progress_note,
+    save_partial,
+    search_cell,
+    source_cell,
+)
 from greater.compare.stats import distinctness
 from greater.compare.table import cell_name
 from greater.inference.model import load_model, model_label
@@ -66,8 +74,7 @@ def screen(out: Path, methods: list[str], seeds: list[int]) -> None:
 
             def checkpoint(progress: dict, partial: Path = partial, key: str = key, name: str = name) -> None:
                 save_partial(partial, key, progress)
-                steps = len(progress.get("search", {}).get("history", []))
-                print(f"{name}: step {steps}/{config.steps}", file=sys.stderr, flush=True)
+                print(f"{name}: {progress_note(progress, config.steps)}", file=sys.stderr, flush=True)
 
             result, _ = search_cell(job, scorer, drawn.train, drawn.dev, load_partial(partial, key), checkpoint)
             cell = {"task": TASK, "method": method, "seed": seed, "split": {"fingerprint": split_id}, "result": result}
