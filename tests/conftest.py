@@ -85,4 +85,3 @@ def tiny_engine(tiny_model, smol_tokenizer):
         return Engine(tiny_model, smol_tokenizer, loaded, examples, joiner=". Use", answer_temperature=0.2, **settings)
 
     return make
-
