@@ -94,6 +94,75 @@ def _kind_example(rng: random.Random) -> Example:
     return Example(question, kind)
 
 
+# --- whether a thing is hot or cold, from what happened to it -------------------------------------
+
+_TEMPERATURE_THINGS = [
+    "soup", "tea", "coffee", "water", "milk", "pie", "pizza", "stone", "spoon", "bread", "juice", "soda",
+    "towel", "pan", "bottle", "bowl", "cocoa", "sand",
+]  # fmt: skip
+_HEATED = [
+    "was boiling on the stove for ten minutes", "just came out of the oven", "sat in the sun all afternoon",
+    "was heated in the microwave for three minutes", "was left next to the campfire",
+    "was poured straight from the kettle",
+]  # fmt: skip
+_COOLED = [
+    "was in the freezer all night", "was left outside in the snow", "just came out of the fridge",
+    "sat on a block of ice for an hour", "was packed in ice cubes", "was left out on a freezing winter night",
+]  # fmt: skip
+_TEMPERATURE_TEMPLATES = [
+    "The {thing} {what}. Is the {thing} hot or cold now?",
+    "The {thing} {what}. Would the {thing} feel hot or cold?",
+    "My {thing} {what}. Hot or cold?",
+]
+
+
+def _temperature_example(rng: random.Random) -> Example:
+    """What happened to the thing decides; in half the questions something else happened to it first, and
+    the last event decides ("..., and then it ...")."""
+    hot = rng.random() < 0.5
+    last, first = (_HEATED, _COOLED) if hot else (_COOLED, _HEATED)
+    thing, what = rng.choice(_TEMPERATURE_THINGS), rng.choice(last)
+    if rng.random() < 0.5:
+        what = f"{rng.choice(first)}, and then it {what}"
+    question = rng.choice(_TEMPERATURE_TEMPLATES).format(thing=thing, what=what)
+    return Example(question, "hot" if hot else "cold")
+
+
+# --- whether a sentence is about sports or cooking -------------------------------------------------
+
+_ACTORS = [
+    "the chef", "the striker", "the coach", "my neighbor", "the team", "our class", "the old baker",
+    "a young goalkeeper", "the family", "the champion",
+]  # fmt: skip
+_TOPIC_ACTIONS = {
+    "sports": [
+        "scored twice in the second half", "won the marathon in record time", "trained on the tennis court",
+        "missed a penalty in the final", "swam forty laps", "hit a home run in the ninth inning",
+        "cycled up the mountain stage", "lifted a new personal best at the gym",
+    ],
+    "cooking": [
+        "simmered the tomato sauce for an hour", "baked three loaves of sourdough",
+        "seasoned the soup with fresh thyme", "whisked the eggs for an omelette",
+        "roasted a chicken with lemon and garlic", "kneaded the pizza dough", "fried the onions until golden",
+        "iced a chocolate cake",
+    ],
+}  # fmt: skip
+_WHEN = ["", " on Sunday", " yesterday", " last night", " this morning"]
+_TOPIC_TEMPLATES = [
+    'Headline: "{sentence}" Is this about sports or cooking?',
+    '"{sentence}" Is this sentence about sports or cooking?',
+    "{sentence} Sports or cooking?",
+]
+
+
+def _topic_example(rng: random.Random) -> Example:
+    """Who did it says nothing (a chef may run, a striker may bake): what they did decides."""
+    topic = rng.choice(list(_TOPIC_ACTIONS))
+    actor = rng.choice(_ACTORS)
+    sentence = f"{actor[0].upper()}{actor[1:]} {rng.choice(_TOPIC_ACTIONS[topic])}{rng.choice(_WHEN)}."
+    return Example(rng.choice(_TOPIC_TEMPLATES).format(sentence=sentence), topic)
+
+
 # --- the tasks ------------------------------------------------------------------------------------
 
 
@@ -127,6 +196,20 @@ LABEL_TASKS: dict[str, Task] = {
             ("animal", "food", "tool"),
             _kind_example,
             seed=2002,
+        ),
+        _label_task(
+            "temperature",
+            "Say whether a thing is hot or cold after what happened to it (the last event decides).",
+            ("hot", "cold"),
+            _temperature_example,
+            seed=2003,
+        ),
+        _label_task(
+            "topic",
+            "Say whether a sentence is about sports or cooking (what was done decides, not who did it).",
+            ("sports", "cooking"),
+            _topic_example,
+            seed=2004,
         ),
     ]
 }
