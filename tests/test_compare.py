@@ -107,7 +107,7 @@ def test_compare_command_interrupted_then_resumed(capsys, tiny_model_dir: Path, 
 
 def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    methods = ["greater:num_select=1", "zs-cot"]
+    methods = ["greater:num_select=1", "zs-cot", "ape:evaluations=2"]
     argv = [
         "compare",
         "--model",
@@ -124,7 +124,9 @@ def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, t
     cell = read_json(out / "cells" / "gen_boolean_expressions__greater_num_select_1__s0.json")
     assert cell["method"] == "greater:num_select=1"
     assert [len(step["evaluated"]) for step in cell["result"]["history"]] == [1, 1]
-    assert "| greater:num_select=1 | zs-cot |" in stdout
+    assert "| greater:num_select=1 | zs-cot | ape:evaluations=2 |" in stdout
+    ape = read_json(out / "cells" / "gen_boolean_expressions__ape_evaluations_2__s0.json")
+    assert len(ape["result"]["history"]) == 2  # its own budget, not the comparison's 3 × 2
 
 
 @pytest.mark.parametrize(
@@ -137,7 +139,7 @@ def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, t
         (["--methods", "greater:nll_weight=x"], "method 'greater:nll_weight=x': 'x' is no value for nll_weight"),
         (
             ["--methods", "greater:nll_weight=.5:top_k=8,zs-cot,greater:top_k=8:nll_weight=0.5"],
-            "methods 'greater:nll_weight=.5:top_k=8' and 'greater:top_k=8:nll_weight=0.5' run the same GReaTer",
+            "methods 'greater:nll_weight=.5:top_k=8' and 'greater:top_k=8:nll_weight=0.5' run the same settings",
         ),
         (["--methods", "greater,greater:num_select=3"], "methods 'greater' and 'greater:num_select=3' run the same"),
         (["--methods", "greater,greater-starts", "--steps", "2"], "3 starting prompts need at least one step each"),

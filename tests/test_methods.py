@@ -13,7 +13,17 @@ import pytest
 from greater.errors import GreaterError
 from greater.evaluate import best_on_dev
 from greater.inference.layout import encode_prompt
-from greater.methods import GREATER_VARIANTS, METHODS, ZS_COT_PROMPT, MethodConfig, common, greater_fields, run_method
+from greater.methods import (
+    GREATER_VARIANTS,
+    METHODS,
+    ZS_COT_PROMPT,
+    MethodConfig,
+    baseline_fields,
+    common,
+    distinct_settings,
+    greater_fields,
+    run_method,
+)
 from greater.methods import baselines as B
 from greater.methods.common import Scored, Workbench, extract_prompt, pick_on_dev
 from greater.tasks import Example, get_task
@@ -314,10 +324,9 @@ def test_a_greater_method_name_carries_its_options(name: str, fields: dict | Non
     ("name", "message"),
     [
         ("opro", "unknown method 'opro'; choose from greater, greater-zs, greater-best, greater-starts, zs-cot"),
-        (
-            "ape:num_select=2",
-            "method 'ape:num_select=2': only GReaTer methods (greater, greater-zs, greater-best, greater-starts) take",
-        ),
+        ("ape:num_select=2", "method 'ape:num_select=2': 'num_select=2' is not one of evaluations=VALUE"),
+        ("ape:evaluations=0", "method 'ape:evaluations=0': invalid setting evaluations=0"),
+        ("zs-cot:evaluations=5", "method 'zs-cot:evaluations=5': zs-cot scores one prompt and takes no options"),
         ("greater:steps=3", "method 'greater:steps=3': 'steps=3' is not one of num_select=VALUE, nll_weight"),
         ("greater:nll_weight", "method 'greater:nll_weight': nll_weight needs a value (nll_weight=VALUE)"),
         ("greater:num_select=two", "method 'greater:num_select=two': 'two' is no value for num_select"),
@@ -332,6 +341,28 @@ def test_a_bad_method_name_says_what_is_wrong(name: str, message: str) -> None:
     with pytest.raises(GreaterError) as raised:
         greater_fields(name)
     assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("name", "fields"),
+    [("ape", {}), ("apo:evaluations=7", {"evaluations": 7}), ("greater", None), ("ape>greater", None)],
+)
+def test_a_baseline_name_may_carry_its_own_budget(name: str, fields: dict | None) -> None:
+    assert baseline_fields(name) == fields
+
+
+def test_a_baseline_budget_in_the_name_changes_the_search_and_a_copy_of_a_row_is_refused(
+    tiny_model, smol_tokenizer
+) -> None:
+    config = MethodConfig(steps=2, max_new_tokens=4, batch_size=8)  # 3 × 2 = 6 candidates
+    plain = run_method("ape", tiny_model, smol_tokenizer, TASK, TRAIN, config)
+    more = run_method("ape:evaluations=9", tiny_model, smol_tokenizer, TASK, TRAIN, config)
+    assert more.method == "ape:evaluations=9"
+    assert (len(plain.history), len(more.history)) == (6, 9)  # a history entry per candidate scored
+    assert more.usage.calls > plain.usage.calls
+    distinct_settings(["ape", "ape:evaluations=9", "apo:evaluations=6"], config)  # apo at 6: no other apo row
+    with pytest.raises(GreaterError, match="methods 'ape' and 'ape:evaluations=6' run the same settings"):
+        distinct_settings(["ape", "ape:evaluations=6"], config)
 
 
 def test_a_greater_option_in_the_method_name_changes_the_search(tiny_model, smol_tokenizer) -> None:

@@ -29,7 +29,6 @@ from greater.lifecycle import Run, RunOptions, RunSpec
 from greater.methods import (
     MethodConfig,
     distinct_settings,
-    greater_settings,
 )
 from greater.optimizer import GreaterConfig
 from greater.prompt_table import (
@@ -327,7 +326,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise GreaterError("--keep-top picks the prompts scored on the dev set; give --dev N too")
     _check_out_folder(args.out)
     config = MethodConfig.from_args(args, names("compare"), "greater compare")
-    distinct_settings(methods, greater_settings(config))
+    distinct_settings(methods, config)
     options = _task_options(args)
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded

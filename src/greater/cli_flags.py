@@ -11,7 +11,15 @@ from greater.evaluate import DEFAULT_JOINER
 from greater.inference.device import DTYPES
 from greater.inference.layout import PLACEMENTS
 from greater.inference.memory import CPU_BATCH_SIZE, CPU_GRAD_BATCH_SIZE
-from greater.methods import METHODS, PAPER_METHODS, REFINES, ZS_COT_JOINER, ZS_COT_PROMPT, MethodConfig
+from greater.methods import (
+    BASELINE_TUNABLE,
+    METHODS,
+    PAPER_METHODS,
+    REFINES,
+    ZS_COT_JOINER,
+    ZS_COT_PROMPT,
+    MethodConfig,
+)
 from greater.optimizer import NAMED_STARTS, SELECTION_RULES, GreaterConfig
 from greater.runtime import GENERATORS
 from greater.settings import TUNABLE
@@ -261,7 +269,8 @@ def _add_compare(sub) -> None:
         default=paper,
         help=f"comma-separated, of {', '.join(METHODS)} (default {paper}); a GReaTer method may add "
         f"options, each as :NAME=VALUE ({', '.join(TUNABLE)}), e.g. greater:nll_weight=0.5, and may start "
-        f"from the prompt a baseline chose: BASELINE{REFINES}GREATER, e.g. ape{REFINES}greater",
+        f"from the prompt a baseline chose: BASELINE{REFINES}GREATER, e.g. ape{REFINES}greater; a baseline with a "
+        f"search may set its own budget: {', '.join(k + '=N' for k in BASELINE_TUNABLE)}, e.g. ape:evaluations=90",
     )
     cmp.add_argument("--seeds", default="0", help="comma-separated seeds; each seed draws its own split (default 0)")
     cmp.add_argument(

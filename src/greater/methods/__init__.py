@@ -46,12 +46,14 @@ __all__ = [
     "METHODS",
     "REFINES",
     "PAPER_METHODS",
+    "BASELINE_TUNABLE",
     "TUNABLE",
     "ZS_COT_JOINER",
     "ZS_COT_PROMPT",
     "MethodConfig",
     "MethodResult",
     "Usage",
+    "baseline_fields",
     "greater_fields",
     "refined_source",
     "run_method",
@@ -77,6 +79,9 @@ GREATER_VARIANTS: dict[str, dict] = {
     "greater-starts": {"init_prompt": NAMED_STARTS["p1"], "joiner": ZS_COT_JOINER, "starts": ["zs-cot", "direct"]},
 }
 REFINES = ">"  # "ape>greater": GReaTer (or a variant) from the prompt the method before it chose
+# a baseline row's options ("ape:evaluations=90"): MethodConfig fields over the comparison's config, so that a
+# baseline can be run at another budget beside the rows at the comparison's (zs-cot has no search: none)
+BASELINE_TUNABLE: dict[str, Callable[[str], object]] = {"evaluations": int}
 METHODS = (*GREATER_VARIANTS, *_BASELINES)
 """Every method name `run_method` and `greater compare --methods` take: GReaTer and its variants, then the
 baselines; `greater compare` also takes BASELINE>GREATER (`refined_source`)."""
@@ -110,46 +115,72 @@ def greater_fields(name: str) -> dict | None:
     if base not in METHODS:
         raise GreaterError(f"unknown method {base!r}; choose from {', '.join(METHODS)}")
     if base not in GREATER_VARIANTS:
-        if options:
-            greater = ", ".join(GREATER_VARIANTS)
-            raise GreaterError(f"method {name!r}: only GReaTer methods ({greater}) take :option=value")
+        baseline_fields(name)  # a baseline's options are checked here too, so one call checks any name
         return None
+    fields = GREATER_VARIANTS[base] | _options(name, options, TUNABLE)
+    replace(GreaterConfig(), **fields).validate()
+    return fields
+
+
+def baseline_fields(name: str) -> dict | None:
+    """The MethodConfig fields baseline row `name` sets over the comparison's config, or None for a GReaTer
+    method: "ape:evaluations=90" -> {"evaluations": 90}, "ape" -> {}. Options are `BASELINE_TUNABLE`'s;
+    zs-cot, which scores one prompt, takes none."""
+    base, *options = name.split(":")
+    if REFINES in name or base in GREATER_VARIANTS:
+        return None
+    if base not in _BASELINES:
+        raise GreaterError(f"unknown method {base!r}; choose from {', '.join(METHODS)}")
+    if options and base == "zs-cot":
+        raise GreaterError(f"method {name!r}: zs-cot scores one prompt and takes no options")
+    fields = _options(name, options, BASELINE_TUNABLE)
+    try:
+        replace(MethodConfig(), **fields).validate()
+    except GreaterError as error:
+        raise GreaterError(f"method {name!r}: {error}") from None
+    return fields
+
+
+def _options(name: str, options: list[str], tunable: dict[str, Callable[[str], object]]) -> dict:
+    """The NAME=VALUE options of method `name`, each converted by `tunable[NAME]`; GreaterError naming the
+    first that is unknown, empty, repeated or no value."""
     given: dict = {}
     for option in options:
         key, _, text = option.partition("=")
-        if key not in TUNABLE:
-            raise GreaterError(f"method {name!r}: {option!r} is not one of {', '.join(k + '=VALUE' for k in TUNABLE)}")
+        if key not in tunable:
+            raise GreaterError(f"method {name!r}: {option!r} is not one of {', '.join(k + '=VALUE' for k in tunable)}")
         if not text:
             raise GreaterError(f"method {name!r}: {key} needs a value ({key}=VALUE)")
         if key in given:
             raise GreaterError(f"method {name!r}: {key} is set twice")
         try:
-            given[key] = TUNABLE[key](text)
+            given[key] = tunable[key](text)
             if isinstance(given[key], float) and not math.isfinite(given[key]):
                 raise ValueError(text)
         except (ValueError, KeyError):
             raise GreaterError(f"method {name!r}: {text!r} is no value for {key}") from None
-    fields = GREATER_VARIANTS[base] | given
-    replace(GreaterConfig(), **fields).validate()
-    return fields
+    return given
 
 
-def distinct_settings(names: list[str], base: GreaterConfig) -> None:
-    """Raise GreaterError if a GReaTer method among `names` is invalid over `base` (the comparison's
+def distinct_settings(names: list[str], config: MethodConfig) -> None:
+    """Raise GreaterError if a method among `names` is invalid over `config` (the comparison's
     settings), or two run the same settings over it
-    ("greater:nll_weight=.5" and "greater:nll_weight=0.5", options in another order, or an option at
-    its value in `base`): each would be a row of its own, spending a search on a copy."""
-    seen: list[tuple[str, tuple[str | None, GreaterConfig]]] = []
+    ("greater:nll_weight=.5" and "greater:nll_weight=0.5", options in another order, an option at
+    its value in `config`, or "ape:evaluations=45" beside "ape" at 45): each would be a row of its own,
+    spending a search on a copy."""
+    base = greater_settings(config)
+    seen: list[tuple[str, tuple]] = []
     for name in names:
         fields = greater_fields(name)
         if fields is None:
-            continue
-        config = (refined_source(name), replace(base, **fields))
-        config[1].validate()  # at the comparison's budget (greater-starts needs a step per start)
-        for other, other_config in seen:
-            if config == other_config:
-                raise GreaterError(f"methods {other!r} and {name!r} run the same GReaTer settings; keep one")
-        seen.append((name, config))
+            row: tuple = (name.split(":")[0], replace(config, **baseline_fields(name)).budget)
+        else:
+            row = (refined_source(name), replace(base, **fields))
+            row[1].validate()  # at the comparison's budget (greater-starts needs a step per start)
+        for other, other_row in seen:
+            if row == other_row:
+                raise GreaterError(f"methods {other!r} and {name!r} run the same settings; keep one")
+        seen.append((name, row))
 
 
 def run_method(
@@ -210,12 +241,13 @@ def run_method(
         engine = engine or build_engine(model, tokenizer, task, train, settings, generator)
         result = _greater(name, task, settings, dev, sitting, on_step, engine)
     else:
+        config = replace(config, **baseline_fields(name))
         on_progress = sitting.save if checkpoint is not None else None
         bench = Workbench(
             model, tokenizer, task, train, config, saved=sitting.search, on_progress=on_progress, engine=engine
         )
         sitting.count(bench.generator.stats)
-        best, history = _BASELINES[name](bench)
+        best, history = _BASELINES[name.split(":")[0]](bench)
         finalists: list[dict] = []
         if dev and len(bench.scores) > 1:
             best, finalists = pick_on_dev(bench.finalists(), lambda prompt: bench.dev_accuracy(prompt, dev))
