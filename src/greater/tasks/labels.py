@@ -94,73 +94,58 @@ def _kind_example(rng: random.Random) -> Example:
     return Example(question, kind)
 
 
-# --- whether a thing is hot or cold, from what happened to it -------------------------------------
+# --- whether an animal can fly ----------------------------------------------------------------------
 
-_TEMPERATURE_THINGS = [
-    "soup", "tea", "coffee", "water", "milk", "pie", "pizza", "stone", "spoon", "bread", "juice", "soda",
-    "towel", "pan", "bottle", "bowl", "cocoa", "sand",
+_FLIERS = [
+    "eagle", "sparrow", "owl", "parrot", "pigeon", "crow", "seagull", "bat", "bee", "butterfly", "duck",
+    "swan", "hawk", "robin", "mosquito", "dragonfly", "goose", "falcon", "hummingbird", "moth",
 ]  # fmt: skip
-_HEATED = [
-    "was boiling on the stove for ten minutes", "just came out of the oven", "sat in the sun all afternoon",
-    "was heated in the microwave for three minutes", "was left next to the campfire",
-    "was poured straight from the kettle",
+_WALKERS = [
+    "dog", "cat", "cow", "horse", "pig", "sheep", "goat", "lion", "tiger", "elephant", "snake", "frog",
+    "rabbit", "mouse", "bear", "giraffe", "camel", "turtle", "fox", "donkey",
 ]  # fmt: skip
-_COOLED = [
-    "was in the freezer all night", "was left outside in the snow", "just came out of the fridge",
-    "sat on a block of ice for an hour", "was packed in ice cubes", "was left out on a freezing winter night",
-]  # fmt: skip
-_TEMPERATURE_TEMPLATES = [
-    "The {thing} {what}. Is the {thing} hot or cold now?",
-    "The {thing} {what}. Would the {thing} feel hot or cold?",
-    "My {thing} {what}. Hot or cold?",
-]
+_ANIMAL_WORDS = ["", "young ", "big ", "small ", "hungry ", "wild ", "brown ", "old ", "little ", "grey "]
+_FLY_TEMPLATES = ["Can {animal} fly?", "Is {animal} able to fly?", "Can {animal} fly through the air?"]
 
 
-def _temperature_example(rng: random.Random) -> Example:
-    """What happened to the thing decides; in half the questions something else happened to it first, and
-    the last event decides ("..., and then it ...")."""
-    hot = rng.random() < 0.5
-    last, first = (_HEATED, _COOLED) if hot else (_COOLED, _HEATED)
-    thing, what = rng.choice(_TEMPERATURE_THINGS), rng.choice(last)
-    if rng.random() < 0.5:
-        what = f"{rng.choice(first)}, and then it {what}"
-    question = rng.choice(_TEMPERATURE_TEMPLATES).format(thing=thing, what=what)
-    return Example(question, "hot" if hot else "cold")
+def _fly_example(rng: random.Random) -> Example:
+    can = rng.random() < 0.5
+    animal = rng.choice(_ANIMAL_WORDS) + rng.choice(_FLIERS if can else _WALKERS)
+    animal = f"{'an' if animal[0] in 'aeiou' else 'a'} {animal}"
+    return Example(rng.choice(_FLY_TEMPLATES).format(animal=animal), "yes" if can else "no")
 
 
-# --- whether a sentence is about sports or cooking -------------------------------------------------
+# --- whether it is day or night ---------------------------------------------------------------------
 
-_ACTORS = [
-    "the chef", "the striker", "the coach", "my neighbor", "the team", "our class", "the old baker",
-    "a young goalkeeper", "the family", "the champion",
-]  # fmt: skip
-_TOPIC_ACTIONS = {
-    "sports": [
-        "scored twice in the second half", "won the marathon in record time", "trained on the tennis court",
-        "missed a penalty in the final", "swam forty laps", "hit a home run in the ninth inning",
-        "cycled up the mountain stage", "lifted a new personal best at the gym",
+_TIME_CUES = {
+    "day": [
+        "the sun is shining", "children are walking to school", "the sky is bright blue", "we are eating lunch",
+        "the rooster is crowing", "people are at work", "the shops are open", "the birds are singing",
+        "the sun is high in the sky", "the farmer is working in the field",
+        "we are having breakfast", "the sunlight comes through the window",
     ],
-    "cooking": [
-        "simmered the tomato sauce for an hour", "baked three loaves of sourdough",
-        "seasoned the soup with fresh thyme", "whisked the eggs for an omelette",
-        "roasted a chicken with lemon and garlic", "kneaded the pizza dough", "fried the onions until golden",
-        "iced a chocolate cake",
+    "night": [
+        "the moon is shining", "the stars are out", "the sky is dark", "everyone is asleep",
+        "the owls are hooting", "the street lamps are on", "we are going to bed", "the shops are closed",
+        "the moon is high in the sky", "the fireflies are glowing",
+        "the children are dreaming", "it is pitch dark outside",
     ],
 }  # fmt: skip
-_WHEN = ["", " on Sunday", " yesterday", " last night", " this morning"]
-_TOPIC_TEMPLATES = [
-    'Headline: "{sentence}" Is this about sports or cooking?',
-    '"{sentence}" Is this sentence about sports or cooking?',
-    "{sentence} Sports or cooking?",
+_TIME_TEMPLATES = [
+    "{cues}. Is it day or night?",
+    "Look outside: {cues}. Day or night?",
+    "Right now {cues}. Is it day or night?",
+    "{cues}. Is it daytime or nighttime? Answer day or night.",
+    "In the story, {cues}. Is it day or night?",
 ]
 
 
-def _topic_example(rng: random.Random) -> Example:
-    """Who did it says nothing (a chef may run, a striker may bake): what they did decides."""
-    topic = rng.choice(list(_TOPIC_ACTIONS))
-    actor = rng.choice(_ACTORS)
-    sentence = f"{actor[0].upper()}{actor[1:]} {rng.choice(_TOPIC_ACTIONS[topic])}{rng.choice(_WHEN)}."
-    return Example(rng.choice(_TOPIC_TEMPLATES).format(sentence=sentence), topic)
+def _time_example(rng: random.Random) -> Example:
+    label = rng.choice(list(_TIME_CUES))
+    first, second = rng.sample(_TIME_CUES[label], 2)
+    cues = f"{first} and {second}"
+    question = rng.choice(_TIME_TEMPLATES).format(cues=cues)
+    return Example(question[0].upper() + question[1:], label)
 
 
 # --- the tasks ------------------------------------------------------------------------------------
@@ -198,18 +183,18 @@ LABEL_TASKS: dict[str, Task] = {
             seed=2002,
         ),
         _label_task(
-            "temperature",
-            "Say whether a thing is hot or cold after what happened to it (the last event decides).",
-            ("hot", "cold"),
-            _temperature_example,
-            seed=2003,
+            "can_fly",
+            "Say whether an animal can fly (yes/no).",
+            ("yes", "no"),
+            _fly_example,
+            seed=2005,
         ),
         _label_task(
-            "topic",
-            "Say whether a sentence is about sports or cooking (what was done decides, not who did it).",
-            ("sports", "cooking"),
-            _topic_example,
-            seed=2004,
+            "day_or_night",
+            "Say whether it is day or night from what is going on.",
+            ("day", "night"),
+            _time_example,
+            seed=2006,
         ),
     ]
 }
