@@ -3,6 +3,7 @@
     python bench/screen_variants.py                                   # every variant, seeds 0 and 1, resumable
     python bench/screen_variants.py --methods greater-best,ape>greater  # a disjoint share, in a second shell
     python bench/screen_variants.py --table                           # the screen's table, from finished cells
+    python bench/screen_variants.py --choose                          # docs/results.md's rule, applied
 
 Each (variant, seed) is a `greater compare` cell's search (`compare.search_cell`, with its progress saved after
 every step in OUT/partial/, so an interrupted sitting goes on where it stopped) on the comparison's split of
@@ -15,6 +16,7 @@ dev accuracies beside the variants'; docs/results.md states the rule that picks 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from dataclasses import replace
@@ -111,14 +113,47 @@ def table(out: Path, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def choose(out: Path, seeds: list[int]) -> str:
+    """docs/results.md's rule, applied to finished cells: the variant with the highest mean dev accuracy of its
+    chosen prompt over `seeds`, a tie to the fewer generated tokens per search; then, if it generates more
+    than APE's search (mean over the same seeds), the APE row at as large a budget: the comparison's
+    evaluations scaled by the ratio, rounded up. Refuses while a cell is missing."""
+    config, _ = settings()
+
+    def cells(folder: Path, method: str) -> list[dict]:
+        paths = [folder / "cells" / f"{cell_name(TASK, method, seed)}.json" for seed in seeds]
+        missing = [path.name for path in paths if not path.exists()]
+        if missing:
+            raise SystemExit(f"screen_variants: not finished: {', '.join(missing)}")
+        return [read_json(path)["result"] for path in paths]
+
+    def mean(results: list[dict], key: str) -> float:
+        return statistics.mean(r["dev_accuracy"] if key == "dev" else r["usage"]["generated_tokens"] for r in results)
+
+    rows = {method: cells(out, method) for method in VARIANTS}
+    chosen = max(rows, key=lambda m: (mean(rows[m], "dev"), -mean(rows[m], "tokens")))
+    ape_tokens, tokens = mean(cells(COMPARISON, "ape"), "tokens"), mean(rows[chosen], "tokens")
+    lines = [f"chosen: {chosen} (mean dev {100 * mean(rows[chosen], 'dev'):.1f} %, {tokens:,.0f} generated tokens)"]
+    if tokens > ape_tokens:
+        evaluations = math.ceil(config.budget * tokens / ape_tokens)
+        lines.append(
+            f"APE at as large a budget: ape:evaluations={evaluations} ({tokens / ape_tokens:.2f} × {config.budget})"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "docs/evidence/labels/screen")
     parser.add_argument("--methods", default=",".join(VARIANTS))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--table", action="store_true", help="print the table of the finished cells and stop")
+    parser.add_argument("--choose", action="store_true", help="apply docs/results.md's rule to the finished cells")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.choose:
+        print(choose(args.out, seeds), end="")
+        return
     if not args.table:
         screen(args.out, [m for m in args.methods.split(",") if m], seeds)
     print(table(args.out, seeds), end="")
