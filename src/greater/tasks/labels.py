@@ -94,60 +94,6 @@ def _kind_example(rng: random.Random) -> Example:
     return Example(question, kind)
 
 
-# --- whether an animal can fly ----------------------------------------------------------------------
-
-_FLIERS = [
-    "eagle", "sparrow", "owl", "parrot", "pigeon", "crow", "seagull", "bat", "bee", "butterfly", "duck",
-    "swan", "hawk", "robin", "mosquito", "dragonfly", "goose", "falcon", "hummingbird", "moth",
-]  # fmt: skip
-_WALKERS = [
-    "dog", "cat", "cow", "horse", "pig", "sheep", "goat", "lion", "tiger", "elephant", "snake", "frog",
-    "rabbit", "mouse", "bear", "giraffe", "camel", "turtle", "fox", "donkey",
-]  # fmt: skip
-_ANIMAL_WORDS = ["", "young ", "big ", "small ", "hungry ", "wild ", "brown ", "old ", "little ", "grey "]
-_FLY_TEMPLATES = ["Can {animal} fly?", "Is {animal} able to fly?", "Can {animal} fly through the air?"]
-
-
-def _fly_example(rng: random.Random) -> Example:
-    can = rng.random() < 0.5
-    animal = rng.choice(_ANIMAL_WORDS) + rng.choice(_FLIERS if can else _WALKERS)
-    animal = f"{'an' if animal[0] in 'aeiou' else 'a'} {animal}"
-    return Example(rng.choice(_FLY_TEMPLATES).format(animal=animal), "yes" if can else "no")
-
-
-# --- whether it is day or night ---------------------------------------------------------------------
-
-_TIME_CUES = {
-    "day": [
-        "the sun is shining", "children are walking to school", "the sky is bright blue", "we are eating lunch",
-        "the rooster is crowing", "people are at work", "the shops are open", "the birds are singing",
-        "the sun is high in the sky", "the farmer is working in the field",
-        "we are having breakfast", "the sunlight comes through the window",
-    ],
-    "night": [
-        "the moon is shining", "the stars are out", "the sky is dark", "everyone is asleep",
-        "the owls are hooting", "the street lamps are on", "we are going to bed", "the shops are closed",
-        "the moon is high in the sky", "the fireflies are glowing",
-        "the children are dreaming", "it is pitch dark outside",
-    ],
-}  # fmt: skip
-_TIME_TEMPLATES = [
-    "{cues}. Is it day or night?",
-    "Look outside: {cues}. Day or night?",
-    "Right now {cues}. Is it day or night?",
-    "{cues}. Is it daytime or nighttime? Answer day or night.",
-    "In the story, {cues}. Is it day or night?",
-]
-
-
-def _time_example(rng: random.Random) -> Example:
-    label = rng.choice(list(_TIME_CUES))
-    first, second = rng.sample(_TIME_CUES[label], 2)
-    cues = f"{first} and {second}"
-    question = rng.choice(_TIME_TEMPLATES).format(cues=cues)
-    return Example(question[0].upper() + question[1:], label)
-
-
 # --- the tasks ------------------------------------------------------------------------------------
 
 
@@ -181,20 +127,6 @@ LABEL_TASKS: dict[str, Task] = {
             ("animal", "food", "tool"),
             _kind_example,
             seed=2002,
-        ),
-        _label_task(
-            "can_fly",
-            "Say whether an animal can fly (yes/no).",
-            ("yes", "no"),
-            _fly_example,
-            seed=2005,
-        ),
-        _label_task(
-            "day_or_night",
-            "Say whether it is day or night from what is going on.",
-            ("day", "night"),
-            _time_example,
-            seed=2006,
         ),
     ]
 }
