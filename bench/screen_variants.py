@@ -76,7 +76,8 @@ def screen(out: Path, methods: list[str], seeds: list[int]) -> None:
 
             def checkpoint(progress: dict, partial: Path = partial, key: str = key, name: str = name) -> None:
                 save_partial(partial, key, progress)
-                print(f"{name}: {progress_note(progress, config.steps)}", file=sys.stderr, flush=True)
+                note = progress_note(progress, config.steps).replace("search done, scoring on test", "search done")
+                print(f"{name}: {note}", file=sys.stderr, flush=True)  # (the screen scores no test example)
 
             result, _ = search_cell(job, scorer, drawn.train, drawn.dev, load_partial(partial, key), checkpoint)
             cell = {"task": TASK, "method": method, "seed": seed, "split": {"fingerprint": split_id}, "result": result}
