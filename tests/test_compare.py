@@ -127,6 +127,16 @@ def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, t
     assert "| greater:num_select=1 | zs-cot | ape:evaluations=2 |" in stdout
     ape = read_json(out / "cells" / "gen_boolean_expressions__ape_evaluations_2__s0.json")
     assert len(ape["result"]["history"]) == 2  # its own budget, not the comparison's 3 × 2
+    paired = read_json(out / "table.json")["paired"]
+    assert paired["reference"] == "greater:num_select=1"  # no plain greater row: the first named
+
+    # a rerun naming another reference computes nothing and pairs every row with that one
+    code, stdout, err = run_cli(capsys, [*argv, "--reference", "ape:evaluations=2"])
+    assert code == 0, err
+    assert "3 of 3 cells already done" in err
+    paired = read_json(out / "table.json")["paired"]
+    assert paired["reference"] == "ape:evaluations=2"
+    assert "| gen/boolean_expressions | ape:evaluations=2 vs zs-cot |" in stdout
 
 
 @pytest.mark.parametrize(
@@ -144,6 +154,10 @@ def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, t
         (["--methods", "greater,greater:num_select=3"], "methods 'greater' and 'greater:num_select=3' run the same"),
         (["--methods", "greater,greater-starts", "--steps", "2"], "3 starting prompts need at least one step each"),
         (["--methods", "ape>greater"], "method 'ape>greater' starts from the prompt ape chose for gen/arithmetic"),
+        (
+            ["--methods", "greater,ape", "--reference", "apo"],
+            "--reference 'apo' must be one of --methods (greater, ape)",
+        ),
         (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
         (["--methods", ","], "--methods is empty"),
         (["--keep-top", "2"], "--keep-top picks the prompts scored on the dev set; give --dev N too"),

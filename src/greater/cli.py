@@ -327,6 +327,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     _check_out_folder(args.out)
     config = MethodConfig.from_args(args, names("compare"), "greater compare")
     distinct_settings(methods, config)
+    if args.reference is not None and args.reference not in methods:
+        raise GreaterError(f"--reference {args.reference!r} must be one of --methods ({', '.join(methods)})")
     options = _task_options(args)
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded
@@ -350,6 +352,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             fingerprint=True,
             progress=True,
             cluster=cluster,
+            reference=args.reference,
         )
     except (KeyboardInterrupt, Terminated):
         kept = "" if cluster is not None else ", with the progress of the cell that was running"

@@ -272,6 +272,13 @@ def _add_compare(sub) -> None:
         f"from the prompt a baseline chose: BASELINE{REFINES}GREATER, e.g. ape{REFINES}greater; a baseline with a "
         f"search may set its own budget: {', '.join(k + '=N' for k in BASELINE_TUNABLE)}, e.g. ape:evaluations=90",
     )
+    cmp.add_argument(
+        "--reference",
+        default=None,
+        metavar="METHOD",
+        help="the method of --methods the paired tests compare every other with (default: greater when it is "
+        "one, else the first); it sets the table only, so a rerun may name another",
+    )
     cmp.add_argument("--seeds", default="0", help="comma-separated seeds; each seed draws its own split (default 0)")
     cmp.add_argument(
         "--steps",

@@ -110,6 +110,7 @@ def run_compare(
     fingerprint: bool = False,
     progress: bool = False,
     cluster: RaySettings | None = None,
+    reference: str | None = None,
 ) -> dict:
     """Run the missing cells, then write table.json, table.md and chart.png; returns the table.
 
@@ -117,7 +118,8 @@ def run_compare(
     examples too, on which every method with a search makes its final choice (`run_method`'s `dev`).
     `fingerprint` records each cell's split fingerprint (`greater.tasks.base.fingerprint`), as run.json
     does. `cluster` (a `greater.compare.cluster.RaySettings`) runs the cells as Ray tasks; the models of `optimizer`
-    and `transfer` are then loaded by the workers from their labels, and may be None here."""
+    and `transfer` are then loaded by the workers from their labels, and may be None here. `reference`: the
+    method of `methods` the table's paired tests compare every other with (`table.default_reference`)."""
     _check_sources(out, tasks, methods, seeds, on_ray=cluster is not None)
     sizes: Sizes = (split[0], dev or 0, split[1])
     settings = {"model": optimizer.label, "split": {"train": split[0], "test": split[1]}, "config": asdict(config)}
@@ -182,7 +184,7 @@ def run_compare(
     finally:
         bar.close()  # also on the way out of an error, so the error's line is not the bar's
     records = [read_json(cell_path(out, task.name, method, seed)) for task, method, seed in cells]
-    table = summarize(out, records, settings, [s.label for s in transfer], tasks)
+    table = summarize(out, records, settings, [s.label for s in transfer], tasks, reference)
     write_json(out / "table.json", table)
     write_atomic(out / "table.md", compare_markdown(table))
     write_chart(table, out / "chart.png")

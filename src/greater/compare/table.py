@@ -22,7 +22,7 @@ from greater.methods import REFINES
 from greater.runs import slug, write_atomic
 from greater.tasks import Task
 
-REFERENCE = "greater"  # the method the paired tests compare every other with (else the first named)
+REFERENCE = "greater"  # the paired tests' reference row by default (`default_reference`)
 CUT_OFF_NOTE = (
     "Reasoning cut off at the cap (% of test answers whose reasoning reached --max-new-tokens; a high "
     "share means the answers were forced before the reasoning ended). In parentheses: the % cut off "
@@ -56,20 +56,32 @@ def cell_name(task: str, method: str, seed: int) -> str:
     return f"{slug(task)}__{slug(method)}__s{seed}"
 
 
+def default_reference(methods: Sequence[str]) -> str:
+    """The method the paired tests compare every other with when none is named: GReaTer if it is a row,
+    else the first."""
+    return REFERENCE if REFERENCE in methods else methods[0]
+
+
 def summarize(
-    out: Path, records: list[dict], settings: dict, transfer: Sequence[str] = (), tasks: Sequence[Task] = ()
+    out: Path,
+    records: list[dict],
+    settings: dict,
+    transfer: Sequence[str] = (),
+    tasks: Sequence[Task] = (),
+    reference: str | None = None,
 ) -> dict:
     """The table as JSON: per (task, method), test accuracy mean and spread over seeds and mean cost;
     per task its chance level (`_chance`); the paired tests (`_paired`).
 
     `out` is the folder the records' predictions paths are relative to; `tasks` (the `Task`s the
-    records are of, when at hand) give the uniform chance of a task with a fixed set of answers."""
+    records are of, when at hand) give the uniform chance of a task with a fixed set of answers;
+    `reference` is the method the paired tests compare every other with (default `default_reference`)."""
     names = list(dict.fromkeys(r["task"] for r in records))
     methods = list(dict.fromkeys(r["method"] for r in records))
     seeds = list(dict.fromkeys(r["seed"] for r in records))
     rows = {(r["task"], r["method"], r["seed"]): _test_rows(out, r) for r in records}
     cap = settings.get("config", {}).get("max_new_tokens")
-    reference = REFERENCE if REFERENCE in methods else methods[0]
+    reference = reference or default_reference(methods)
     answer_sets = {t.name: t.answer_set for t in tasks}
     chance = {t: _chance([rows[t, reference, s] for s in seeds], answer_sets.get(t)) for t in names}
     results = []
