@@ -327,6 +327,11 @@ def test_a_greater_method_name_carries_its_options(name: str, fields: dict | Non
         ("ape:num_select=2", "method 'ape:num_select=2': 'num_select=2' is not one of evaluations=VALUE"),
         ("ape:evaluations=0", "method 'ape:evaluations=0': invalid setting evaluations=0"),
         ("zs-cot:evaluations=5", "method 'zs-cot:evaluations=5': zs-cot scores one prompt and takes no options"),
+        (
+            "ape:evaluations=\u0669\u0660",
+            "method 'ape:evaluations=\u0669\u0660': '\u0669\u0660' is no value for evaluations",
+        ),
+        ("zs-cot>greater", "method 'zs-cot>greater': 'zs-cot' before '>' must be one of ape, apo, pe2, textgrad"),
         ("greater:steps=3", "method 'greater:steps=3': 'steps=3' is not one of num_select=VALUE, nll_weight"),
         ("greater:nll_weight", "method 'greater:nll_weight': nll_weight needs a value (nll_weight=VALUE)"),
         ("greater:num_select=two", "method 'greater:num_select=two': 'two' is no value for num_select"),

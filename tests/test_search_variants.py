@@ -102,6 +102,11 @@ def test_steps_are_shared_out_among_the_starts():
         (GreaterConfig(starts=["zs-cot"]), "the named start 'zs-cot' reads after the joiner '.', not '. Use'"),
         (GreaterConfig(steps=2, starts=["a.", "b."]), "3 starting prompts need at least one step each; steps is 2"),
         (GreaterConfig(starts=[" "]), "invalid setting starts=[' ']"),
+        (GreaterConfig(starts=["a.", "a."]), "the starting prompt 'a.' is given twice"),
+        (
+            GreaterConfig(init_prompt="Let's think step by step.", joiner=".", starts=["zs-cot"]),
+            'the starting prompt "Let\'s think step by step." is given twice',
+        ),
     ],
 )
 def test_bad_starts_are_refused(config, message):
@@ -124,6 +129,9 @@ def test_several_starts_search_each_path_and_take_finalists_from_every_one(tiny_
     assert len(finalists) == 3
     assert sorted(next(p for p, seen in by_path.items() if f in seen) for f in finalists) == [0, 1, 2]
     assert result.prompt in finalists and result.dev_accuracy == max(f["dev_accuracy"] for f in result.finalists)
+    # a dev tie goes to the lower selection score, whichever path the finalist came from
+    tied = [f for f in result.finalists if f["dev_accuracy"] == result.dev_accuracy]
+    assert result.prompt == min(tied, key=lambda f: f["score"])["prompt"], result.finalists
 
 
 @pytest.mark.slow
@@ -172,7 +180,7 @@ def test_compare_rows_name_the_variants():
     refine = greater_fields("ape>greater-best:patience=3")
     assert refine == {"dev_keeps_initial": True, "keep_best": True, "patience": 3}
     assert refined_source("ape>greater") == "ape" and refined_source("greater") is None
-    with pytest.raises(GreaterError, match="'nope' before '>' must be one of zs-cot, ape"):
+    with pytest.raises(GreaterError, match="'nope' before '>' must be one of ape, apo"):
         greater_fields("nope>greater")
     with pytest.raises(GreaterError, match="after '>' comes a GReaTer method"):
         greater_fields("ape>apo")
@@ -220,6 +228,15 @@ def test_init_from_starts_from_a_runs_prompt_as_it_was_scored(capsys, tiny_model
     assert message_lines(err) == [
         f"greater: error: {tmp_path} has no prompt.json (runs finished by greater 0.1.0 or later have one)"
     ]
+    # APE and ZS-CoT start from no prompt of the user's: a start given to them is refused, not ignored
+    for method, flags in (("ape", ["--init-from", str(finished_run)]), ("zs-cot", ["--init-prompt", "Go."])):
+        argv = optimize_argv(tiny_model_dir, tmp_path / method, "--method", method, *flags)
+        code, _, err = run_cli(capsys, argv)
+        assert code == 2
+        assert message_lines(err) == [
+            f"greater: error: {flags[0]} sets where a search starts; {method} starts from no prompt of yours"
+        ]
+        assert not (tmp_path / method).exists()
 
 
 @pytest.mark.slow

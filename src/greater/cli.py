@@ -206,6 +206,9 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
             raise GreaterError("--grad-batch-size sets GReaTer's backward chunks; baselines run no backward pass")
         if args.keep_top is not None:  # a MethodConfig field, used by `greater compare --dev` only
             raise GreaterError(f"--keep-top applies to GReaTer runs only, not to {args.method}")
+        if args.init_prompt is not None and args.method in ("ape", "zs-cot"):
+            flag = setting_name("init_from" if args.init_from is not None else "init_prompt")
+            raise GreaterError(f"{flag} sets where a search starts; {args.method} starts from no prompt of yours")
         _no_vllm(args, f"the {args.method} baseline")
         # every flag of the command, so one that sets no baseline field is refused by name
         flags = (*CONFIG_FLAGS, "evaluations", "dev")

@@ -148,6 +148,10 @@ class GreaterConfig:
                 f"{1 + len(self.starts)} starting prompts need at least one step each; "
                 f"{setting_name('steps')} is {self.steps}"
             )
+        prompts = self.start_prompts()
+        repeated = [text for i, text in enumerate(prompts) if text in prompts[:i]]
+        if repeated:
+            raise GreaterError(f"the starting prompt {repeated[0]!r} is given twice (each start takes steps)")
         named = [text for text in self.starts if text in NAMED_STARTS]
         if named and self.joiner != ZS_COT_JOINER:
             raise GreaterError(
@@ -419,10 +423,11 @@ def _dev_choice(
     best on dev (ties: the lower selection score) with every finalist's record."""
     tokenizer = engine.tokenizer
     finalists = dev_finalists(state, config, returnable)
+    appended = None
     if config.dev_keeps_initial:
         initial = engine.encode_prompt(config.init_prompt)
         if initial not in finalists:
-            finalists.append(initial)  # last: on a dev tie the searched prompt stays the choice
+            finalists.append(appended := initial)  # last: on a dev tie the searched prompt stays the choice
     for ids in finalists:
         if ids in state.dev_accuracy:
             continue
@@ -430,7 +435,10 @@ def _dev_choice(
         state.dev_accuracy[ids] = accuracy_on(engine, dev, text)
         if on_dev is not None:
             on_dev(state)
-    best = finalists[best_on_dev([state.dev_accuracy[ids] for ids in finalists])]
+    # a dev tie goes to the lower selection score (the kept initial prompt last): several starts' finalists
+    # come path by path, not in score order (with one path the order is the same as `finalists`')
+    by_score = sorted(finalists, key=lambda ids: (ids == appended, state.scores.get(ids, math.inf)))
+    best = by_score[best_on_dev([state.dev_accuracy[ids] for ids in by_score])]
     records = [
         {
             "prompt": prompt_text(tokenizer, ids),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from greater.tasks.custom import OPTIONS as TASK_OPTIONS
 
 Parser = Callable[[str], object]  # text -> value; raises ValueError or KeyError on bad text
-START_SEPARATOR = "|"  # between the starts of compare's `greater:starts=zs-cot|direct` (a text may hold commas)
+START_SEPARATOR = "|"  # between the starts of compare's `greater:starts=zs-cot|direct` (no "," or ":" in a text there)
 
 
 def _boolean(text: str) -> bool:

@@ -103,8 +103,9 @@ def greater_fields(name: str) -> dict | None:
     `refined_source`) sets NAME's fields, and starts from the baseline's prompt (`run_method(start=)`)."""
     source, sep, rest = name.partition(REFINES)
     if sep:
-        if source not in _BASELINES:
-            raise GreaterError(f"method {name!r}: {source!r} before {REFINES!r} must be one of {', '.join(_BASELINES)}")
+        searched = [b for b in _BASELINES if b != "zs-cot"]  # zs-cot's prompt is fixed: that is greater-zs
+        if source not in searched:
+            raise GreaterError(f"method {name!r}: {source!r} before {REFINES!r} must be one of {', '.join(searched)}")
         fields = greater_fields(rest)
         if fields is None:
             greater = ", ".join(GREATER_VARIANTS)
@@ -151,6 +152,8 @@ def _options(name: str, options: list[str], tunable: dict[str, Callable[[str], o
             raise GreaterError(f"method {name!r}: {option!r} is not one of {', '.join(k + '=VALUE' for k in tunable)}")
         if not text:
             raise GreaterError(f"method {name!r}: {key} needs a value ({key}=VALUE)")
+        if key != "starts" and not text.isascii():  # int("٩٠") is 90, and a cell's file name keeps ASCII only
+            raise GreaterError(f"method {name!r}: {text!r} is no value for {key}")
         if key in given:
             raise GreaterError(f"method {name!r}: {key} is set twice")
         try:
