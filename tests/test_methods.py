@@ -368,6 +368,10 @@ def test_a_baseline_budget_in_the_name_changes_the_search_and_a_copy_of_a_row_is
     distinct_settings(["ape", "ape:evaluations=9", "apo:evaluations=6"], config)  # apo at 6: no other apo row
     with pytest.raises(GreaterError, match="methods 'ape' and 'ape:evaluations=6' run the same settings"):
         distinct_settings(["ape", "ape:evaluations=6"], config)
+    # two rows whose cells' files would have one name (the folder keeps ASCII letters, digits and "._-")
+    starts = ["greater-starts:starts=a b|c.", "greater-starts:starts=a_b|c."]
+    with pytest.raises(GreaterError, match="would share their cells' file names; rename one"):
+        distinct_settings(starts, replace(config, steps=6))
 
 
 def test_a_greater_option_in_the_method_name_changes_the_search(tiny_model, smol_tokenizer) -> None:

@@ -38,6 +38,7 @@ from greater.optimizer import (
     fitted_config,
     optimize,
 )
+from greater.runs import slug
 from greater.settings import SHARED, TUNABLE
 from greater.tasks import Example, Task
 
@@ -173,7 +174,11 @@ def distinct_settings(names: list[str], config: MethodConfig) -> None:
     spending a search on a copy."""
     base = greater_settings(config)
     seen: list[tuple[str, tuple]] = []
+    stems: dict[str, str] = {}  # a row's cells are files named after it (`greater.runs.slug`)
     for name in names:
+        other = stems.setdefault(slug(name), name)
+        if other != name:
+            raise GreaterError(f"methods {other!r} and {name!r} would share their cells' file names; rename one")
         fields = greater_fields(name)
         if fields is None:
             row: tuple = (name.split(":")[0], replace(config, **baseline_fields(name)).budget)
