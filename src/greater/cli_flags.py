@@ -263,22 +263,7 @@ def _add_evaluate(sub) -> None:
 def _add_compare(sub) -> None:
     cmp = sub.add_parser("compare", help="every method on every task and seed, scored on test, as a table")
     _add_common(cmp, many_tasks=True)
-    paper = ",".join(PAPER_METHODS)
-    cmp.add_argument(
-        "--methods",
-        default=paper,
-        help=f"comma-separated, of {', '.join(METHODS)} (default {paper}); a GReaTer method may add "
-        f"options, each as :NAME=VALUE ({', '.join(TUNABLE)}), e.g. greater:nll_weight=0.5, and may start "
-        f"from the prompt a baseline chose: BASELINE{REFINES}GREATER, e.g. ape{REFINES}greater; a baseline with a "
-        f"search may set its own budget: {', '.join(k + '=N' for k in BASELINE_TUNABLE)}, e.g. ape:evaluations=90",
-    )
-    cmp.add_argument(
-        "--reference",
-        default=None,
-        metavar="METHOD",
-        help="the method of --methods the paired tests compare every other with (default: greater when it is "
-        "one, else the first); it sets the table only, so a rerun may name another",
-    )
+    _add_compare_rows(cmp)
     cmp.add_argument("--seeds", default="0", help="comma-separated seeds; each seed draws its own split (default 0)")
     cmp.add_argument(
         "--steps",
@@ -321,6 +306,26 @@ def _add_compare(sub) -> None:
         "(e.g. ray://head:10001 or auto); pip install 'greater[ray]'",
     )
     _add_mlflow_flag(cmp)
+
+
+def _add_compare_rows(cmp: argparse.ArgumentParser) -> None:
+    """compare's rows (--methods) and the one the paired tests set against the others (--reference)."""
+    paper = ",".join(PAPER_METHODS)
+    cmp.add_argument(
+        "--methods",
+        default=paper,
+        help=f"comma-separated, of {', '.join(METHODS)} (default {paper}); a GReaTer method may add "
+        f"options, each as :NAME=VALUE ({', '.join(TUNABLE)}), e.g. greater:nll_weight=0.5, and may start "
+        f"from the prompt a baseline chose: BASELINE{REFINES}GREATER, e.g. ape{REFINES}greater; a baseline with a "
+        f"search may set its own budget: {', '.join(k + '=N' for k in BASELINE_TUNABLE)}, e.g. ape:evaluations=90",
+    )
+    cmp.add_argument(
+        "--reference",
+        default=None,
+        metavar="METHOD",
+        help="the method of --methods the paired tests compare every other with (default: greater when it is "
+        "one, else the first); it sets the table only, so a rerun may name another",
+    )
 
 
 def _add_export(sub) -> None:
