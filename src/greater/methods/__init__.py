@@ -39,7 +39,7 @@ from greater.optimizer import (
     optimize,
 )
 from greater.runs import slug
-from greater.settings import SHARED, TUNABLE
+from greater.settings import SHARED, TUNABLE, Parser
 from greater.tasks import Example, Task
 
 __all__ = [
@@ -82,11 +82,17 @@ GREATER_VARIANTS: dict[str, dict] = {
 REFINES = ">"  # "ape>greater": GReaTer (or a variant) from the prompt the method before it chose
 # a baseline row's options ("ape:evaluations=90"): MethodConfig fields over the comparison's config, so that a
 # baseline can be run at another budget beside the rows at the comparison's (zs-cot has no search: none)
-BASELINE_TUNABLE: dict[str, Callable[[str], object]] = {"evaluations": int}
+BASELINE_TUNABLE: dict[str, Parser] = {"evaluations": int}
+SEARCHING_BASELINES = tuple(b for b in _BASELINES if b != "zs-cot")  # zs-cot scores one fixed prompt
 METHODS = (*GREATER_VARIANTS, *_BASELINES)
 """Every method name `run_method` and `greater compare --methods` take: GReaTer and its variants, then the
 baselines; `greater compare` also takes BASELINE>GREATER (`refined_source`)."""
 PAPER_METHODS = ("greater", *_BASELINES)  # what the paper compares: no variant rows
+
+
+def base_method(name: str) -> str:
+    """The method a row name runs before its options: "ape:evaluations=90" -> "ape"."""
+    return name.split(":")[0]
 
 
 def refined_source(name: str) -> str | None:
@@ -104,9 +110,9 @@ def greater_fields(name: str) -> dict | None:
     `refined_source`) sets NAME's fields, and starts from the baseline's prompt (`run_method(start=)`)."""
     source, sep, rest = name.partition(REFINES)
     if sep:
-        searched = [b for b in _BASELINES if b != "zs-cot"]  # zs-cot's prompt is fixed: that is greater-zs
-        if source not in searched:
-            raise GreaterError(f"method {name!r}: {source!r} before {REFINES!r} must be one of {', '.join(searched)}")
+        if source not in SEARCHING_BASELINES:  # zs-cot's fixed prompt as a start is greater-zs
+            searched = ", ".join(SEARCHING_BASELINES)
+            raise GreaterError(f"method {name!r}: {source!r} before {REFINES!r} must be one of {searched}")
         fields = greater_fields(rest)
         if fields is None:
             greater = ", ".join(GREATER_VARIANTS)
@@ -133,8 +139,8 @@ def baseline_fields(name: str) -> dict | None:
         return None
     if base not in _BASELINES:
         raise GreaterError(f"unknown method {base!r}; choose from {', '.join(METHODS)}")
-    if options and base == "zs-cot":
-        raise GreaterError(f"method {name!r}: zs-cot scores one prompt and takes no options")
+    if options and base not in SEARCHING_BASELINES:
+        raise GreaterError(f"method {name!r}: {base} scores one prompt and takes no options")
     fields = _options(name, options, BASELINE_TUNABLE)
     try:
         replace(MethodConfig(), **fields).validate()
@@ -143,7 +149,7 @@ def baseline_fields(name: str) -> dict | None:
     return fields
 
 
-def _options(name: str, options: list[str], tunable: dict[str, Callable[[str], object]]) -> dict:
+def _options(name: str, options: list[str], tunable: dict[str, Parser]) -> dict:
     """The NAME=VALUE options of method `name`, each converted by `tunable[NAME]`; GreaterError naming the
     first that is unknown, empty, repeated or no value."""
     given: dict = {}
@@ -181,7 +187,7 @@ def distinct_settings(names: list[str], config: MethodConfig) -> None:
             raise GreaterError(f"methods {other!r} and {name!r} would share their cells' file names; rename one")
         fields = greater_fields(name)
         if fields is None:
-            row: tuple = (name.split(":")[0], replace(config, **baseline_fields(name)).budget)
+            row: tuple = (base_method(name), replace(config, **baseline_fields(name)).budget)
         else:
             row = (refined_source(name), replace(base, **fields))
             row[1].validate()  # at the comparison's budget (greater-starts needs a step per start)
@@ -255,7 +261,7 @@ def run_method(
             model, tokenizer, task, train, config, saved=sitting.search, on_progress=on_progress, engine=engine
         )
         sitting.count(bench.generator.stats)
-        best, history = _BASELINES[name.split(":")[0]](bench)
+        best, history = _BASELINES[base_method(name)](bench)
         finalists: list[dict] = []
         if dev and len(bench.scores) > 1:
             best, finalists = pick_on_dev(bench.finalists(), lambda prompt: bench.dev_accuracy(prompt, dev))
