@@ -139,6 +139,27 @@ def test_compare_a_greater_option_as_its_own_row(capsys, tiny_model_dir: Path, t
     assert "| gen/boolean_expressions | ape:evaluations=2 vs zs-cot |" in stdout
 
 
+def test_a_row_never_takes_another_rows_cell_that_shares_its_file_name(
+    capsys, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", str(tiny_model_dir), "--task", "gen/boolean_expressions", "--steps", "3"]
+    argv += ["--train", "3", "--test", "4", "--max-new-tokens", "4", "--out", str(out)]
+    first, second = "greater-starts:starts=a b|c.", "greater-starts:starts=a_b|c."  # one file name
+    code, _, err = run_cli(capsys, [*argv, "--methods", first])
+    assert code == 0, err
+    cell = out / "cells" / "gen_boolean_expressions__greater-starts_starts_a_b_c.__s0.json"
+    before = cell.read_bytes()
+    code, _, err = run_cli(capsys, [*argv, "--methods", second])
+    assert code == 2
+    assert message_lines(err) == [
+        f"greater: error: {cell} holds the cell of method {first!r} on gen/boolean_expressions seed 0, not of "
+        f"{second!r}; rename the method (options in another order or spelling) or choose another --out"
+    ]
+    assert cell.read_bytes() == before
+    assert read_json(out / "table.json")["methods"] == [first]  # the first call's table stands
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -145,7 +145,7 @@ def run_compare(
         if not _missing(out, task, method, seed, transfer):
             return None
         path = cell_path(out, task.name, method, seed)
-        existing = read_json(path) if path.exists() else None
+        existing = read_cell(out, task.name, method, seed)
         partial = partial_path(out, path.stem) if cluster is None else None  # see the module's docstring
         source = source_cell(out, task, method, seed) if existing is None else None
         return CellJob(task, method, seed, replace(config, seed=seed), path.stem, existing, partial, settings, source)
@@ -183,7 +183,7 @@ def run_compare(
                     bar.update(1)
     finally:
         bar.close()  # also on the way out of an error, so the error's line is not the bar's
-    records = [read_json(cell_path(out, task.name, method, seed)) for task, method, seed in cells]
+    records = [read_cell(out, task.name, method, seed) for task, method, seed in cells]
     table = summarize(out, records, settings, [s.label for s in transfer], tasks, reference)
     write_json(out / "table.json", table)
     write_atomic(out / "table.md", compare_markdown(table))
@@ -193,6 +193,24 @@ def run_compare(
 
 def cell_path(out: Path, task: str, method: str, seed: int) -> Path:
     return out / "cells" / f"{cell_name(task, method, seed)}.json"
+
+
+def read_cell(out: Path, task: str, method: str, seed: int) -> dict | None:
+    """The finished cell of `method` on `task` with `seed` in `out`; None where it has none. Raises
+    GreaterError where the file is another row's: two rows whose names differ only in characters a file
+    name cannot hold ("a b|c." and "a_b|c.") share a file, and a later call must not take the one's cell
+    for the other's."""
+    path = cell_path(out, task, method, seed)
+    if not path.exists():
+        return None
+    record = read_json(path)
+    stored = (record.get("task"), record.get("method"), record.get("seed"))
+    if stored != (task, method, seed):
+        raise GreaterError(
+            f"{path} holds the cell of method {stored[1]!r} on {stored[0]} seed {stored[2]}, not of {method!r}; "
+            f"rename the method (options in another order or spelling) or choose another {setting_name('out')}"
+        )
+    return record
 
 
 def cell_lock(out: Path, task: str, method: str, seed: int) -> FolderLock:
@@ -213,7 +231,7 @@ def _check_sources(
             continue
         for task in tasks:
             for seed in seeds:
-                if not cell_path(out, task.name, source, seed).exists():
+                if read_cell(out, task.name, source, seed) is None:
                     raise GreaterError(_unfinished_source(out, task, method, seed, on_ray))
 
 
@@ -235,10 +253,10 @@ def source_cell(out: Path, task: Task, method: str, seed: int) -> dict | None:
     source = refined_source(method)
     if source is None:
         return None
-    path = cell_path(out, task.name, source, seed)
-    if not path.exists():
+    record = read_cell(out, task.name, source, seed)
+    if record is None:
         raise GreaterError(_unfinished_source(out, task, method, seed))
-    return read_json(path)
+    return record
 
 
 def partial_path(out: Path, name: str) -> Path:
@@ -248,8 +266,9 @@ def partial_path(out: Path, name: str) -> Path:
 
 def _cell_key(job: CellJob, split: str) -> str:
     """What a cell's progress is valid for: the comparison's settings, the cell (task, method, seed)
-    and the fingerprint of its drawn examples (`split`), hashed."""
-    identity = {"settings": job.settings, "cell": job.name, "split": split}
+    and the fingerprint of its drawn examples (`split`), hashed. The method is named, not only the file
+    name: two rows may share one ("a b|c." and "a_b|c.", `read_cell`)."""
+    identity = {"settings": job.settings, "cell": job.name, "method": job.method, "split": split}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -296,10 +315,10 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 
 def _missing(out: Path, task: Task, method: str, seed: int, transfer: Sequence[ScoringModel]) -> bool:
-    path = cell_path(out, task.name, method, seed)
-    if not path.exists():
+    record = read_cell(out, task.name, method, seed)
+    if record is None:
         return True
-    done = read_json(path).get("transfer", {})
+    done = record.get("transfer", {})
     return any(s.label not in done for s in transfer)
 
 
