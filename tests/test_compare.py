@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -382,3 +383,15 @@ def test_rows_are_checked_in_every_placement_a_row_uses(tiny_model, smol_tokeniz
     compare_module.check_rows_fit(scorer, TASKS[:1], config, ["greater", "zs-cot", "greater:placement=system"])
     after = max(p1["after-question"] + 7, config.max_prompt_tokens)  # zs-cot's proposals: up to 48 tokens
     assert checked == [("after-question", after), ("system", p1["system"] + 7)]
+
+
+def test_a_cell_removed_while_the_comparison_runs_is_one_clear_error(
+    tiny_model, smol_tokenizer, tmp_path: Path, monkeypatch
+) -> None:
+    # as if another process deleted the cell between its writing and the table: nothing is written
+    monkeypatch.setattr(compare_module, "_write_cell", lambda *args: None)
+    optimizer = ScoringModel("tiny", tiny_model, smol_tokenizer)
+    cell = cell_path(tmp_path, TASKS[0].name, "zs-cot", 0)
+    with pytest.raises(GreaterError, match=f"^{re.escape(str(cell))} was removed while this comparison ran; rerun it"):
+        run_compare(optimizer, TASKS[:1], ["zs-cot"], [0], tmp_path, COMPARE_CONFIG, split=COMPARE_SPLIT)
+    assert not (tmp_path / "table.json").exists()

@@ -183,7 +183,7 @@ def run_compare(
                     bar.update(1)
     finally:
         bar.close()  # also on the way out of an error, so the error's line is not the bar's
-    records = [read_cell(out, task.name, method, seed) for task, method, seed in cells]
+    records = [_finished_cell(out, task.name, method, seed) for task, method, seed in cells]
     table = summarize(out, records, settings, [s.label for s in transfer], tasks, reference)
     write_json(out / "table.json", table)
     write_atomic(out / "table.md", compare_markdown(table))
@@ -210,6 +210,15 @@ def read_cell(out: Path, task: str, method: str, seed: int) -> dict | None:
             f"{path} holds the cell of method {stored[1]!r} on {stored[0]} seed {stored[2]}, not of {method!r}; "
             f"rename the method (options in another order or spelling) or choose another {setting_name('out')}"
         )
+    return record
+
+
+def _finished_cell(out: Path, task: str, method: str, seed: int) -> dict:
+    """`read_cell` of a cell this comparison has finished: only another process can have removed it since."""
+    record = read_cell(out, task, method, seed)
+    if record is None:
+        path = cell_path(out, task, method, seed)
+        raise GreaterError(f"{path} was removed while this comparison ran; rerun it to compute that cell again")
     return record
 
 
