@@ -159,6 +159,9 @@ def test_a_row_never_takes_another_rows_cell_that_shares_its_file_name(
     ]
     assert cell.read_bytes() == before
     assert read_json(out / "table.json")["methods"] == [first]  # the first call's table stands
+    # nor its saved progress: the two rows' partial files share a name, not a key
+    jobs = [compare_module.CellJob(TASKS[0], method, 0, COMPARE_CONFIG, cell.stem) for method in (first, second)]
+    assert len({compare_module._cell_key(job, "split") for job in jobs}) == 2
 
 
 @pytest.mark.parametrize(

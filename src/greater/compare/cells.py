@@ -275,9 +275,12 @@ def partial_path(out: Path, name: str) -> Path:
 
 def _cell_key(job: CellJob, split: str) -> str:
     """What a cell's progress is valid for: the comparison's settings, the cell (task, method, seed)
-    and the fingerprint of its drawn examples (`split`), hashed. The method is named, not only the file
-    name: two rows may share one ("a b|c." and "a_b|c.", `read_cell`)."""
-    identity = {"settings": job.settings, "cell": job.name, "method": job.method, "split": split}
+    and the fingerprint of its drawn examples (`split`), hashed. Two rows may share a file name ("a b|c." and
+    "a_b|c.", `read_cell`), so a method the file name does not spell is named too; one it spells is not, so
+    that the progress saved by an earlier greater for "greater", "ape" and the like still resumes."""
+    identity = {"settings": job.settings, "cell": job.name, "split": split}
+    if slug(job.method) != job.method:
+        identity["method"] = job.method
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
