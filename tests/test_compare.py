@@ -398,3 +398,12 @@ def test_a_cell_removed_while_the_comparison_runs_is_one_clear_error(
     with pytest.raises(GreaterError, match=f"^{re.escape(str(cell))} was removed while this comparison ran; rerun it"):
         run_compare(optimizer, TASKS[:1], ["zs-cot"], [0], tmp_path, COMPARE_CONFIG, split=COMPARE_SPLIT)
     assert not (tmp_path / "table.json").exists()
+
+
+def test_run_compare_refuses_a_reference_that_is_no_row_before_any_cell(tiny_model, smol_tokenizer, tmp_path: Path):
+    optimizer = ScoringModel("tiny", tiny_model, smol_tokenizer)
+    with pytest.raises(GreaterError, match=r"^--reference 'ape' must be one of --methods \(zs-cot\)$"):
+        run_compare(
+            optimizer, TASKS[:1], ["zs-cot"], [0], tmp_path / "c", COMPARE_CONFIG, split=COMPARE_SPLIT, reference="ape"
+        )
+    assert not (tmp_path / "c").exists()

@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 from greater import artifact, cli_flags
 from greater.compare.cells import ScoringModel, check_rows_fit, compare_tracker, log_compare, run_compare
 from greater.compare.cluster import RaySettings, import_ray
+from greater.compare.table import check_reference
 from greater.errors import GreaterError, flag_names, setting_name
 from greater.evaluate import DEFAULT_JOINER
 from greater.fit import fit_to_model, longest_prompt
@@ -27,6 +28,7 @@ from greater.inference.layout import AFTER_QUESTION, encode_placed_prompt
 from greater.inference.model import model_label, model_name
 from greater.lifecycle import Run, RunOptions, RunSpec
 from greater.methods import (
+    UNSTARTED_BASELINES,
     MethodConfig,
     distinct_settings,
 )
@@ -206,7 +208,7 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
             raise GreaterError("--grad-batch-size sets GReaTer's backward chunks; baselines run no backward pass")
         if args.keep_top is not None:  # a MethodConfig field, used by `greater compare --dev` only
             raise GreaterError(f"--keep-top applies to GReaTer runs only, not to {args.method}")
-        if args.init_prompt is not None and args.method in ("ape", "zs-cot"):
+        if args.init_prompt is not None and args.method in UNSTARTED_BASELINES:
             flag = setting_name("init_from" if args.init_from is not None else "init_prompt")
             raise GreaterError(f"{flag} sets where a search starts; {args.method} starts from no prompt of yours")
         _no_vllm(args, f"the {args.method} baseline")
@@ -330,8 +332,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     _check_out_folder(args.out)
     config = MethodConfig.from_args(args, names("compare"), "greater compare")
     distinct_settings(methods, config)
-    if args.reference is not None and args.reference not in methods:
-        raise GreaterError(f"--reference {args.reference!r} must be one of --methods ({', '.join(methods)})")
+    check_reference(methods, args.reference)  # here too: before any model is loaded
     options = _task_options(args)
     tasks = [resolve_task(name, args.data_dir, options) for name in dict.fromkeys(args.task)]
     for task in tasks:  # a split that cannot be drawn fails before any model is loaded

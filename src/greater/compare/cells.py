@@ -48,7 +48,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from greater.compare.cluster import Loaded, RaySettings, run_on_ray
-from greater.compare.table import cell_name, compare_markdown, summarize, write_chart
+from greater.compare.table import cell_name, check_reference, compare_markdown, summarize, write_chart
 from greater.errors import GreaterError, setting_name
 from greater.evaluate import DEFAULT_JOINER, evaluate
 from greater.fit import fit_to_model, longest_prompt
@@ -120,6 +120,7 @@ def run_compare(
     does. `cluster` (a `greater.compare.cluster.RaySettings`) runs the cells as Ray tasks; the models of `optimizer`
     and `transfer` are then loaded by the workers from their labels, and may be None here. `reference`: the
     method of `methods` the table's paired tests compare every other with (`table.default_reference`)."""
+    check_reference(methods, reference)
     _check_sources(out, tasks, methods, seeds, on_ray=cluster is not None)
     sizes: Sizes = (split[0], dev or 0, split[1])
     settings = {"model": optimizer.label, "split": {"train": split[0], "test": split[1]}, "config": asdict(config)}

@@ -56,6 +56,12 @@ def cell_name(task: str, method: str, seed: int) -> str:
     return f"{slug(task)}__{slug(method)}__s{seed}"
 
 
+def check_reference(methods: Sequence[str], reference: str | None) -> None:
+    """Raise GreaterError unless `reference` (None: `default_reference`) is one of `methods`."""
+    if reference is not None and reference not in methods:
+        raise GreaterError(f"--reference {reference!r} must be one of --methods ({', '.join(methods)})")
+
+
 def default_reference(methods: Sequence[str]) -> str:
     """The method the paired tests compare every other with when none is named: GReaTer if it is a row,
     else the first."""

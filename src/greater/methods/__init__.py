@@ -84,6 +84,9 @@ REFINES = ">"  # "ape>greater": GReaTer (or a variant) from the prompt the metho
 # baseline can be run at another budget beside the rows at the comparison's (zs-cot has no search: none)
 BASELINE_TUNABLE: dict[str, Parser] = {"evaluations": int}
 SEARCHING_BASELINES = tuple(b for b in _BASELINES if b != "zs-cot")  # zs-cot scores one fixed prompt
+# baselines that take no starting prompt of the user's (`--init-prompt`, `--init-from`): APE's candidates come from
+# its meta-prompt, ZS-CoT's prompt is fixed; APO, PE2 and TextGrad start from `MethodConfig.init_prompt`
+UNSTARTED_BASELINES = ("ape", "zs-cot")
 METHODS = (*GREATER_VARIANTS, *_BASELINES)
 """Every method name `run_method` and `greater compare --methods` take: GReaTer and its variants, then the
 baselines; `greater compare` also takes BASELINE>GREATER (`refined_source`)."""
